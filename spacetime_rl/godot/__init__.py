@@ -1,0 +1,1 @@
+"""HTTP protocol v1: wire types and the async client for Godot (or the embedded simulator)."""

@@ -1,0 +1,62 @@
+"""Wire types of HTTP protocol v1: the one place for the observation layout and protocol constants.
+
+Both the client and the embedded simulator import from here; see `docs/protocol.md`.
+Axes follow Godot: +Y up, -Z forward. Units: metres, seconds, radians.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8080
+DEFAULT_SCENE: Final = "res://scenes/features/vr_locomotion_test.tscn"
+
+#: (name, size) in wire order; sizes add up to OBSERVATION_SIZE.
+OBSERVATION_FIELDS: Final[tuple[tuple[str, int], ...]] = (
+    ("camera_position", 3),
+    ("camera_rotation", 4),  # quaternion x, y, z, w
+    ("camera_velocity", 3),
+    ("camera_angular_velocity", 3),
+    ("ray_distances", 16),  # ray 0 straight ahead, then clockwise from above every 22.5 degrees
+    ("left_controller_position", 3),
+    ("right_controller_position", 3),
+    ("left_controller_velocity", 3),
+    ("right_controller_velocity", 3),
+    ("goal_relative_position", 3),  # goal minus XR origin, world axes
+    ("goal_distance", 1),
+    ("goal_direction", 3),  # unit vector
+)
+
+
+def _field_slices() -> dict[str, slice]:
+    slices, start = {}, 0
+    for name, size in OBSERVATION_FIELDS:
+        slices[name] = slice(start, start + size)
+        start += size
+    return slices
+
+
+#: Field name -> slice into one observation row.
+OBS: Final[dict[str, slice]] = _field_slices()
+OBSERVATION_SIZE: Final = sum(size for _, size in OBSERVATION_FIELDS)
+ACTION_SIZE: Final = 3  # h strafes right, v moves forward, r turns right; each in [-1, 1]
+NUM_RAYS: Final = 16
+RAY_RANGE: Final = 5.0  # metres; a ray that sees nothing reports this
+
+PHYSICS_HZ: Final = 90
+DEFAULT_ACTION_REPEAT: Final = 9
+
+#: Reset options every server understands, with their defaults (None: the server picks).
+RESET_OPTION_DEFAULTS: Final[dict[str, float | None]] = {
+    "min_goal_distance": None,
+    "max_goal_distance": None,
+    "max_speed": 2.0,  # m/s
+    "max_rotation_speed": 90.0,  # deg/s
+}
+
+#: Keys of one per-agent event record, counted since the previous action.
+EVENT_FIELDS: Final = ("collisions", "fell", "goal_reached", "teleports")
+
+assert OBSERVATION_SIZE == 48, "the observation layout is fixed by protocol v1"
