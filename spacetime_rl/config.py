@@ -1,0 +1,251 @@
+"""Structured config schemas for every Hydra group, and `register_configs()`.
+
+The YAML files under `conf/` build on these dataclasses, so a typo fails at start with the full key
+path (``Key 'prot' not in 'EnvConfig'``) and `TrainConfig.__post_init__` checks that values make sense
+(run it with `to_object`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from spacetime_rl.errors import ConfigError
+from spacetime_rl.godot import wire
+
+ENV_KINDS = ("sim", "godot")
+ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
+TURN_MODES = ("smooth", "snap")
+CURRICULUM_MODES = ("timesteps", "success_rate")
+
+
+def _require(ok: bool, key: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {fix}")
+
+
+@dataclass
+class EnvConfig:
+    """Where the agents live: the embedded simulator (`sim`) or a running Godot (`godot`)."""
+
+    kind: str = "sim"
+    url: str | None = None  # godot: base URL of a running editor's HTTP API
+    token: str | None = None
+    scene: str = wire.DEFAULT_SCENE
+    num_environments: int = 1  # servers stepped concurrently
+    agents_per_environment: int = 16
+    max_episode_steps: int = 200  # client-side time limit, in actions
+    connect_timeout: float = 10.0  # seconds to reach a server before giving up
+    request_timeout: float = 30.0
+    action_repeat: int = wire.DEFAULT_ACTION_REPEAT  # sim: physics frames per action
+    max_speed: float = 2.0  # m/s
+    max_rotation_speed: float = 90.0  # deg/s
+    min_goal_distance: float = 3.0  # m; the curriculum overrides the maximum per stage
+    max_goal_distance: float = 10.0
+    turn_mode: str = "smooth"
+    action_smoothing: float = 0.0  # exponential smoothing factor in [0, 1): 0 = raw actions
+    heading_frame: bool = True  # rotate world vectors into the player's heading frame
+    normalize_observations: bool = True
+    normalize_reward: bool = True
+    clip_observations: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ENV_KINDS, "env.kind", self.kind, f"use one of {ENV_KINDS} (env=sim|godot)")
+        if self.kind == "godot":
+            _require(
+                bool(self.url), "env.url", self.url, "env=godot needs env.url=http://127.0.0.1:8080"
+            )
+        for key in ("num_environments", "agents_per_environment", "max_episode_steps", "action_repeat"):
+            value = getattr(self, key)
+            _require(value >= 1, f"env.{key}", value, "use a positive integer")
+        for key in ("connect_timeout", "request_timeout", "max_speed", "max_rotation_speed", "clip_observations"):
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value > 0, f"env.{key}", value, "use a positive number")
+        _require(
+            0 <= self.min_goal_distance <= self.max_goal_distance,
+            "env.min_goal_distance",
+            self.min_goal_distance,
+            f"use 0 <= env.min_goal_distance <= env.max_goal_distance ({self.max_goal_distance})",
+        )
+        _require(self.turn_mode in TURN_MODES, "env.turn_mode", self.turn_mode, f"use one of {TURN_MODES}")
+        _require(
+            0 <= self.action_smoothing < 1,
+            "env.action_smoothing",
+            self.action_smoothing,
+            "use a factor in [0, 1): 0 disables smoothing, 0.2-0.4 is comfortable",
+        )
+
+    @property
+    def num_agents(self) -> int:
+        return self.num_environments * self.agents_per_environment
+
+
+@dataclass
+class RewardConfig:
+    """Reward weights; the seed's names and values. See docs/rewards.md for why each term is safe."""
+
+    goal_reached: float = 100.0
+    progress: float = 1.0  # per metre of new closest approach to the goal
+    smooth_movement: float = 0.1
+    comfort_bonus: float = 2.0
+    collision_penalty: float = -10.0
+    fall_penalty: float = -50.0
+    timeout_penalty: float = -20.0
+    teleport_penalty: float = -1.0
+
+    def __post_init__(self) -> None:
+        for key, value in vars(self).items():
+            _require(math.isfinite(value), f"reward.{key}", value, "use a finite number")
+        for key in ("goal_reached", "progress", "smooth_movement", "comfort_bonus"):
+            value = getattr(self, key)
+            _require(value >= 0, f"reward.{key}", value, "a bonus must be >= 0 (penalties are the *_penalty keys)")
+        for key in ("collision_penalty", "fall_penalty", "timeout_penalty", "teleport_penalty"):
+            value = getattr(self, key)
+            _require(value <= 0, f"reward.{key}", value, "a penalty must be <= 0")
+
+
+@dataclass
+class NetworkConfig:
+    policy: str = "MlpPolicy"
+    net_arch: list[int] = field(default_factory=lambda: [256, 256])
+    activation_fn: str = "tanh"
+
+    def __post_init__(self) -> None:
+        _require(self.policy == "MlpPolicy", "network.policy", self.policy, "only MlpPolicy is supported")
+        _require(
+            len(self.net_arch) > 0 and all(width > 0 for width in self.net_arch),
+            "network.net_arch",
+            self.net_arch,
+            "use a non-empty list of positive layer widths, e.g. [256,256]",
+        )
+        _require(
+            self.activation_fn in ACTIVATIONS,
+            "network.activation_fn",
+            self.activation_fn,
+            f"use one of {ACTIVATIONS}",
+        )
+
+
+@dataclass
+class PPOConfig:
+    """SB3 PPO hyperparameters. `n_steps` is per agent; one rollout holds n_steps x all agents."""
+
+    learning_rate: float = 3e-4
+    n_steps: int = 128
+    batch_size: int = 256
+    n_epochs: int = 10
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _require(self.learning_rate > 0, "ppo.learning_rate", self.learning_rate, "use a positive number")
+        for key in ("n_steps", "batch_size", "n_epochs"):
+            value = getattr(self, key)
+            _require(value >= 1, f"ppo.{key}", value, "use a positive integer")
+        for key in ("gamma", "gae_lambda"):
+            value = getattr(self, key)
+            _require(0 < value <= 1, f"ppo.{key}", value, "use a value in (0, 1]")
+        _require(self.clip_range > 0, "ppo.clip_range", self.clip_range, "use a positive number")
+
+
+@dataclass
+class CurriculumStageConfig:
+    name: str = MISSING
+    max_goal_distance: float = MISSING
+    timesteps: int = MISSING  # how long the stage lasts (mode=timesteps), or at least lasts (success_rate)
+
+
+@dataclass
+class CurriculumConfig:
+    """Stages of growing goal distance, advanced by timesteps (the seed) or by eval success rate."""
+
+    enabled: bool = False
+    mode: str = "timesteps"
+    success_threshold: float = 0.8  # mode=success_rate: advance when eval success rate reaches this
+    stages: list[CurriculumStageConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.mode in CURRICULUM_MODES, "curriculum.mode", self.mode, f"use one of {CURRICULUM_MODES}")
+        _require(
+            0 < self.success_threshold <= 1,
+            "curriculum.success_threshold",
+            self.success_threshold,
+            "use a rate in (0, 1]",
+        )
+        _require(
+            not self.enabled or len(self.stages) > 0,
+            "curriculum.stages",
+            self.stages,
+            "an enabled curriculum needs at least one stage (curriculum=three_stage)",
+        )
+        for index, stage in enumerate(self.stages):
+            key = f"curriculum.stages[{index}]"
+            _require(stage.max_goal_distance > 0, f"{key}.max_goal_distance", stage.max_goal_distance, "use > 0")
+            _require(stage.timesteps > 0, f"{key}.timesteps", stage.timesteps, "use a positive integer")
+
+
+@dataclass
+class TrainingConfig:
+    total_timesteps: int = 10_000
+    save_freq: int = 2_000  # agent-steps between checkpoints
+    eval_freq: int = 5_000  # agent-steps between evaluations
+    eval_episodes: int = 16
+    seed: int = 0
+    objective: str = "eval/success_rate"  # the metric train.py returns to sweepers
+    progress_bar: bool = True
+    torch_threads: int = 0  # 0: let torch decide; sweeps running trials in parallel set 1
+
+    def __post_init__(self) -> None:
+        for key in ("total_timesteps", "save_freq", "eval_freq", "eval_episodes"):
+            value = getattr(self, key)
+            _require(value >= 1, f"training.{key}", value, "use a positive integer")
+        _require(self.torch_threads >= 0, "training.torch_threads", self.torch_threads, "use 0 (auto) or more")
+
+
+@dataclass
+class TrainConfig:
+    """Root config of `train.py`."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    preset: str = "quick_test"  # set by the chosen conf/preset file, recorded for comparisons
+    config_file: str | None = None  # a seed-format JSON config merged over the preset
+    resume: str | None = None  # a checkpoint zip to continue from
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        rollout = self.ppo.n_steps * self.env.num_agents
+        _require(
+            self.ppo.batch_size <= rollout,
+            "ppo.batch_size",
+            self.ppo.batch_size,
+            f"it must not exceed the rollout size ppo.n_steps x agents = {self.ppo.n_steps} x "
+            f"{self.env.num_agents} = {rollout}; lower ppo.batch_size or raise ppo.n_steps",
+        )
+
+
+def register_configs() -> None:
+    """Register the root schema so `conf/train.yaml` can extend it (`defaults: [train_schema]`)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """Turn a composed config into the checked dataclass tree (runs every `__post_init__`)."""
+    config = OmegaConf.to_object(cfg)
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"expected a TrainConfig, got {type(config).__name__}: compose conf/train.yaml")
+    return config
