@@ -56,13 +56,17 @@ class EnvConfig:
     def __post_init__(self) -> None:
         _require(self.kind in ENV_KINDS, "env.kind", self.kind, f"use one of {ENV_KINDS} (env=sim|godot)")
         if self.kind == "godot":
-            _require(
-                bool(self.url), "env.url", self.url, "env=godot needs env.url=http://127.0.0.1:8080"
-            )
+            _require(bool(self.url), "env.url", self.url, "env=godot needs env.url=http://127.0.0.1:8080")
         for key in ("num_environments", "agents_per_environment", "max_episode_steps", "action_repeat"):
             value = getattr(self, key)
             _require(value >= 1, f"env.{key}", value, "use a positive integer")
-        for key in ("connect_timeout", "request_timeout", "max_speed", "max_rotation_speed", "clip_observations"):
+        for key in (
+            "connect_timeout",
+            "request_timeout",
+            "max_speed",
+            "max_rotation_speed",
+            "clip_observations",
+        ):
             value = getattr(self, key)
             _require(math.isfinite(value) and value > 0, f"env.{key}", value, "use a positive number")
         _require(
@@ -102,7 +106,9 @@ class RewardConfig:
             _require(math.isfinite(value), f"reward.{key}", value, "use a finite number")
         for key in ("goal_reached", "progress", "smooth_movement", "comfort_bonus"):
             value = getattr(self, key)
-            _require(value >= 0, f"reward.{key}", value, "a bonus must be >= 0 (penalties are the *_penalty keys)")
+            _require(
+                value >= 0, f"reward.{key}", value, "a bonus must be >= 0 (penalties are the *_penalty keys)"
+            )
         for key in ("collision_penalty", "fall_penalty", "timeout_penalty", "teleport_penalty"):
             value = getattr(self, key)
             _require(value <= 0, f"reward.{key}", value, "a penalty must be <= 0")
@@ -175,7 +181,9 @@ class CurriculumConfig:
     stages: list[CurriculumStageConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(self.mode in CURRICULUM_MODES, "curriculum.mode", self.mode, f"use one of {CURRICULUM_MODES}")
+        _require(
+            self.mode in CURRICULUM_MODES, "curriculum.mode", self.mode, f"use one of {CURRICULUM_MODES}"
+        )
         _require(
             0 < self.success_threshold <= 1,
             "curriculum.success_threshold",
@@ -190,7 +198,9 @@ class CurriculumConfig:
         )
         for index, stage in enumerate(self.stages):
             key = f"curriculum.stages[{index}]"
-            _require(stage.max_goal_distance > 0, f"{key}.max_goal_distance", stage.max_goal_distance, "use > 0")
+            _require(
+                stage.max_goal_distance > 0, f"{key}.max_goal_distance", stage.max_goal_distance, "use > 0"
+            )
             _require(stage.timesteps > 0, f"{key}.timesteps", stage.timesteps, "use a positive integer")
 
 
@@ -209,7 +219,9 @@ class TrainingConfig:
         for key in ("total_timesteps", "save_freq", "eval_freq", "eval_episodes"):
             value = getattr(self, key)
             _require(value >= 1, f"training.{key}", value, "use a positive integer")
-        _require(self.torch_threads >= 0, "training.torch_threads", self.torch_threads, "use 0 (auto) or more")
+        _require(
+            self.torch_threads >= 0, "training.torch_threads", self.torch_threads, "use 0 (auto) or more"
+        )
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""JSON configs in the format of the seed's `rl_config.py`, so existing users can train with them as is.
+
+`python train.py config_file=my.json` merges the file over the preset; command-line overrides still win.
+`python -m spacetime_rl.seed_config [path]` writes an example file, as `python rl_config.py` did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from spacetime_rl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Seed section -> config group. Keys inside a section keep their names unless aliased below.
+SECTIONS = {
+    "network": "network",
+    "ppo": "ppo",
+    "rewards": "reward",
+    "training": "training",
+    "environment": "env",
+}
+
+#: Seed keys that live elsewhere (or under another name) in this framework.
+ALIASES = {
+    ("training", "use_curriculum"): "curriculum.enabled",
+    ("training", "curriculum_stages"): "curriculum.stages",
+    ("training", "num_workers"): None,  # servers are stepped concurrently: no worker processes to size
+}
+
+EXAMPLE: dict[str, dict[str, Any]] = {
+    "network": {"policy": "MlpPolicy", "net_arch": [256, 256], "activation_fn": "relu"},
+    "ppo": {"learning_rate": 0.0003, "batch_size": 64, "n_epochs": 10, "gamma": 0.99},
+    "rewards": {"goal_reached": 100.0, "collision_penalty": -10.0, "comfort_bonus": 2.0},
+    "training": {"total_timesteps": 1000000, "save_freq": 10000},
+    "environment": {"num_environments": 1, "max_episode_steps": 1000, "action_smoothing": 0.2},
+}
+
+
+def load_seed_config(path: str | Path) -> dict[str, Any]:
+    """Read a seed-format JSON file and return it as dotted config keys -> values.
+
+    Unknown sections are an error naming the section; unknown keys inside a section are left for the
+    schema to reject with the full key name.
+    """
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"config_file={str(path)!r} does not exist: give the path of a JSON config"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config_file={str(path)!r} is not valid JSON ({exc}): fix the file") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config_file={str(path)!r} must hold a JSON object with sections {sorted(SECTIONS)}"
+        )
+    overrides: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"config_file={str(path)!r}: unknown section {section!r}; use the sections {sorted(SECTIONS)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"config_file={str(path)!r}: section {section!r} must be a JSON object")
+        for key, value in values.items():
+            target = ALIASES.get((section, key), f"{SECTIONS[section]}.{key}")
+            if target is None:
+                log.warning("config_file: %s.%s=%r has no effect here and is ignored", section, key, value)
+            else:
+                overrides[target] = value
+    return overrides
+
+
+def write_example(path: str | Path = "example_config.json") -> Path:
+    file = Path(path)
+    file.write_text(json.dumps(EXAMPLE, indent=2) + "\n")
+    return file
+
+
+if __name__ == "__main__":
+    written = write_example(*sys.argv[1:2])
+    print(f"Wrote {written}. Edit it, then train with: python train.py config_file={written}")

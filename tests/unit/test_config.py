@@ -1,0 +1,189 @@
+"""The real conf/ tree composes for every option of every group, and bad values fail naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from spacetime_rl.app import apply_config_file
+from spacetime_rl.config import TrainConfig, register_configs, to_train_config
+from spacetime_rl.errors import ConfigError
+from spacetime_rl.seed_config import EXAMPLE, load_seed_config, write_example
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("preset", "reward", "env", "network", "ppo", "curriculum", "training")
+
+
+def compose_train(*overrides: str) -> TrainConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return to_train_config(compose("train", overrides=list(overrides)))
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("override", [f"{group}={option}" for group in GROUPS for option in options(group)])
+def test_every_option_composes(override: str) -> None:
+    config = compose_train(override)
+    assert isinstance(config, TrainConfig)
+
+
+def test_groups_have_the_options_users_type() -> None:
+    assert {"quick_test", "full_training", "curriculum_learning", "comfort_optimized"} <= set(
+        options("preset")
+    )
+    assert {"default", "comfort"} <= set(options("reward"))
+    assert {"sim", "godot"} <= set(options("env"))
+    assert {"none", "three_stage"} <= set(options("curriculum"))
+
+
+def test_default_is_quick_test_on_the_simulator() -> None:
+    config = compose_train()
+    assert config.preset == "quick_test"
+    assert config.env.kind == "sim"
+    assert config.training.total_timesteps == 10_000
+    assert config.training.save_freq == 2_000
+    assert config.env.max_episode_steps == 200
+
+
+def test_presets_carry_the_seed_values() -> None:
+    full = compose_train("preset=full_training")
+    assert (full.training.total_timesteps, full.env.max_episode_steps) == (5_000_000, 1_000)
+
+    curriculum = compose_train("preset=curriculum_learning")
+    assert curriculum.training.total_timesteps == 3_000_000
+    assert curriculum.curriculum.enabled
+    stages = [(s.name, s.max_goal_distance, s.timesteps) for s in curriculum.curriculum.stages]
+    assert stages == [("easy", 10.0, 500_000), ("medium", 20.0, 1_000_000), ("hard", 30.0, 1_500_000)]
+
+    default, comfort = compose_train(), compose_train("preset=comfort_optimized")
+    assert comfort.training.total_timesteps == 1_000_000
+    assert comfort.reward.comfort_bonus > default.reward.comfort_bonus
+    assert comfort.env.action_smoothing > default.env.action_smoothing
+    assert comfort.env.max_rotation_speed < default.env.max_rotation_speed
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("env=godot", "env.kind", "godot"),
+        ("env.url=http://127.0.0.1:9000", "env.url", "http://127.0.0.1:9000"),
+        ("env.token=secret", "env.token", "secret"),
+        ("env.num_environments=2", "env.num_environments", 2),
+        ("env.agents_per_environment=4", "env.agents_per_environment", 4),
+        ("env.max_episode_steps=50", "env.max_episode_steps", 50),
+        ("training.total_timesteps=123", "training.total_timesteps", 123),
+        ("training.save_freq=7", "training.save_freq", 7),
+        ("training.eval_freq=9", "training.eval_freq", 9),
+        ("training.seed=5", "training.seed", 5),
+        ("ppo.learning_rate=1e-4", "ppo.learning_rate", 1e-4),
+        ("ppo.batch_size=32", "ppo.batch_size", 32),
+        ("ppo.n_steps=64", "ppo.n_steps", 64),
+        ("network.net_arch=[32,32]", "network.net_arch", [32, 32]),
+        ("reward.comfort_bonus=3.5", "reward.comfort_bonus", 3.5),
+        ("reward.collision_penalty=-2", "reward.collision_penalty", -2.0),
+    ],
+)
+def test_documented_override_names_apply(override: str, key: str, expected: object) -> None:
+    config = OmegaConf.structured(compose_train(override))
+    assert OmegaConf.select(config, key) == expected
+
+
+def test_typo_fails_with_full_key() -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_train("env.prot=1")
+    assert "env.prot" in str(info.value)
+
+
+def test_wrong_type_fails_with_full_key() -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_train("ppo.n_steps=many")
+    assert "ppo.n_steps" in str(info.value) + str(info.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("training.total_timesteps=0", "training.total_timesteps"),
+        ("ppo.batch_size=4096", "ppo.batch_size"),
+        ("ppo.gamma=1.5", "ppo.gamma"),
+        ("env.action_smoothing=1.0", "env.action_smoothing"),
+        ("env.min_goal_distance=50", "env.min_goal_distance"),
+        ("network.activation_fn=sigmoidish", "network.activation_fn"),
+        ("reward.goal_reached=-1", "reward.goal_reached"),
+        ("reward.fall_penalty=5", "reward.fall_penalty"),
+        ("env.kind=unity", "env.kind"),
+    ],
+)
+def test_values_checked_for_sense(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compose_train(override)
+    message = str(info.value)
+    assert message.startswith(key + "=")
+    assert override.split("=", 1)[1] in message
+
+
+def test_batch_size_message_names_rollout_size() -> None:
+    with pytest.raises(ConfigError, match=r"128 x 16 = 2048"):
+        compose_train("ppo.batch_size=4096")
+
+
+def test_seed_json_example_round_trips(tmp_path: Path) -> None:
+    path = write_example(tmp_path / "example_config.json")
+    overrides = load_seed_config(path)
+    assert overrides["network.activation_fn"] == EXAMPLE["network"]["activation_fn"]
+    assert overrides["reward.comfort_bonus"] == EXAMPLE["rewards"]["comfort_bonus"]
+    assert overrides["env.action_smoothing"] == EXAMPLE["environment"]["action_smoothing"]
+
+
+def _compose_with_file(path: Path, *task: str) -> TrainConfig:
+    register_configs()
+    overrides = [f"config_file={path}", *task]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    apply_config_file(cfg, overrides)
+    return to_train_config(cfg)
+
+
+def test_config_file_overrides_preset_and_command_line_wins(tmp_path: Path) -> None:
+    path = tmp_path / "tuned.json"
+    path.write_text(
+        json.dumps(
+            {
+                "ppo": {"learning_rate": 0.001, "batch_size": 64},
+                "training": {"total_timesteps": 5000, "use_curriculum": False, "num_workers": 4},
+                "rewards": {"collision_penalty": -3.0},
+            }
+        )
+    )
+    config = _compose_with_file(path, "training.total_timesteps=777")
+    assert config.ppo.learning_rate == 0.001
+    assert config.ppo.batch_size == 64
+    assert config.reward.collision_penalty == -3.0
+    assert config.training.total_timesteps == 777  # the command line beats the file
+
+
+def test_config_file_unknown_section_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"optimizer": {"lr": 1}}))
+    with pytest.raises(ConfigError, match="unknown section 'optimizer'"):
+        load_seed_config(path)
+
+
+def test_config_file_unknown_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"ppo": {"learning_rat": 0.1}}))
+    with pytest.raises(Exception, match="learning_rat"):
+        _compose_with_file(path)
+
+
+def test_config_file_missing_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_seed_config(tmp_path / "nope.json")

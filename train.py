@@ -1,0 +1,30 @@
+"""Train a VR navigation agent over the Godot HTTP API (or the embedded simulator).
+
+python train.py                              # quick_test on the embedded simulator
+python train.py preset=full_training
+python train.py -m ppo.learning_rate=1e-4,3e-4
+python train.py --cfg job                    # show the composed config
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from spacetime_rl.app import job_config, run_reporting_errors
+from spacetime_rl.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    def job() -> float:
+        config, output_dir = job_config(cfg)
+        from spacetime_rl.training import train  # torch loads only once the config is known good
+
+        return train(config, output_dir)
+
+    return run_reporting_errors(job)
+
+
+if __name__ == "__main__":
+    main()
