@@ -37,6 +37,7 @@ _MAX_CONNECTIONS: Final = 4
 _ERROR_BODY_CHARS: Final = 200
 _JSON_HEADERS: Final = {"Content-Type": "application/json"}
 _NUMBER_KINDS: Final = frozenset("iuf")
+_INT32_MAX: Final = np.iinfo(np.int32).max
 
 
 @dataclass(frozen=True)
@@ -487,9 +488,10 @@ class _Check:
         value = self.typed(body, field, list)
         if rows is not None and len(value) != rows:
             self.fail(f"field '{field}' has {len(value)} entries, expected {rows} (one per agent)")
-        if not all(type(x) is bool for x in value):
+        array = np.asarray(value)
+        if array.dtype != bool or array.shape != (len(value),):
             self.fail(f"field '{field}' is {value!r:.60}, expected a list of booleans")
-        return np.array(value, dtype=bool)
+        return array
 
     def events(self, body: Mapping[str, Any], rows: int) -> Events:
         events = self.typed(body, "events", list)
@@ -505,17 +507,19 @@ class _Check:
                 if missing:
                     self.fail(f"field 'events' entry {i} lacks {', '.join(missing)}")
             self.fail("field 'events' is not a list of event objects")
+        arrays = {name: np.asarray(column) for name, column in columns.items()}
         for name in ("collisions", "teleports"):
-            if not all(type(x) is int and x >= 0 for x in columns[name]):
+            array = arrays[name]
+            if array.dtype.kind != "i" or (array < 0).any() or (array > _INT32_MAX).any():
                 self.fail(f"field 'events' key '{name}' must be a non-negative integer for every agent")
         for name in ("fell", "goal_reached"):
-            if not all(type(x) is bool for x in columns[name]):
+            if arrays[name].dtype != bool:
                 self.fail(f"field 'events' key '{name}' must be a boolean for every agent")
         return Events(
-            collisions=np.array(columns["collisions"], dtype=np.int32),
-            fell=np.array(columns["fell"], dtype=bool),
-            goal_reached=np.array(columns["goal_reached"], dtype=bool),
-            teleports=np.array(columns["teleports"], dtype=np.int32),
+            collisions=arrays["collisions"].astype(np.int32),
+            fell=arrays["fell"].reshape(rows),
+            goal_reached=arrays["goal_reached"].reshape(rows),
+            teleports=arrays["teleports"].astype(np.int32),
         )
 
     def terminal_observations(self, body: Mapping[str, Any], done: np.ndarray) -> dict[int, np.ndarray]:
