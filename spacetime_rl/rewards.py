@@ -1,0 +1,130 @@
+"""Reward terms and the VR comfort score: pure NumPy over N agents, no I/O.
+
+Every shaped bonus is paid per metre of *new* closest approach to the goal, so an episode's shaped
+gains are bounded by (progress + comfort_bonus + smooth_movement) x start distance and are zero for
+standing still, circling or oscillating. docs/rewards.md gives the reasoning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Final, Protocol
+
+import numpy as np
+
+from spacetime_rl.config import RewardConfig
+from spacetime_rl.godot.wire import OBS
+
+#: Names of the reward terms, in reporting order; each is also a `RewardConfig` weight.
+REWARD_TERMS: Final = tuple(f.name for f in fields(RewardConfig))
+
+#: The seed's comfort thresholds and deductions.
+ROTATION_THRESHOLD: Final = 0.7  # |r| of the applied action, i.e. a fraction of max_rotation_speed
+ROTATION_DEDUCTION: Final = 0.3
+SPEED_FRACTION: Final = 0.8  # of max_speed
+SPEED_DEDUCTION: Final = 0.2
+ROLL_THRESHOLD: Final = 0.3  # radians
+ROLL_DEDUCTION: Final = 0.2
+
+
+class EventArrays(Protocol):
+    """Per-agent events since the previous action (the client's `Events`)."""
+
+    collisions: np.ndarray  # int (N,)
+    fell: np.ndarray  # bool (N,)
+    goal_reached: np.ndarray  # bool (N,)
+    teleports: np.ndarray  # int (N,)
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """One step's rewards: the total and each weighted term, all shaped (N,) float64."""
+
+    total: np.ndarray
+    terms: dict[str, np.ndarray]
+    comfort: np.ndarray  # the comfort score in [0.3, 1] used for the comfort bonus
+
+
+def roll_angle(quaternions: np.ndarray) -> np.ndarray:
+    """Roll (rotation about the view axis, Godot's YXZ Euler z) of xyzw quaternions (N, 4), radians."""
+    x, y, z, w = quaternions[:, 0], quaternions[:, 1], quaternions[:, 2], quaternions[:, 3]
+    return np.arctan2(2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z))
+
+
+def horizontal_speed(velocities: np.ndarray) -> np.ndarray:
+    """Speed in the floor plane (N,) of world velocities (N, 3): falling is not locomotion."""
+    return np.hypot(velocities[:, 0], velocities[:, 2])
+
+
+def comfort_score(observations: np.ndarray, actions: np.ndarray, max_speed: float) -> np.ndarray:
+    """The seed's comfort score (N,) in [0.3, 1] of raw observations (N, 48) and applied actions (N, 3).
+
+    Rotation speed is |r| of the applied action (it is already a fraction of max_rotation_speed),
+    speed is the camera's horizontal speed in m/s, roll comes from the camera quaternion.
+    """
+    score = np.ones(len(observations))
+    score -= ROTATION_DEDUCTION * (np.abs(actions[:, 2]) > ROTATION_THRESHOLD)
+    speed = horizontal_speed(observations[:, OBS["camera_velocity"]])
+    score -= SPEED_DEDUCTION * (speed > SPEED_FRACTION * max_speed)
+    score -= ROLL_DEDUCTION * (np.abs(roll_angle(observations[:, OBS["camera_rotation"]])) > ROLL_THRESHOLD)
+    return score
+
+
+def smoothness(previous_velocities: np.ndarray, velocities: np.ndarray, max_speed: float) -> np.ndarray:
+    """Low-acceleration score (N,) in [0, 1]: 1 at constant velocity, 0 for a change of max_speed or more.
+
+    The change is measured over one action (action_repeat physics frames) in the floor plane.
+    """
+    change = horizontal_speed(velocities - previous_velocities)
+    return 1.0 - np.minimum(change / max_speed, 1.0)
+
+
+class RewardCalculator:
+    """Vectorised rewards over N agents, keeping each agent's closest approach since its reset."""
+
+    def __init__(self, config: RewardConfig, num_agents: int, max_speed: float) -> None:
+        self.config = config
+        self.max_speed = max_speed
+        self.best_distance = np.zeros(num_agents)
+        self.previous_velocity = np.zeros((num_agents, 3))
+
+    def reset(self, observations: np.ndarray, agents: np.ndarray | slice = slice(None)) -> None:
+        """Start new episodes for `agents` from their first raw observations (k, 48)."""
+        self.best_distance[agents] = observations[:, OBS["goal_distance"]][:, 0]
+        self.previous_velocity[agents] = observations[:, OBS["camera_velocity"]]
+
+    def step(
+        self,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        events: EventArrays,
+        truncated: np.ndarray,
+    ) -> RewardBreakdown:
+        """Rewards for the step that led to raw `observations` (N, 48), given the applied `actions`.
+
+        `observations` are the last observations of the step (the terminal one for finished agents),
+        `truncated` flags agents cut by the time limit without finishing.
+        """
+        weights = self.config
+        distance = observations[:, OBS["goal_distance"]][:, 0]
+        new_progress = np.maximum(self.best_distance - distance, 0.0)
+        np.minimum(self.best_distance, distance, out=self.best_distance)
+
+        velocity = observations[:, OBS["camera_velocity"]]
+        comfort = comfort_score(observations, actions, self.max_speed)
+        smooth = smoothness(self.previous_velocity, velocity, self.max_speed)
+        self.previous_velocity[:] = velocity
+
+        terms = {
+            "goal_reached": weights.goal_reached * events.goal_reached,
+            "progress": weights.progress * new_progress,
+            "smooth_movement": weights.smooth_movement * smooth * new_progress,
+            "comfort_bonus": weights.comfort_bonus * comfort * new_progress,
+            "collision_penalty": weights.collision_penalty * events.collisions,
+            "fall_penalty": weights.fall_penalty * events.fell,
+            "timeout_penalty": weights.timeout_penalty * truncated,
+            "teleport_penalty": weights.teleport_penalty * events.teleports,
+        }
+        terms = {name: np.asarray(value, dtype=np.float64) for name, value in terms.items()}
+        total = np.sum(list(terms.values()), axis=0)
+        return RewardBreakdown(total=total, terms=terms, comfort=comfort)
