@@ -1,0 +1,437 @@
+"""The simulator's aiohttp app: protocol v1 (docs/protocol.md) over a `World`.
+
+Every request is validated before it touches the world, so no input can cause a 5xx; every error
+leaves as `{"error": "..."}` with the status the protocol assigns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from spacetime_rl.errors import ConfigError
+from spacetime_rl.godot import wire
+from spacetime_rl.sim.world import StepOutcome, World, ignored_options
+
+__all__ = ["ENGINE", "MAIN_SCENE", "VERSION", "create_app", "load_whitelist", "serve"]
+
+ENGINE: Final = "spacetime-sim"
+VERSION: Final = "1.0.0"
+MAIN_SCENE: Final = "res://scenes/main.tscn"
+#: Scenes the simulator can load, and whether each offers the /rl/ endpoints.
+SCENES: Final[dict[str, bool]] = {wire.DEFAULT_SCENE: True, MAIN_SCENE: False}
+FPS_WINDOW: Final = 2.0  # s of recent steps averaged by /performance
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RequestError(Exception):
+    """A request the protocol refuses: turned into `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def load_whitelist(path: str | os.PathLike[str]) -> frozenset[str]:
+    """Scene paths from a Godot `config/scene_whitelist.json`: a JSON list or `{"scenes": [...]}`."""
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"whitelist {str(path)!r} is unreadable or not JSON ({exc}); pass a JSON list of scenes"
+        ) from exc
+    scenes = data.get("scenes") if isinstance(data, dict) else data
+    if not isinstance(scenes, list) or not all(isinstance(s, str) for s in scenes):
+        raise ConfigError(
+            f'whitelist {str(path)!r} holds {type(scenes).__name__}; expected a list of scene paths or {{"scenes": [...]}}'
+        )
+    return frozenset(scenes)
+
+
+class _Simulator:
+    """Server state: the loaded scene, its world, and the lock serialising world access."""
+
+    def __init__(self, num_agents: int, seed: int | None, action_repeat: int, whitelist: frozenset[str]):
+        self.num_agents = num_agents
+        self.seed = seed
+        self.action_repeat = action_repeat
+        self.whitelist = whitelist
+        self.scene: str | None = None
+        self.world: World | None = None
+        self.lock = asyncio.Lock()
+        self.step_times: collections.deque[float] = collections.deque()
+
+    def load(self, scene: str) -> None:
+        self.world = (
+            World(self.num_agents, action_repeat=self.action_repeat, seed=self.seed)
+            if SCENES[scene]
+            else None
+        )
+        self.scene = scene
+        self.step_times.clear()
+
+    def rl_world(self) -> World:
+        if self.world is None:
+            loaded = (
+                "no scene is loaded"
+                if self.scene is None
+                else f"the loaded scene {self.scene!r} has no RL agents"
+            )
+            raise RequestError(409, f'{loaded}; POST /scene/load {{"scene": "{wire.DEFAULT_SCENE}"}} first')
+        return self.world
+
+    def record_step(self) -> None:
+        now = time.monotonic()
+        self.step_times.append(now)
+        while self.step_times and self.step_times[0] < now - FPS_WINDOW:
+            self.step_times.popleft()
+
+    def physics_fps(self) -> float:
+        """Physics frames simulated per wall second over the last FPS_WINDOW seconds."""
+        now = time.monotonic()
+        recent = [t for t in self.step_times if t >= now - FPS_WINDOW]
+        return len(recent) * self.action_repeat / FPS_WINDOW
+
+
+_SIM: Final = web.AppKey("simulator", _Simulator)
+
+
+# --- request parsing ---------------------------------------------------------------------------
+async def _body(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip() and empty_ok:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"request body is not valid JSON ({exc}); send a JSON object") from exc
+    if not isinstance(body, dict):
+        raise RequestError(400, f"request body is a JSON {type(body).__name__}; send a JSON object")
+    return body
+
+
+def _is_number(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+def _actions(body: dict[str, Any], num_agents: int) -> np.ndarray:
+    """The (N, 3) float64 actions of a step or action body, or a 400 naming the shape seen."""
+    if "actions" not in body:
+        raise RequestError(400, f"field 'actions' is missing; send {num_agents} rows of [h, v, r]")
+    rows = body["actions"]
+    if not isinstance(rows, list) or len(rows) != num_agents:
+        seen = f"{len(rows)} rows" if isinstance(rows, list) else f"a {type(rows).__name__}"
+        raise RequestError(
+            400, f"field 'actions' has {seen}; expected {num_agents} rows of [h, v, r], one per agent"
+        )
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != wire.ACTION_SIZE:
+            seen = f"{len(row)} values" if isinstance(row, list) else f"a {type(row).__name__}"
+            raise RequestError(400, f"actions row {i} has {seen}; expected {wire.ACTION_SIZE} ([h, v, r])")
+        if not all(_is_number(v) for v in row):
+            raise RequestError(400, f"actions row {i} is {row!r}; expected 3 numbers ([h, v, r])")
+    try:
+        actions = np.array(rows, dtype=np.float64)
+    except OverflowError:  # an integer beyond a double's range
+        actions = np.array([[float("inf")] * wire.ACTION_SIZE] * num_agents)
+    if not np.isfinite(actions).all():
+        i = int(np.flatnonzero(~np.isfinite(actions).all(1))[0])
+        raise RequestError(400, f"actions row {i} holds a non-finite number; send finite values in [-1, 1]")
+    return actions
+
+
+def _agents(value: object, num_agents: int) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(type(a) is int for a in value):
+        raise RequestError(400, f"field 'agents' is {value!r}; expected a list of agent indices or null")
+    bad = [a for a in value if not 0 <= a < num_agents]
+    if bad:
+        raise RequestError(400, f"field 'agents' has index {bad[0]}; agents are 0 to {num_agents - 1}")
+    if len(set(value)) != len(value):
+        raise RequestError(400, f"field 'agents' is {value!r}, which lists an agent twice; list each once")
+    return value
+
+
+def _rows(array: np.ndarray) -> list[list[float]]:
+    return array.astype(np.float64).tolist()
+
+
+def _events(outcome: StepOutcome) -> list[dict[str, Any]]:
+    collisions, fell, reached, teleports = (
+        a.tolist() for a in (outcome.collisions, outcome.fell, outcome.goal_reached, outcome.teleports)
+    )
+    return [
+        {"collisions": c, "fell": f, "goal_reached": g, "teleports": t}
+        for c, f, g, t in zip(collisions, fell, reached, teleports, strict=True)
+    ]
+
+
+# --- handlers ----------------------------------------------------------------------------------
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok", "engine": ENGINE, "version": VERSION})
+
+
+async def scene_load(request: web.Request) -> web.Response:
+    sim = request.app[_SIM]
+    body = await _body(request)
+    scene = body.get("scene")
+    if not isinstance(scene, str):
+        raise RequestError(
+            400, f"field 'scene' is {scene!r}; expected a scene path such as {wire.DEFAULT_SCENE!r}"
+        )
+    if scene not in sim.whitelist:
+        raise RequestError(403, f"scene {scene!r} is not in the whitelist; allowed: {sorted(sim.whitelist)}")
+    if scene not in SCENES:
+        raise RequestError(404, f"scene {scene!r} does not exist in the simulator; known: {sorted(SCENES)}")
+    async with sim.lock:
+        sim.load(scene)
+    return _json({"scene": scene, "loaded": True})
+
+
+async def scene_state(request: web.Request) -> web.Response:
+    sim = request.app[_SIM]
+    num_agents = sim.world.num_agents if sim.world is not None else 0
+    return _json({"scene": sim.scene, "rl_ready": sim.world is not None, "num_agents": num_agents})
+
+
+async def performance(request: web.Request) -> web.Response:
+    sim = request.app[_SIM]
+    return _json(
+        {
+            "engine": {"fps": sim.physics_fps(), "physics_fps": float(wire.PHYSICS_HZ)},
+            "memory": {"static_memory_usage": _memory_bytes(sim.world)},
+        }
+    )
+
+
+def _memory_bytes(world: World | None) -> int:
+    """Resident set size of this process, or the world's arrays where /proc is unavailable."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return world.nbytes if world is not None else 0
+
+
+async def rl_spec(request: web.Request) -> web.Response:
+    world = request.app[_SIM].rl_world()
+    return _json(
+        {
+            "protocol": wire.PROTOCOL_VERSION,
+            "num_agents": world.num_agents,
+            "observation_size": wire.OBSERVATION_SIZE,
+            "action_size": wire.ACTION_SIZE,
+            "observation_fields": [{"name": name, "size": size} for name, size in wire.OBSERVATION_FIELDS],
+            "physics_hz": wire.PHYSICS_HZ,
+            "action_repeat": world.action_repeat,
+        }
+    )
+
+
+async def rl_reset(request: web.Request) -> web.Response:
+    sim = request.app[_SIM]
+    world = sim.rl_world()
+    body = await _body(request, empty_ok=True)
+    seed = body.get("seed")
+    if seed is not None and (type(seed) is not int or seed < 0):
+        raise RequestError(400, f"field 'seed' is {seed!r}; expected a non-negative integer or null")
+    agents = _agents(body.get("agents"), world.num_agents)
+    options = body.get("options")
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise RequestError(400, f"field 'options' is {options!r}; expected an object of reset options")
+    async with sim.lock:
+        observations = world.reset(agents, seed, options)
+    return _json({"observations": _rows(observations), "ignored_options": ignored_options(options)})
+
+
+async def rl_action(request: web.Request) -> web.Response:
+    sim = request.app[_SIM]
+    world = sim.rl_world()
+    actions = _actions(await _body(request), world.num_agents)
+    async with sim.lock:
+        outcome = world.step(actions)
+        sim.record_step()
+    return _json({"tick": outcome.tick})
+
+
+async def rl_observation(request: web.Request) -> web.Response:
+    world = request.app[_SIM].rl_world()
+    return _json({"observations": _rows(world.observe())})
+
+
+async def rl_state(request: web.Request) -> web.Response:
+    world = request.app[_SIM].rl_world()
+    outcome = world.last_outcome
+    return _json(
+        {
+            "done": outcome.done.tolist(),
+            "events": _events(outcome),
+            "tick": outcome.tick,
+        }
+    )
+
+
+async def rl_step(request: web.Request) -> web.Response:
+    sim = request.app[_SIM]
+    world = sim.rl_world()
+    body = await _body(request)
+    actions = _actions(body, world.num_agents)
+    auto_reset = body.get("auto_reset", False)
+    if type(auto_reset) is not bool:
+        raise RequestError(400, f"field 'auto_reset' is {auto_reset!r}; expected true or false")
+    async with sim.lock:
+        outcome = world.step(actions)
+        sim.record_step()
+        observations = world.observe()
+        answer: dict[str, Any] = {}
+        if auto_reset:
+            # every done agent starts over, including any left frozen by an earlier step without auto_reset
+            finished = np.flatnonzero(outcome.done)
+            answer["terminal_observations"] = {
+                str(i): row for i, row in zip(finished.tolist(), _rows(observations[finished]), strict=True)
+            }
+            if finished.size:
+                observations[finished] = world.reset(finished)
+    answer.update(
+        observations=_rows(observations),
+        done=outcome.done.tolist(),
+        events=_events(outcome),
+        tick=outcome.tick,
+    )
+    return _json(answer)
+
+
+# --- middlewares -------------------------------------------------------------------------------
+def _http_error_message(request: web.Request, exc: web.HTTPException, max_body_bytes: int) -> str:
+    if exc.status == 404:
+        return f"no endpoint {request.method} {request.path}; see docs/protocol.md for the endpoints"
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return f"{request.method} is not allowed on {request.path}; use {allowed or 'another method'}"
+    if exc.status == 413:
+        return (
+            f"request body exceeds the server's limit of {max_body_bytes} bytes; send a smaller body "
+            "or start the simulator with a larger --max-body-bytes"
+        )
+    return exc.text or exc.reason
+
+
+def _middlewares(token: str | None, max_body_bytes: int) -> list[Any]:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        except ConfigError as exc:  # the world refused a value the parsing let through
+            return _error(400, str(exc))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _error(exc.status, _http_error_message(request, exc, max_body_bytes))
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return _error(
+                500, f"internal simulator error serving {request.method} {request.path}; this is a bug"
+            )
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token is not None and request.path != "/health":
+            expected = f"Bearer {token}".encode()
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                what = "wrong" if given else "missing"
+                return _error(
+                    401, f"the Authorization header is {what}; send 'Authorization: Bearer <token>'"
+                )
+        return await handler(request)
+
+    return [errors, auth]
+
+
+def create_app(
+    *,
+    num_agents: int = 16,
+    token: str | None = None,
+    whitelist: Iterable[str] | None = None,
+    scene: str | None = None,
+    seed: int | None = None,
+    action_repeat: int = wire.DEFAULT_ACTION_REPEAT,
+    max_body_bytes: int = 1 << 20,
+) -> web.Application:
+    """The protocol v1 app. `scene` is loaded at once (else nothing is until POST /scene/load).
+
+    `seed` seeds every scene load's reset (random when None); `whitelist` replaces the default
+    whitelist (the simulator's two scenes).
+    """
+    if num_agents < 1:
+        raise ConfigError(f"num_agents is {num_agents}; the simulator needs at least 1 agent")
+    if action_repeat < 1:
+        raise ConfigError(f"action_repeat is {action_repeat}; it must be at least 1 physics frame")
+    if max_body_bytes < 1:
+        raise ConfigError(f"max_body_bytes is {max_body_bytes}; it must be positive")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"seed is {seed}; expected a non-negative integer")
+    allowed = frozenset(SCENES if whitelist is None else whitelist)
+    sim = _Simulator(num_agents, seed, action_repeat, allowed)
+    if scene is not None:
+        if scene not in SCENES:
+            raise ConfigError(f"scene {scene!r} is not a simulator scene; known: {sorted(SCENES)}")
+        sim.load(scene)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=_middlewares(token, max_body_bytes))
+    app[_SIM] = sim
+    app.router.add_get("/health", health)
+    app.router.add_post("/scene/load", scene_load)
+    app.router.add_get("/scene/state", scene_state)
+    app.router.add_get("/performance", performance)
+    app.router.add_get("/rl/spec", rl_spec)
+    app.router.add_post("/rl/reset", rl_reset)
+    app.router.add_post("/rl/action", rl_action)
+    app.router.add_get("/rl/observation", rl_observation)
+    app.router.add_get("/rl/state", rl_state)
+    app.router.add_post("/rl/step", rl_step)
+    return app
+
+
+async def serve(
+    app: web.Application, host: str = wire.DEFAULT_HOST, port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Start `app` on host:port (0 picks a free port); returns the runner (call `cleanup()`) and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    actual = runner.addresses[0][1]
+    return runner, int(actual)
