@@ -73,7 +73,9 @@ def load_whitelist(path: str | os.PathLike[str]) -> frozenset[str]:
 class _Simulator:
     """Server state: the loaded scene, its world, and the lock serialising world access."""
 
-    def __init__(self, num_agents: int, seed: int | None, action_repeat: int, whitelist: frozenset[str]):
+    def __init__(
+        self, num_agents: int, seed: int | None, action_repeat: int, whitelist: frozenset[str] | None
+    ):
         self.num_agents = num_agents
         self.seed = seed
         self.action_repeat = action_repeat
@@ -202,7 +204,9 @@ async def scene_load(request: web.Request) -> web.Response:
         raise RequestError(
             400, f"field 'scene' is {scene!r}; expected a scene path such as {wire.DEFAULT_SCENE!r}"
         )
-    if scene not in sim.whitelist:
+    # The default whitelist is exactly the known scenes, so without a configured one an unknown
+    # scene is simply missing (404); a configured whitelist refuses first (403).
+    if sim.whitelist is not None and scene not in sim.whitelist:
         raise RequestError(403, f"scene {scene!r} is not in the whitelist; allowed: {sorted(sim.whitelist)}")
     if scene not in SCENES:
         raise RequestError(404, f"scene {scene!r} does not exist in the simulator; known: {sorted(SCENES)}")
@@ -400,8 +404,7 @@ def create_app(
         raise ConfigError(f"max_body_bytes is {max_body_bytes}; it must be positive")
     if seed is not None and seed < 0:
         raise ConfigError(f"seed is {seed}; expected a non-negative integer")
-    allowed = frozenset(SCENES if whitelist is None else whitelist)
-    sim = _Simulator(num_agents, seed, action_repeat, allowed)
+    sim = _Simulator(num_agents, seed, action_repeat, None if whitelist is None else frozenset(whitelist))
     if scene is not None:
         if scene not in SCENES:
             raise ConfigError(f"scene {scene!r} is not a simulator scene; known: {sorted(SCENES)}")

@@ -267,9 +267,17 @@ class TestErrors:
 
     async def test_bad_scene_loads(self, http: aiohttp.ClientSession, url: str) -> None:
         assert_error(*await call(http, "POST", f"{url}/scene/load", {"scene": 3}), 400, "scene")
-        assert_error(
-            *await call(http, "POST", f"{url}/scene/load", {"scene": "res://x.tscn"}), 403, "whitelist"
-        )
+        # the default whitelist is the simulator's own scenes: anything else is missing
+        missing = {"scene": "res://x.tscn"}
+        assert_error(*await call(http, "POST", f"{url}/scene/load", missing), 404, "does not exist")
+
+    async def test_configured_whitelist_refuses_first(
+        self, http: aiohttp.ClientSession, start_sim: Any
+    ) -> None:
+        url = await start_sim(num_agents=1, whitelist=[wire.DEFAULT_SCENE])
+        for scene in (MAIN_SCENE, "res://x.tscn"):
+            assert_error(*await call(http, "POST", f"{url}/scene/load", {"scene": scene}), 403, "whitelist")
+        assert (await call(http, "POST", f"{url}/scene/load", {"scene": wire.DEFAULT_SCENE}))[0] == 200
 
     async def test_whitelisted_but_unknown_scene_is_404(
         self, http: aiohttp.ClientSession, start_sim: Any
