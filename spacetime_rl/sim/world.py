@@ -13,6 +13,7 @@ for the arena, the sensors and every constant below.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -82,6 +83,21 @@ _IS_RECT: Final = np.ones(_NUM_OBSTACLES, bool)
 _IS_RECT[_PILLARS] = False
 _Selection = slice | np.ndarray  # agents to compute for: a slice or an index array
 _ALL: Final = slice(None)
+
+
+def _wire_default(key: str) -> float:
+    value = wire.RESET_OPTION_DEFAULTS[key]
+    if value is None:
+        raise RuntimeError(f"wire.RESET_OPTION_DEFAULTS[{key!r}] has no value")
+    return value
+
+
+#: Defaults of the options that have one: the protocol's and the simulator's own.
+_DEFAULTS: Final = {
+    "max_speed": _wire_default("max_speed"),
+    "max_rotation_speed": _wire_default("max_rotation_speed"),
+    "snap_angle": DEFAULT_SNAP_ANGLE,
+}
 _SIM_OPTIONS: Final = ("turn_mode", "snap_angle")
 _KNOWN_OPTIONS: Final = (*wire.RESET_OPTION_DEFAULTS, *_SIM_OPTIONS)
 
@@ -147,14 +163,14 @@ class World:
         n = self.num_agents = num_agents
         self.action_repeat = action_repeat
         self._tick = 0
-        entropy = np.random.SeedSequence().entropy if seed is None else None
-        self._rngs = [self._agent_rng(seed, i, entropy) for i in range(n)]
+        entropy = secrets.randbits(128)  # only used when seed is None
+        self._rngs = [self._agent_rng(entropy if seed is None else seed, i) for i in range(n)]
 
         # persisted reset options (NaN goal distance: unset, the default applies)
         self._min_goal = np.full(n, np.nan)
         self._max_goal = np.full(n, np.nan)
-        self._max_speed = np.full(n, wire.RESET_OPTION_DEFAULTS["max_speed"])
-        self._max_rotation = np.full(n, math.radians(wire.RESET_OPTION_DEFAULTS["max_rotation_speed"]))
+        self._max_speed = np.full(n, _DEFAULTS["max_speed"])
+        self._max_rotation = np.full(n, math.radians(_DEFAULTS["max_rotation_speed"]))
         self._snap = np.zeros(n, bool)
         self._snap_angle = np.full(n, math.radians(DEFAULT_SNAP_ANGLE))
 
@@ -212,7 +228,8 @@ class World:
     @property
     def last_outcome(self) -> StepOutcome:
         """Events of the last action (zeros for agents reset since) and the current done flags."""
-        return StepOutcome(self._done.copy(), *(e.copy() for e in self._events), tick=self._tick)
+        collisions, fell, reached, teleports = (e.copy() for e in self._events)
+        return StepOutcome(self._done.copy(), collisions, fell, reached, teleports, self._tick)
 
     @property
     def nbytes(self) -> int:
@@ -409,9 +426,9 @@ class World:
 
     # --- internals -------------------------------------------------------------------------
     @staticmethod
-    def _agent_rng(seed: int | None, agent: int, entropy: int | None = None) -> np.random.Generator:
-        key = [entropy, agent] if seed is None else [seed, agent]
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+    def _agent_rng(seed: int, agent: int) -> np.random.Generator:
+        """The random stream of `agent` under `seed`: independent of every other agent's."""
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, agent])))
 
     def _no_events(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n = self.num_agents
@@ -464,17 +481,14 @@ class World:
                 f"for agent {idx[j]}; pass a min no larger than the max"
             )
         self._min_goal[idx], self._max_goal[idx] = low, high
-        defaults = {"max_speed": wire.RESET_OPTION_DEFAULTS["max_speed"], "snap_angle": DEFAULT_SNAP_ANGLE}
-        if "max_speed" in updates:
-            value = updates["max_speed"]
-            self._max_speed[idx] = defaults["max_speed"] if value is None else value
-        if "max_rotation_speed" in updates:
-            value = updates["max_rotation_speed"]
-            default = wire.RESET_OPTION_DEFAULTS["max_rotation_speed"]
-            self._max_rotation[idx] = math.radians(default if value is None else value)
-        if "snap_angle" in updates:
-            value = updates["snap_angle"]
-            self._snap_angle[idx] = math.radians(defaults["snap_angle"] if value is None else value)
+        for key, target, scale in (
+            ("max_speed", self._max_speed, 1.0),
+            ("max_rotation_speed", self._max_rotation, math.pi / 180),
+            ("snap_angle", self._snap_angle, math.pi / 180),
+        ):
+            if key in updates:
+                value = updates[key]
+                target[idx] = (_DEFAULTS[key] if value is None else value) * scale
         if "turn_mode" in known:
             self._snap[idx] = known["turn_mode"] == "snap"
 
@@ -498,7 +512,7 @@ class World:
             draws = np.stack([self._rngs[i].random(_DRAWS_PER_ATTEMPT) for i in idx[pending]])
             ok, sample = _sample_arenas(draws, low[pending], high[pending])
             for j, agent_row in zip(np.flatnonzero(ok), pending[ok], strict=True):
-                self._store_arena(int(idx[agent_row]), sample, j)
+                self._store_arena(int(idx[agent_row]), sample, int(j))
             yaw[pending[ok]] = sample["yaw"][ok]
             pending = pending[~ok]
         for agent_row in pending:  # fallback: an empty arena, start and goal along the diagonal
@@ -792,7 +806,7 @@ def _free_cells(boxes: np.ndarray, pillars: np.ndarray, pits: np.ndarray) -> np.
     def overlap(rects: np.ndarray, grow: float) -> np.ndarray:
         ox = (lo < rects[..., 2:3] + grow) & (hi > rects[..., 0:1] - grow)  # (k, K, G)
         oz = (lo < rects[..., 3:4] + grow) & (hi > rects[..., 1:2] - grow)
-        return (ox[..., :, None] & oz[..., None, :]).any(1)
+        return np.any(ox[..., :, None] & oz[..., None, :], axis=1)
 
     blocked = overlap(boxes, PLAYER_RADIUS) | overlap(pits, PIT_MARGIN)
     cx, cz, r = pillars[..., 0:1], pillars[..., 1:2], pillars[..., 2:3]
@@ -819,5 +833,5 @@ def _reachable(free: np.ndarray, start: np.ndarray, goal: np.ndarray) -> np.ndar
         grown &= free
         at_goal = grown[rows, goal[:, 0], goal[:, 1]]
         if at_goal.all() or np.array_equal(grown, reached):
-            return at_goal
+            return np.asarray(at_goal, dtype=bool)
         reached = grown
