@@ -1,0 +1,85 @@
+"""Per-agent episode bookkeeping shared by the VecEnv and the Gymnasium env, vectorised over N agents.
+
+One `EpisodeTracker` holds, for every agent, what the server does not: the action smoothing state,
+the reward calculator's closest approach, the client-side time limit and the running episode stats
+that end up in `info["episode"]` (Monitor's r and l) and `info["episode_stats"]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spacetime_rl.config import EnvConfig, RewardConfig
+from spacetime_rl.envs.preprocessing import ActionSmoother
+from spacetime_rl.godot.wire import OBS
+from spacetime_rl.rewards import REWARD_TERMS, EventArrays, RewardCalculator
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What the tracker makes of one step: shaped rewards (N,) and time-limit truncations (N,)."""
+
+    rewards: np.ndarray  # float32
+    truncated: np.ndarray  # bool: hit max_episode_steps without finishing
+
+
+class EpisodeTracker:
+    def __init__(self, num_agents: int, env: EnvConfig, reward: RewardConfig) -> None:
+        self.num_agents = num_agents
+        self.max_episode_steps = env.max_episode_steps
+        self.smoother = ActionSmoother(num_agents, env.action_smoothing)
+        self.rewards = RewardCalculator(reward, num_agents, env.max_speed)
+        self.steps = np.zeros(num_agents, dtype=np.int64)
+        self.returns = np.zeros(num_agents)
+        self.collisions = np.zeros(num_agents, dtype=np.int64)
+        self.teleports = np.zeros(num_agents, dtype=np.int64)
+        self.comfort = np.zeros(num_agents)
+        self.terms = np.zeros((len(REWARD_TERMS), num_agents))
+
+    def start(self, observations: np.ndarray, agents: np.ndarray | slice = slice(None)) -> None:
+        """Begin episodes for `agents` from their first raw observations (k, 48)."""
+        self.smoother.reset(agents)
+        self.rewards.reset(observations, agents)
+        for stat in (self.steps, self.returns, self.collisions, self.teleports, self.comfort):
+            stat[agents] = 0
+        self.terms[:, agents] = 0.0
+
+    def smooth(self, raw_actions: np.ndarray) -> np.ndarray:
+        """Applied actions (N, 3) for the policy's actions: smoothed and clipped to [-1, 1]."""
+        return self.smoother(raw_actions)
+
+    def record(
+        self, observations: np.ndarray, applied: np.ndarray, events: EventArrays, done: np.ndarray
+    ) -> StepRecord:
+        """Score one step; `observations` (N, 48) are each agent's last raw observation of it."""
+        self.steps += 1
+        truncated = (self.steps >= self.max_episode_steps) & ~done
+        breakdown = self.rewards.step(observations, applied, events, truncated)
+        self.returns += breakdown.total
+        self.collisions += events.collisions
+        self.teleports += events.teleports
+        self.comfort += breakdown.comfort
+        self.terms += np.stack([breakdown.terms[name] for name in REWARD_TERMS])
+        return StepRecord(rewards=breakdown.total.astype(np.float32), truncated=truncated)
+
+    def episode_info(
+        self, agent: int, final_observation: np.ndarray, events: EventArrays, truncated: bool
+    ) -> dict[str, Any]:
+        """Info entries for an agent whose episode just ended (before `start` clears its stats)."""
+        length = int(self.steps[agent])
+        return {
+            "episode": {"r": float(self.returns[agent]), "l": length},
+            "is_success": bool(events.goal_reached[agent]),
+            "TimeLimit.truncated": truncated,
+            "episode_stats": {
+                "collisions": int(self.collisions[agent]),
+                "falls": int(events.fell[agent]),
+                "teleports": int(self.teleports[agent]),
+                "comfort": float(self.comfort[agent] / max(length, 1)),
+                "goal_distance": float(final_observation[OBS["goal_distance"].start]),
+                "terms": {name: float(self.terms[i, agent]) for i, name in enumerate(REWARD_TERMS)},
+            },
+        }

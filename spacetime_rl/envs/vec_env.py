@@ -1,0 +1,267 @@
+"""`SpaceTimeVecEnv`: an SB3 VecEnv over N agents on one or more protocol v1 servers.
+
+Each step sends one `/rl/step` per server, concurrently, on an event loop the VecEnv owns. Finished
+agents are reset by the server (auto_reset); agents cut by the client-side time limit, and agents
+whose reset options changed (the curriculum), are reset with one batched `/rl/reset` per server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from spacetime_rl.config import EnvConfig, RewardConfig
+from spacetime_rl.envs.episodes import EpisodeTracker
+from spacetime_rl.envs.preprocessing import preprocess_observations
+from spacetime_rl.errors import ConfigError
+from spacetime_rl.godot import wire
+
+__all__ = ["AgentTransport", "SpaceTimeVecEnv", "make_clients", "observation_space", "reset_options"]
+
+T = TypeVar("T")
+
+
+class AgentTransport(Protocol):
+    """The seam between the VecEnv and a server: `GodotClient` or an in-process adapter."""
+
+    async def spec(self) -> Any: ...  # has .num_agents
+
+    async def reset(
+        self,
+        seed: int | None = None,
+        agents: Sequence[int] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Any: ...  # has .observations (k, 48)
+
+    async def step(self, actions: np.ndarray, auto_reset: bool = False) -> Any: ...  # a StepResult
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Events:
+    collisions: np.ndarray
+    fell: np.ndarray
+    goal_reached: np.ndarray
+    teleports: np.ndarray
+
+
+def observation_space() -> spaces.Box:
+    return spaces.Box(-np.inf, np.inf, shape=(wire.OBSERVATION_SIZE,), dtype=np.float32)
+
+
+def action_space() -> spaces.Box:
+    return spaces.Box(-1.0, 1.0, shape=(wire.ACTION_SIZE,), dtype=np.float32)
+
+
+def reset_options(config: EnvConfig, max_goal_distance: float | None = None) -> dict[str, Any]:
+    """The reset options every server understands, from the env config (and a curriculum stage)."""
+    maximum = config.max_goal_distance if max_goal_distance is None else max_goal_distance
+    return {
+        "min_goal_distance": min(config.min_goal_distance, maximum),
+        "max_goal_distance": maximum,
+        "max_speed": config.max_speed,
+        "max_rotation_speed": config.max_rotation_speed,
+        "turn_mode": config.turn_mode,
+    }
+
+
+def make_clients(urls: Sequence[str], config: EnvConfig) -> list[Any]:
+    """One `GodotClient` per URL, with the env's token and timeouts."""
+    from spacetime_rl.godot.client import GodotClient, Timeouts
+
+    timeouts = Timeouts(connect=config.connect_timeout, request=config.request_timeout)
+    return [GodotClient(url, token=config.token, timeouts=timeouts, name="env.url") for url in urls]
+
+
+class SpaceTimeVecEnv(VecEnv):
+    """N = sum of the servers' agents; env index i is agent i - offset[s] of server s.
+
+    Observations are preprocessed (`preprocessing.py`), rewards come from `rewards.py`, and at an
+    episode's end `infos[i]` carries `terminal_observation`, `TimeLimit.truncated`, Monitor's
+    `episode` {r, l}, `is_success` and `episode_stats` (collisions, falls, teleports, mean comfort,
+    final goal distance, the sum of each reward term).
+
+    `get_attr`, `set_attr` and `env_method` act on this object: every agent shares its settings.
+    """
+
+    render_mode = None
+
+    def __init__(
+        self,
+        transports: Sequence[AgentTransport],
+        env_config: EnvConfig,
+        reward_config: RewardConfig,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self.config = env_config
+        self._transports = list(transports)
+        self._loop = asyncio.new_event_loop()
+        self._closed = False
+        try:
+            specs = self._gather(self._prepare(t) for t in self._transports)
+        except BaseException:
+            self.close()
+            raise
+        counts = [spec.num_agents for spec in specs]
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._slices = [
+            slice(int(a), int(b)) for a, b in zip(self._offsets[:-1], self._offsets[1:], strict=True)
+        ]
+        num_agents = int(self._offsets[-1])
+        self._tracker = EpisodeTracker(num_agents, env_config, reward_config)
+        self._server_options = reset_options(env_config)
+        self._stale_options = np.zeros(num_agents, dtype=bool)
+        self._seed = seed
+        self._actions = np.zeros((num_agents, wire.ACTION_SIZE))
+        super().__init__(num_agents, observation_space(), action_space())
+
+    # ---------------------------------------------------------------- VecEnv API
+
+    def reset(self) -> np.ndarray:
+        seeds = [None if self._seed is None else self._seed + s for s in range(len(self._transports))]
+        self._seed = None
+        results = self._gather(
+            t.reset(seed=seed, options=self._server_options)
+            for t, seed in zip(self._transports, seeds, strict=True)
+        )
+        raw = np.concatenate([r.observations for r in results])
+        self._stale_options[:] = False
+        self._tracker.start(raw)
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        return preprocess_observations(raw, heading_frame=self.config.heading_frame)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions).reshape(self.num_envs, wire.ACTION_SIZE)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        applied = self._tracker.smooth(self._actions)
+        results = self._gather(
+            t.step(applied[s], auto_reset=True) for t, s in zip(self._transports, self._slices, strict=True)
+        )
+        raw = np.concatenate([r.observations for r in results])
+        done = np.concatenate([r.done for r in results])
+        events = _Events(
+            *(np.concatenate([getattr(r.events, name) for r in results]) for name in wire.EVENT_FIELDS)
+        )
+        final = raw
+        if done.any():
+            final = raw.copy()
+            for offset, result in zip(self._offsets, results, strict=False):
+                for agent, row in result.terminal_observations.items():
+                    final[offset + agent] = row
+        record = self._tracker.record(final, applied, events, done)
+        ended = done | record.truncated
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        if ended.any():
+            agents = np.flatnonzero(ended)
+            terminal = preprocess_observations(final[agents], heading_frame=self.config.heading_frame)
+            for row, agent in enumerate(agents.tolist()):
+                info = self._tracker.episode_info(agent, final[agent], events, bool(record.truncated[agent]))
+                info["terminal_observation"] = terminal[row]
+                infos[agent] = info
+            self._restart(raw, agents, record.truncated | (done & self._stale_options))
+        obs = preprocess_observations(raw, heading_frame=self.config.heading_frame)
+        return obs, record.rewards, ended, infos
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._gather((t.close() for t in self._transports), return_exceptions=True)
+        finally:
+            self._loop.close()
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        """Seed the next `reset()`: server s gets seed + s, and its agent i draws from (seed + s, i)."""
+        if seed is None:
+            seed = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
+        self._seed = seed
+        return [seed + s for s in range(len(self._transports))]
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self, attr_name)] * len(self._indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        if len(self._indices(indices)) != self.num_envs:
+            raise ValueError(
+                f"{type(self).__name__} agents share their attributes; set {attr_name!r} for all"
+            )
+        setattr(self, attr_name, value)
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
+        result = getattr(self, method_name)(*method_args, **method_kwargs)
+        return [result] * len(self._indices(indices))
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False] * len(self._indices(indices))
+
+    # ---------------------------------------------------------------- beyond SB3
+
+    @property
+    def max_goal_distance(self) -> float:
+        return float(self._server_options["max_goal_distance"])
+
+    def set_max_goal_distance(self, distance: float) -> None:
+        """Goals of every episode that starts from now on lie at most `distance` metres away."""
+        if not (math.isfinite(distance) and distance > 0):
+            raise ConfigError(f"max_goal_distance={distance!r} is invalid: use a positive number of metres")
+        self._server_options = reset_options(self.config, distance)
+        self._stale_options[:] = True
+
+    def performance(self) -> list[dict[str, Any]]:
+        """Each server's `/performance` answer (servers without the endpoint are skipped)."""
+        calls = [
+            t.get_performance_metrics() for t in self._transports if hasattr(t, "get_performance_metrics")
+        ]
+        return self._gather(calls)
+
+    # ---------------------------------------------------------------- internals
+
+    def _gather(self, calls: Iterable[Awaitable[T]], *, return_exceptions: bool = False) -> list[T]:
+        """Run `calls` concurrently on this VecEnv's loop; results in order."""
+
+        async def gather() -> list[T]:
+            return await asyncio.gather(*calls, return_exceptions=return_exceptions)
+
+        return self._loop.run_until_complete(gather())
+
+    async def _prepare(self, transport: AgentTransport) -> Any:
+        if self.config.kind == "godot":
+            await transport.load_scene(self.config.scene)  # type: ignore[attr-defined]
+        return await transport.spec()
+
+    def _restart(self, raw: np.ndarray, ended: np.ndarray, client_reset: np.ndarray) -> None:
+        """Start new episodes for `ended` agents; those flagged in `client_reset` (N,) get `/rl/reset`."""
+        agents = np.flatnonzero(client_reset)
+        if agents.size:
+            servers = np.searchsorted(self._offsets, agents, side="right") - 1
+            batches = [(s, agents[servers == s]) for s in np.unique(servers).tolist()]
+            results = self._gather(
+                self._transports[s].reset(
+                    agents=(batch - self._offsets[s]).tolist(), options=self._server_options
+                )
+                for s, batch in batches
+            )
+            for (_, batch), result in zip(batches, results, strict=True):
+                raw[batch] = result.observations
+            self._stale_options[agents] = False
+        self._tracker.start(raw[ended], ended)
+
+    def _indices(self, indices: VecEnvIndices) -> Sequence[int]:
+        if indices is None:
+            return range(self.num_envs)
+        if isinstance(indices, int):
+            return [indices]
+        return list(indices)
