@@ -135,7 +135,7 @@ func _rl_reset(body: PackedByteArray) -> Array:
 	var environment: RLEnvironment = service.get_environment()
 	if environment == null:
 		return _no_rl_scene()
-	var parsed := _json_object(body)
+	var parsed := _json_object(body) if not body.is_empty() else {"value": {}}
 	if parsed.has("error"):
 		return _error(400, parsed["error"])
 	var request: Dictionary = parsed["value"]

@@ -48,6 +48,7 @@ class Connection:
 	var continue_sent := false
 	var discard_left := 0
 	var oversized_head := {}
+	var answered := 0
 	var last_active_ms := 0
 
 	func _init(stream: StreamPeerTCP) -> void:
@@ -78,21 +79,26 @@ func stop() -> void:
 	_server.stop()
 
 
-## Accepts, reads, answers and writes whatever is ready; never blocks.
-func poll() -> void:
+## Accepts, reads, answers and writes whatever is ready; never blocks. Returns the number of
+## requests answered.
+func poll() -> int:
 	while _server.is_connection_available():
 		var stream := _server.take_connection()
 		if _connections.size() >= MAX_CONNECTIONS:
 			stream.disconnect_from_host()
 			continue
 		_connections.append(Connection.new(stream))
+	var answered := 0
 	var open: Array[Connection] = []
 	for connection in _connections:
+		var before := connection.answered
 		if _service(connection):
 			open.append(connection)
 		else:
 			connection.peer.disconnect_from_host()
+		answered += connection.answered - before
 	_connections = open
+	return answered
 
 
 ## Returns false once the connection should be dropped.
@@ -191,6 +197,7 @@ func _answer(connection: Connection, head: Dictionary, body: PackedByteArray, cl
 		)
 		result = [500, _error_body(message), JSON_TYPE]
 	_queue_response(connection, result[0], result[1], result[2], close)
+	connection.answered += 1
 
 
 ## Index of the blank line ending the head ("\r\n\r\n"), or -1.
