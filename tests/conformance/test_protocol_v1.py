@@ -307,6 +307,7 @@ async def test_token_is_required_everywhere_but_health(server: Target, openapi: 
     }
     bodies["/rl/step"] = bodies["/rl/action"]
     endpoints = [("GET", "/scene/state"), ("GET", "/performance"), *RL_ENDPOINTS, ("POST", "/scene/load")]
+    endpoints.append(("GET", "/nope"))  # 401 takes precedence over 404
     for method, path in endpoints:
         for token in (None, "wrong-" + (secured.token or "")):
             reply = await secured.call(method, path, bodies.get(path), token=token)
