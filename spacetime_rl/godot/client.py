@@ -395,7 +395,7 @@ class GodotClient:
         hint = _STATUS_HINTS.get(status)
         suffix = f" Hint: {hint.format(prefix=self._prefix)}." if hint else ""
         return GodotHTTPError(
-            f"{method} {self.url}{endpoint} answered {status}: {' '.join(message.split())}.{suffix}",
+            f"{method} {self.url}{endpoint} answered {status}: {' '.join(message.split()).rstrip('.')}.{suffix}",
             url=self.url,
             endpoint=endpoint,
             status=status,
