@@ -1,0 +1,240 @@
+"""Training callbacks: episode metrics, checkpoints, evaluation with best-model keeping, curriculum.
+
+Frequencies are in agent-steps (SB3's num_timesteps), whatever the number of agents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
+
+from spacetime_rl.rewards import REWARD_TERMS
+from spacetime_rl.training.artifacts import checkpoint_path, save_snapshot
+from spacetime_rl.training.curriculum import Curriculum
+
+#: The metrics an evaluation reports; `training.objective` names one of them.
+EVAL_METRICS: Final = (
+    "eval/success_rate",
+    "eval/mean_reward",
+    "eval/mean_ep_length",
+    "eval/collisions",
+    "eval/falls",
+    "eval/comfort",
+)
+
+
+def _next_multiple(timesteps: int, every: int) -> int:
+    return (timesteps // every + 1) * every
+
+
+def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int, seed: int) -> dict[str, float]:
+    """Run the deterministic policy for `episodes` episodes spread evenly over the env's agents.
+
+    Each agent plays a fixed share (as SB3's `evaluate_policy` does), so short episodes do not
+    crowd out long ones; the env is re-seeded so every evaluation sees the same goals.
+    """
+    env.seed(seed)
+    obs = env.reset()
+    targets = np.array([(episodes + i) // env.num_envs for i in range(env.num_envs)])
+    counts = np.zeros(env.num_envs, dtype=int)
+    finished: list[dict[str, Any]] = []
+    while (counts < targets).any():
+        actions, _ = model.predict(obs, deterministic=True)
+        obs, _, dones, infos = env.step(actions)
+        for i in np.flatnonzero(dones & (counts < targets)):
+            finished.append(infos[i])
+            counts[i] += 1
+    stats = [info["episode_stats"] for info in finished]
+    return {
+        "eval/success_rate": float(np.mean([info["is_success"] for info in finished])),
+        "eval/mean_reward": float(np.mean([info["episode"]["r"] for info in finished])),
+        "eval/mean_ep_length": float(np.mean([info["episode"]["l"] for info in finished])),
+        "eval/collisions": float(np.mean([s["collisions"] for s in stats])),
+        "eval/falls": float(np.mean([s["falls"] for s in stats])),
+        "eval/comfort": float(np.mean([s["comfort"] for s in stats])),
+    }
+
+
+@dataclass
+class EvalRecord:
+    """Evaluations so far: the latest and the best (later curriculum stage first, then success, then return)."""
+
+    last: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def rank(metrics: dict[str, float]) -> tuple[float, float, float]:
+        return (metrics["curriculum/stage"], metrics["eval/success_rate"], metrics["eval/mean_reward"])
+
+    def improves(self, metrics: dict[str, float]) -> bool:
+        return not self.best or self.rank(metrics) > self.rank(self.best)
+
+
+class Evaluator:
+    """Evaluates on the eval env with the training env's normalisation and keeps the best model."""
+
+    def __init__(
+        self,
+        eval_env: VecNormalize,
+        *,
+        episodes: int,
+        seed: int,
+        best_dir: Path,
+        curriculum: Curriculum,
+        record: EvalRecord,
+        after: Callable[[BaseAlgorithm], None] | None = None,
+    ) -> None:
+        self.eval_env = eval_env
+        self.episodes = episodes
+        self.seed = seed
+        self.best_dir = best_dir
+        self.curriculum = curriculum
+        self.record = record
+        self.after = after  # e.g. restart training episodes when eval shares the training server
+
+    def __call__(self, model: BaseAlgorithm, logger: Logger) -> dict[str, float]:
+        train_env = model.get_env()
+        assert train_env is not None
+        sync_envs_normalization(train_env, self.eval_env)
+        metrics = evaluate(model, self.eval_env, self.episodes, self.seed)
+        metrics |= {
+            "curriculum/stage": float(self.curriculum.stage),
+            "time/total_timesteps": model.num_timesteps,
+        }
+        for key in EVAL_METRICS:
+            logger.record(key, metrics[key])
+        self.record.last = metrics
+        if self.record.improves(metrics):
+            self.record.best = metrics
+            assert isinstance(train_env, VecNormalize)
+            save_snapshot(model, train_env, self.best_dir / "best_model.zip", {"metrics": metrics})
+        if self.after is not None:
+            self.after(model)
+        return metrics
+
+
+class EvalCallback(BaseCallback):
+    """Evaluate every `eval_freq` agent-steps, at the end of the rollout that crosses the mark.
+
+    Evaluating between rollouts keeps a rollout's data from one policy and lets an evaluation that
+    shares the training server restart the training episodes cleanly.
+    """
+
+    def __init__(self, evaluator: Evaluator, eval_freq: int, curriculum_callback: CurriculumCallback) -> None:
+        super().__init__()
+        self.evaluator = evaluator
+        self.eval_freq = eval_freq
+        self.curriculum_callback = curriculum_callback
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        self._next = _next_multiple(self.num_timesteps, self.eval_freq)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps < self._next:
+            return
+        self._next = _next_multiple(self.num_timesteps, self.eval_freq)
+        metrics = self.evaluator(self.model, self.logger)
+        self.curriculum_callback.advance(self.num_timesteps, metrics["eval/success_rate"])
+
+
+class CurriculumCallback(BaseCallback):
+    """Apply the curriculum's goal distance to the training and eval envs whenever the stage changes."""
+
+    def __init__(self, curriculum: Curriculum, eval_env: VecEnv, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.curriculum = curriculum
+        self.eval_env = eval_env
+
+    def _on_step(self) -> bool:
+        self.advance(self.num_timesteps)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.logger.record("curriculum/stage", self.curriculum.stage)
+        self.logger.record("curriculum/max_goal_distance", self.curriculum.max_goal_distance)
+
+    def advance(self, timesteps: int, success_rate: float | None = None) -> None:
+        if self.curriculum.update(timesteps, success_rate):
+            for env in (self.training_env, self.eval_env):
+                env.env_method("set_max_goal_distance", self.curriculum.max_goal_distance, indices=[0])
+            if self.verbose:
+                print(
+                    f"curriculum: stage {self.curriculum.stage} ({self.curriculum.stage_name}) at {timesteps} steps"
+                )
+
+
+class CheckpointCallback(BaseCallback):
+    """Every `save_freq` agent-steps write `vr_nav_model_<steps>_steps.zip` and its companions."""
+
+    def __init__(self, directory: Path, save_freq: int, state: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self.directory = directory
+        self.save_freq = save_freq
+        self.state = state
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        self._next = _next_multiple(self.num_timesteps, self.save_freq)
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next = _next_multiple(self.num_timesteps, self.save_freq)
+            env = self.model.get_env()
+            assert isinstance(env, VecNormalize)
+            save_snapshot(self.model, env, checkpoint_path(self.directory, self.num_timesteps), self.state())
+        return True
+
+
+class EpisodeMetricsCallback(BaseCallback):
+    """Per-rollout means of the finished episodes' stats, and the servers' engine FPS.
+
+    Logs `reward/<term>` (mean per-episode sum of each term), `rollout/collisions`, `rollout/falls`,
+    `rollout/comfort_score`, `rollout/goal_distance` (final), `rollout/ep_len`, and every
+    `engine_every` rollouts `engine/fps` and `engine/physics_fps` (means over servers).
+    SB3 itself logs `rollout/success_rate` from `is_success`.
+    """
+
+    def __init__(self, engine_every: int = 5) -> None:
+        super().__init__()
+        self.engine_every = engine_every
+        self._episodes: list[dict[str, Any]] = []
+        self._rollouts = 0
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            if "episode_stats" in info:
+                self._episodes.append(info)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._episodes:
+            stats = [info["episode_stats"] for info in self._episodes]
+            for term in REWARD_TERMS:
+                self.logger.record(f"reward/{term}", float(np.mean([s["terms"][term] for s in stats])))
+            for key, name in (
+                ("collisions", "collisions"),
+                ("falls", "falls"),
+                ("comfort_score", "comfort"),
+                ("goal_distance", "goal_distance"),
+            ):
+                self.logger.record(f"rollout/{key}", float(np.mean([s[name] for s in stats])))
+            self.logger.record("rollout/ep_len", float(np.mean([i["episode"]["l"] for i in self._episodes])))
+            self._episodes.clear()
+        if self._rollouts % self.engine_every == 0:
+            reports = self.training_env.unwrapped.performance()  # type: ignore[attr-defined]
+            if reports:
+                for key in ("fps", "physics_fps"):
+                    self.logger.record(f"engine/{key}", float(np.mean([r["engine"][key] for r in reports])))
+        self._rollouts += 1

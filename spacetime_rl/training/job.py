@@ -1,0 +1,239 @@
+"""`train(config, output_dir)`: the PPO job behind train.py; returns the objective for sweepers.
+
+Output directory layout:
+
+    tensorboard/PPO_<n>/            SB3 scalars plus reward/<term>, rollout/*, eval/*, engine/*, curriculum/*
+    checkpoints/vr_nav_model_<steps>_steps.zip (+ _vecnormalize.pkl, _state.json)
+    best_models/best_model.zip      (+ companions) best evaluation so far
+    final_model.zip                 (+ companions)
+    metrics.json                    final and best evaluation, the objective
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import get_latest_run_id, set_random_seed
+from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
+
+from spacetime_rl.config import TrainConfig
+from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
+from spacetime_rl.errors import ConfigError
+from spacetime_rl.training.artifacts import load_state, save_snapshot, stats_path, write_json
+from spacetime_rl.training.callbacks import (
+    EVAL_METRICS,
+    CheckpointCallback,
+    CurriculumCallback,
+    EpisodeMetricsCallback,
+    EvalCallback,
+    EvalRecord,
+    Evaluator,
+)
+from spacetime_rl.training.curriculum import Curriculum
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS: Final[dict[str, type[nn.Module]]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+#: Eval servers and resets draw from seed + this, far from the training servers' seed + index.
+EVAL_SEED_OFFSET: Final = 10_000
+TB_LOG_NAME: Final = "PPO"
+
+
+def train(config: TrainConfig, output_dir: Path) -> float:
+    """Train PPO as configured, writing everything under `output_dir`; return the objective.
+
+    The objective is the value of `training.objective` (an `eval/*` metric) in the *final*
+    evaluation, run on the trained policy after the last step: the best-so-far evaluation would
+    reward lucky noise, and the final one scores what the run actually produced.
+    """
+    env_config, training = config.env, config.training
+    if training.objective not in EVAL_METRICS:
+        raise ConfigError(f"training.objective={training.objective!r} is invalid: use one of {EVAL_METRICS}")
+    # Derived sizes, once.
+    num_agents = env_config.num_agents
+    eval_agents = min(training.eval_episodes, env_config.agents_per_environment)
+    sb3_verbose = 1 if config.verbose else 0
+
+    output_dir = Path(output_dir)
+    checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
+    resume = Path(config.resume) if config.resume else None
+    resume_state = load_state(resume) if resume else {}
+
+    if training.torch_threads:
+        torch.set_num_threads(training.torch_threads)
+    set_random_seed(training.seed)
+    curriculum = Curriculum(
+        config.curriculum,
+        env_config.max_goal_distance,
+        Curriculum.state_from_dict(resume_state["curriculum"]) if resume else None,
+    )
+    record = EvalRecord()
+    if resume and (best_dir / "best_model.zip").is_file():  # don't overwrite a better best model here
+        record.best = resume_state.get("best") or {}
+
+    with contextlib.ExitStack() as stack:
+        train_urls = stack.enter_context(
+            launch_servers(env_config, seed=training.seed, verbose=config.verbose)
+        )
+        eval_urls = stack.enter_context(
+            launch_servers(
+                env_config,
+                count=1,
+                agents=eval_agents,
+                seed=training.seed + EVAL_SEED_OFFSET,
+                verbose=config.verbose,
+            )
+        )
+        train_venv = SpaceTimeVecEnv(
+            make_clients(train_urls, env_config), env_config, config.reward, seed=training.seed
+        )
+        stack.callback(train_venv.close)
+        eval_venv = SpaceTimeVecEnv(make_clients(eval_urls, env_config), env_config, config.reward)
+        stack.callback(eval_venv.close)
+        for venv in (train_venv, eval_venv):
+            venv.set_max_goal_distance(curriculum.max_goal_distance)
+        if train_venv.num_envs != num_agents:
+            raise ConfigError(
+                f"env.agents_per_environment={env_config.agents_per_environment} but the servers have "
+                f"{train_venv.num_envs} agents in all; set it to what the server runs"
+            )
+
+        if resume:
+            train_env = VecNormalize.load(str(stats_path(resume)), train_venv)
+            train_env.training = True
+        else:
+            train_env = VecNormalize(
+                train_venv,
+                training=True,
+                norm_obs=env_config.normalize_observations,
+                norm_reward=env_config.normalize_reward,
+                clip_obs=env_config.clip_observations,
+                gamma=config.ppo.gamma,
+            )
+        eval_env = VecNormalize(
+            eval_venv,
+            training=False,
+            norm_obs=env_config.normalize_observations,
+            norm_reward=False,
+            clip_obs=env_config.clip_observations,
+        )
+        model = (
+            _load_model(resume, train_env, config) if resume else _new_model(train_env, config, sb3_verbose)
+        )
+        run_dir = Path(resume_state.get("tensorboard_run") or _next_run_dir(output_dir / "tensorboard"))
+        model.set_logger(
+            configure(str(run_dir), ["stdout", "tensorboard"] if sb3_verbose else ["tensorboard"])
+        )
+
+        def restart_training_episodes(model: PPO) -> None:
+            # The eval env shares Godot with training: its resets cut the training episodes short.
+            model._last_obs = train_env.reset()  # type: ignore[assignment]
+            model._last_episode_starts = np.ones(train_env.num_envs, dtype=bool)
+
+        evaluator = Evaluator(
+            eval_env,
+            episodes=training.eval_episodes,
+            seed=training.seed + EVAL_SEED_OFFSET,
+            best_dir=best_dir,
+            curriculum=curriculum,
+            record=record,
+            after=restart_training_episodes if env_config.kind == "godot" else None,
+        )
+
+        def snapshot_state() -> dict[str, Any]:
+            return {
+                "num_timesteps": model.num_timesteps,
+                "curriculum": curriculum.to_dict(),
+                "tensorboard_run": str(run_dir.resolve()),
+                "best": record.best,
+            }
+
+        curriculum_callback = CurriculumCallback(curriculum, eval_env, verbose=sb3_verbose)
+        callbacks = CallbackList(
+            [
+                curriculum_callback,
+                EpisodeMetricsCallback(),
+                CheckpointCallback(checkpoint_dir, training.save_freq, snapshot_state),
+                EvalCallback(evaluator, training.eval_freq, curriculum_callback),
+            ]
+        )
+        remaining = training.total_timesteps - model.num_timesteps
+        if remaining > 0:
+            model.learn(
+                remaining,
+                callback=callbacks,
+                reset_num_timesteps=resume is None,
+                tb_log_name=TB_LOG_NAME,
+                progress_bar=training.progress_bar,
+            )
+        if record.last.get("time/total_timesteps") != model.num_timesteps:
+            evaluator(model, model.logger)
+            model.logger.dump(model.num_timesteps)
+        save_snapshot(model, train_env, output_dir / "final_model.zip", snapshot_state())
+
+    objective = float(record.last[training.objective])
+    write_json(
+        output_dir / "metrics.json",
+        {
+            "objective": {"name": training.objective, "value": objective},
+            "final": record.last,
+            "best": record.best,
+            "num_timesteps": model.num_timesteps,
+            "curriculum": curriculum.to_dict() | {"name": curriculum.stage_name},
+        },
+    )
+    log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
+    return objective
+
+
+def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> PPO:
+    ppo, network = config.ppo, config.network
+    return PPO(
+        network.policy,
+        env,
+        learning_rate=ppo.learning_rate,
+        n_steps=ppo.n_steps,
+        batch_size=ppo.batch_size,
+        n_epochs=ppo.n_epochs,
+        gamma=ppo.gamma,
+        gae_lambda=ppo.gae_lambda,
+        clip_range=ppo.clip_range,
+        ent_coef=ppo.ent_coef,
+        vf_coef=ppo.vf_coef,
+        max_grad_norm=ppo.max_grad_norm,
+        target_kl=ppo.target_kl,
+        policy_kwargs={
+            "net_arch": list(network.net_arch),
+            "activation_fn": ACTIVATIONS[network.activation_fn],
+        },
+        device=ppo.device,
+        seed=config.training.seed,
+        verbose=verbose,
+    )
+
+
+def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> PPO:
+    """The checkpoint's model and hyperparameters, stepping `env` from its saved step count."""
+    model = PPO.load(str(path), env=env, device=config.ppo.device)
+    model.set_random_seed(config.training.seed)
+    return model
+
+
+def _next_run_dir(tensorboard_dir: Path) -> Path:
+    return tensorboard_dir / f"{TB_LOG_NAME}_{get_latest_run_id(str(tensorboard_dir), TB_LOG_NAME) + 1}"
