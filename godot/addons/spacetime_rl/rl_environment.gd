@@ -1,0 +1,258 @@
+class_name RLEnvironment
+extends Node3D
+## The RL agents of a scene and protocol v1's reset, step and observation over them.
+##
+## Stepping is deterministic and independent of wall-clock time: while an environment is in the
+## tree the SceneTree stays paused, so nothing in the scene moves on its own. Agents move only
+## inside `step()`, which runs `action_repeat` physics frames of 1/PHYSICS_HZ s synchronously
+## (move_and_collide and direct space-state queries against the scene's colliders) before the HTTP
+## answer is written. Speed is bound by the CPU, not by the frame rate, and the same seed and
+## actions give the same trajectory. Dynamic scene content (rigid bodies, animations) stays frozen.
+##
+## Agents spawn at the Node3D markers in group "spacetime_rl_spawn", else at the scene's own
+## XROrigin3D (whose player colliders the agents then ignore), else at this node.
+
+const GROUP := "spacetime_rl_environment"
+const SPAWN_GROUP := "spacetime_rl_spawn"
+## Goal distance bounds used while the reset options leave them unset (the simulator's values).
+const DEFAULT_GOAL_DISTANCE := Vector2(3.0, 15.0)
+const MAX_GOAL_DISTANCE := 40.0
+const MAX_SPEED_LIMIT := 10.0
+const MAX_ROTATION_SPEED_LIMIT := 720.0
+## Reset options this server understands: protocol v1's four and the simulator's two.
+const KNOWN_OPTIONS := [
+	"min_goal_distance",
+	"max_goal_distance",
+	"max_speed",
+	"max_rotation_speed",
+	"turn_mode",
+	"snap_angle",
+]
+const TURN_MODES := ["smooth", "snap"]
+
+@export_range(1, 1024) var num_agents := 1
+@export_range(1, 900) var action_repeat := RLProtocol.DEFAULT_ACTION_REPEAT
+## Seed of the first reset; -1 draws one at random.
+@export var initial_seed := -1
+## Layers the agents collide with and sense (the level); the agent layer is removed from it.
+@export_flags_3d_physics var world_collision_mask := 0x7FFFFFFF
+## Layer (1-32) of the agents' own bodies: on it they pass through each other.
+@export_range(1, 32) var agent_collision_layer := 32
+
+var agents: Array[RLAgent] = []
+## Physics frames stepped since the scene was loaded.
+var tick := 0
+var _rngs: Array[RandomNumberGenerator] = []
+var _options: Array[Dictionary] = []
+var _spawns: Array[Vector3] = []
+var _excluded: Array[CollisionObject3D] = []
+
+
+func _ready() -> void:
+	add_to_group(GROUP)
+	get_tree().paused = true
+	setup()
+
+
+func _exit_tree() -> void:
+	get_tree().paused = false
+
+
+## (Re)builds `num_agents` agents and resets them all with `initial_seed`.
+func setup() -> void:
+	for agent in agents:
+		remove_child(agent)
+		agent.queue_free()
+	agents.clear()
+	_rngs.clear()
+	_options.clear()
+	tick = 0
+	_find_spawns()
+	var headset := (
+		XRServer.primary_interface != null and XRServer.primary_interface.is_initialized()
+	)
+	for i in num_agents:
+		var agent := RLAgent.new()
+		agent.name = "Agent%d" % i
+		agent.animate_body = not headset
+		agent.configure(world_collision_mask, agent_collision_layer, _excluded)
+		add_child(agent)
+		agents.append(agent)
+		_rngs.append(RandomNumberGenerator.new())
+		_options.append({})
+	var all_agents: Array[int] = []
+	all_agents.assign(range(num_agents))
+	reset(all_agents, initial_seed if initial_seed >= 0 else randi())
+
+
+## Validates reset `options` and persists them for `indices`, all or nothing. Returns what is
+## wrong (a sentence for the 400 answer), or "" when they are applied.
+func configure(indices: Array[int], options: Dictionary) -> String:
+	var updates := {}
+	for key: String in ["min_goal_distance", "max_goal_distance"]:
+		if options.has(key):
+			var problem := _check_number(key, options[key], 0.0, MAX_GOAL_DISTANCE, true, "m")
+			if not problem.is_empty():
+				return problem
+			updates[key] = options[key]
+	for limit: Array in [
+		["max_speed", MAX_SPEED_LIMIT, "m/s"],
+		["max_rotation_speed", MAX_ROTATION_SPEED_LIMIT, "deg/s"],
+		["snap_angle", 180.0, "deg"],
+	]:
+		if options.has(limit[0]):
+			var problem := _check_number(
+				limit[0], options[limit[0]], 0.0, limit[1], false, limit[2]
+			)
+			if not problem.is_empty():
+				return problem
+			updates[limit[0]] = options[limit[0]]
+	if options.has("turn_mode"):
+		var mode: Variant = options["turn_mode"]
+		if mode != null and not (typeof(mode) == TYPE_STRING and mode in TURN_MODES):
+			var seen := JSON.stringify(mode)
+			return "reset option 'turn_mode' is %s; expected smooth or snap, or null" % seen
+		updates["turn_mode"] = mode
+	for i in indices:
+		var merged := _options[i].merged(updates, true)
+		var low: Variant = merged.get("min_goal_distance")
+		var high: Variant = merged.get("max_goal_distance")
+		if low != null and high != null and low > high:
+			var fix := "pass a min no larger than the max"
+			return (
+				"reset option 'min_goal_distance' (%s m) exceeds 'max_goal_distance' (%s m) for agent %d; %s"
+				% [low, high, i, fix]
+			)
+	for i in indices:
+		for key: String in updates:
+			if updates[key] == null:
+				_options[i].erase(key)
+			else:
+				_options[i][key] = updates[key]
+	return ""
+
+
+## Option keys this server does not know, sorted (they are reported, not refused).
+func ignored_options(options: Dictionary) -> Array:
+	var ignored := []
+	for key: Variant in options:
+		if str(key) not in KNOWN_OPTIONS:
+			ignored.append(str(key))
+	ignored.sort()
+	return ignored
+
+
+## Starts new episodes for `indices` in that order and returns their observations. With a seed,
+## agent i draws from (seed, i); with null each agent continues its own random stream.
+func reset(indices: Array[int], seed_value: Variant) -> Array:
+	var observations := []
+	for i in indices:
+		if seed_value != null:
+			_rngs[i].seed = hash("%d:%d" % [seed_value, i])
+		_reset_agent(i)
+		observations.append(agents[i].observation)
+	return observations
+
+
+## Applies one action per agent for `action_repeat` physics frames; with `auto_reset`, every done
+## agent starts over at once and its last observation goes in `terminal_observations`.
+func step(actions: Array[Vector3], auto_reset: bool) -> Dictionary:
+	for agent in agents:
+		agent.begin_action()
+	for _frame in action_repeat:
+		for i in agents.size():
+			agents[i].physics_tick(actions[i])
+	tick += action_repeat
+	for agent in agents:
+		agent.end_action()
+	var answer := state()
+	var rows := observations()
+	if auto_reset:
+		var terminal := {}
+		for i in agents.size():
+			if agents[i].done:
+				terminal[str(i)] = agents[i].observation
+				_reset_agent(i)
+				rows[i] = agents[i].observation
+		answer["terminal_observations"] = terminal
+	answer["observations"] = rows
+	return answer
+
+
+func observations() -> Array:
+	var rows := []
+	for agent in agents:
+		rows.append(agent.observation)
+	return rows
+
+
+## Done flags, the events of the last action and the tick.
+func state() -> Dictionary:
+	var done := []
+	var events := []
+	for agent in agents:
+		done.append(agent.done)
+		events.append(agent.events())
+	return {"done": done, "events": events, "tick": tick}
+
+
+func _reset_agent(i: int) -> void:
+	var rng := _rngs[i]
+	var spawn := (
+		_spawns[rng.randi_range(0, _spawns.size() - 1)] if _spawns.size() > 1 else _spawns[0]
+	)
+	var options := _options[i]
+	# An unset bound defaults without crossing the other one (as in the simulator).
+	var high_set: float = options.get("max_goal_distance", INF)
+	var low: float = options.get("min_goal_distance", minf(DEFAULT_GOAL_DISTANCE.x, high_set))
+	var high: float = options.get("max_goal_distance", maxf(DEFAULT_GOAL_DISTANCE.y, low))
+	agents[i].reset(rng, spawn, low, high, options)
+
+
+func _find_spawns() -> void:
+	_spawns.clear()
+	_excluded.clear()
+	for marker in get_tree().get_nodes_in_group(SPAWN_GROUP):
+		if marker is Node3D:
+			_spawns.append((marker as Node3D).global_position)
+	var scene := get_tree().current_scene if get_tree().current_scene != null else get_parent()
+	for found in scene.find_children("*", "XROrigin3D", true, false):
+		var player_origin := found as XROrigin3D
+		if _is_own(player_origin):
+			continue
+		if _spawns.is_empty():
+			_spawns.append(player_origin.global_position)
+		# The scene's own player: its body and anything under its origin is not an obstacle.
+		if player_origin.get_parent() is CollisionObject3D:
+			_excluded.append(player_origin.get_parent())
+		for body in player_origin.find_children("*", "CollisionObject3D", true, false):
+			_excluded.append(body)
+	if _spawns.is_empty():
+		_spawns.append(global_position)
+
+
+func _is_own(node: Node) -> bool:
+	for agent in agents:
+		if agent.is_ancestor_of(node):
+			return true
+	return false
+
+
+static func _check_number(
+	key: String, value: Variant, low: float, high: float, low_included: bool, unit: String
+) -> String:
+	if value == null:
+		return ""
+	var is_number := typeof(value) == TYPE_INT or typeof(value) == TYPE_FLOAT
+	if (
+		is_number
+		and is_finite(value)
+		and value <= high
+		and (value > low or low_included and value == low)
+	):
+		return ""
+	var bracket := "[" if low_included else "("
+	return (
+		"reset option '%s' is %s; expected a number in %s%s, %s] %s, or null for the default"
+		% [key, JSON.stringify(value), bracket, low, high, unit]
+	)
