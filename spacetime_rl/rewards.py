@@ -30,10 +30,14 @@ ROLL_DEDUCTION: Final = 0.2
 class EventArrays(Protocol):
     """Per-agent events since the previous action (the client's `Events`)."""
 
-    collisions: np.ndarray  # int (N,)
-    fell: np.ndarray  # bool (N,)
-    goal_reached: np.ndarray  # bool (N,)
-    teleports: np.ndarray  # int (N,)
+    @property
+    def collisions(self) -> np.ndarray: ...  # int (N,)
+    @property
+    def fell(self) -> np.ndarray: ...  # bool (N,)
+    @property
+    def goal_reached(self) -> np.ndarray: ...  # bool (N,)
+    @property
+    def teleports(self) -> np.ndarray: ...  # int (N,)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ VecEnv's semantics are tested against.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -30,8 +30,6 @@ class SpaceTimeEnv(gym.Env[np.ndarray, np.ndarray]):
 
     `reset(options=...)` takes the server's reset options (e.g. max_goal_distance); they persist.
     """
-
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
         self, config: EnvConfig | None = None, reward: RewardConfig | None = None, *, url: str | None = None

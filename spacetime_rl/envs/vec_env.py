@@ -8,6 +8,7 @@ whose reset options changed (the curriculum), are reset with one batched `/rl/re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ def make_clients(urls: Sequence[str], config: EnvConfig) -> list[Any]:
 
     timeouts = Timeouts(connect=config.connect_timeout, request=config.request_timeout)
     return [GodotClient(url, token=config.token, timeouts=timeouts, name="env.url") for url in urls]
+
+
+async def _close_quietly(transport: AgentTransport) -> None:
+    # Closing must release every transport even when one of them is already broken.
+    with contextlib.suppress(Exception):
+        await transport.close()
 
 
 class SpaceTimeVecEnv(VecEnv):
@@ -177,7 +184,7 @@ class SpaceTimeVecEnv(VecEnv):
             return
         self._closed = True
         try:
-            self._gather((t.close() for t in self._transports), return_exceptions=True)
+            self._gather(_close_quietly(t) for t in self._transports)
         finally:
             self._loop.close()
 
@@ -229,11 +236,11 @@ class SpaceTimeVecEnv(VecEnv):
 
     # ---------------------------------------------------------------- internals
 
-    def _gather(self, calls: Iterable[Awaitable[T]], *, return_exceptions: bool = False) -> list[T]:
+    def _gather(self, calls: Iterable[Awaitable[T]]) -> list[T]:
         """Run `calls` concurrently on this VecEnv's loop; results in order."""
 
         async def gather() -> list[T]:
-            return await asyncio.gather(*calls, return_exceptions=return_exceptions)
+            return await asyncio.gather(*calls)
 
         return self._loop.run_until_complete(gather())
 

@@ -42,7 +42,7 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int, seed: int) -> dic
     crowd out long ones; the env is re-seeded so every evaluation sees the same goals.
     """
     env.seed(seed)
-    obs = env.reset()
+    obs: Any = env.reset()
     targets = np.array([(episodes + i) // env.num_envs for i in range(env.num_envs)])
     counts = np.zeros(env.num_envs, dtype=int)
     finished: list[dict[str, Any]] = []

@@ -19,6 +19,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import get_latest_run_id, set_random_seed
@@ -141,7 +142,7 @@ def train(config: TrainConfig, output_dir: Path) -> float:
             configure(str(run_dir), ["stdout", "tensorboard"] if sb3_verbose else ["tensorboard"])
         )
 
-        def restart_training_episodes(model: PPO) -> None:
+        def restart_training_episodes(model: BaseAlgorithm) -> None:
             # The eval env shares Godot with training: its resets cut the training episodes short.
             model._last_obs = train_env.reset()  # type: ignore[assignment]
             model._last_episode_starts = np.ones(train_env.num_envs, dtype=bool)
