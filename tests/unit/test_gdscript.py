@@ -1,0 +1,157 @@
+"""The Godot addon under godot/: GDScript parses and lints clean, its config files are valid, and the
+facts it copies (protocol constants, simulator constants, the route table) still match their sources.
+
+Godot itself is not needed: gdtoolkit's gdparse/gdlint/gdformat check the scripts, and the copied
+facts are read from the .gd sources with regular expressions.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spacetime_rl.godot import wire
+from spacetime_rl.sim import world
+
+GODOT = Path(__file__).parents[2] / "godot"
+ADDON = GODOT / "addons" / "spacetime_rl"
+OPENAPI = Path(__file__).parents[2] / "docs" / "openapi.yaml"
+GD_FILES = sorted(GODOT.rglob("*.gd"))
+#: Statuses any route may answer besides its own: 405 for a known path asked with another method.
+TRANSPORT_STATUSES = {405}
+
+
+def gdtool(name: str) -> Path:
+    tool = Path(sys.executable).parent / name
+    if not tool.exists():
+        pytest.skip(f"{name} is not installed next to {sys.executable}; install the dev extras (gdtoolkit)")
+    return tool
+
+
+def run(*command: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in command], cwd=GODOT, capture_output=True, text=True, check=False)
+
+
+def gd_constant(source: str, name: str) -> str:
+    match = re.search(rf"^const {name} := (.+)$", source, re.MULTILINE)
+    assert match, f"const {name} not found"
+    return match.group(1).strip()
+
+
+def gd_value(literal: str) -> object:
+    """A GDScript literal (number, string, VectorN(...), [...] of strings, or arithmetic over numbers
+    and RLProtocol constants) as a Python value."""
+    literal = re.sub(r"RLProtocol\.(\w+)", lambda m: repr(getattr(wire, m.group(1))), literal)
+    if re.fullmatch(r"[\d.]+(\s*[-+*/]\s*[\d.]+)+", literal):
+        return eval(literal, {"__builtins__": {}})
+    vector = re.fullmatch(r"Vector[23]\((.*)\)", literal)
+    if vector:
+        return tuple(float(part) for part in vector.group(1).split(","))
+    if literal.startswith("["):
+        return tuple(json.loads(literal))
+    return json.loads(literal)
+
+
+def test_there_are_scripts() -> None:
+    names = {path.name for path in GD_FILES}
+    for expected in ("plugin.gd", "rl_service.gd", "rl_api.gd", "rl_http_server.gd", "rl_agent.gd"):
+        assert expected in names
+
+
+@pytest.mark.parametrize("path", GD_FILES, ids=[p.name for p in GD_FILES])
+def test_gdscript_parses(path: Path) -> None:
+    result = run(gdtool("gdparse"), path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gdscript_lints_clean() -> None:
+    result = run(gdtool("gdlint"), *GD_FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gdscript_is_formatted() -> None:
+    result = run(gdtool("gdformat"), "--check", *GD_FILES)
+    assert result.returncode == 0, f"run `gdformat godot/`:\n{result.stdout}{result.stderr}"
+
+
+def test_plugin_cfg_is_valid() -> None:
+    config = configparser.ConfigParser()
+    config.read(ADDON / "plugin.cfg")
+    plugin = config["plugin"]
+    for key in ("name", "description", "author", "version", "script"):
+        assert plugin.get(key, "").strip('"'), f"plugin.cfg lacks {key}"
+    assert (ADDON / plugin["script"].strip('"')).is_file()
+
+
+def test_whitelist_parses_and_names_the_rl_scene() -> None:
+    data = json.loads((GODOT / "config" / "scene_whitelist.json").read_text())
+    scenes = data["scenes"] if isinstance(data, dict) else data
+    assert all(isinstance(scene, str) and scene.startswith("res://") for scene in scenes)
+    assert wire.DEFAULT_SCENE in scenes
+
+
+def test_protocol_constants_match_wire() -> None:
+    source = (ADDON / "rl_protocol.gd").read_text()
+    fields = tuple(
+        (name, int(size))
+        for name, size in re.findall(r'\["(\w+)", (\d+)\]', source.split("const OBSERVATION_SIZE")[0])
+    )
+    assert fields == wire.OBSERVATION_FIELDS
+    copied = [name for name in re.findall(r"^const (\w+) :=", source, re.MULTILINE) if hasattr(wire, name)]
+    assert len(copied) >= 11
+    for name in copied:
+        assert gd_value(gd_constant(source, name)) == getattr(wire, name), name
+    assert gd_value(gd_constant(source, "DEFAULT_MAX_SPEED")) == wire.RESET_OPTION_DEFAULTS["max_speed"]
+    rotation = wire.RESET_OPTION_DEFAULTS["max_rotation_speed"]
+    assert gd_value(gd_constant(source, "DEFAULT_MAX_ROTATION_SPEED")) == rotation
+
+
+@pytest.mark.parametrize("script", ["rl_agent.gd", "rl_environment.gd"])
+def test_constants_shared_with_the_simulator_match(script: str) -> None:
+    source = (ADDON / script).read_text()
+    shared = [name for name in re.findall(r"^const (\w+) :=", source, re.MULTILINE) if hasattr(world, name)]
+    assert shared, f"{script} shares no constant with spacetime_rl/sim/world.py"
+    for name in shared:
+        expected = getattr(world, name)
+        expected = tuple(expected) if isinstance(expected, tuple | list) else expected
+        assert gd_value(gd_constant(source, name)) == expected, f"{script} {name} differs from world.py"
+
+
+def test_known_reset_options_match_the_simulator() -> None:
+    source = (ADDON / "rl_environment.gd").read_text()
+    block = source.split("const KNOWN_OPTIONS := [")[1].split("]")[0]
+    assert tuple(re.findall(r'"(\w+)"', block)) == world._KNOWN_OPTIONS
+
+
+def test_route_table_matches_openapi() -> None:
+    source = (ADDON / "rl_api.gd").read_text()
+    routes = {
+        (path, method.lower()): {int(s) for s in statuses.split(",")}
+        for path, method, statuses in re.findall(
+            r'"(/[\w/]*)": \{"(GET|POST)": \["\w+", \[([\d, ]+)\]\]\}', source
+        )
+    }
+    open_paths = set(re.findall(r'"(/[\w/]*)"', gd_constant(source, "OPEN_PATHS")))
+    paths = yaml.safe_load(OPENAPI.read_text())["paths"]
+    documented = {
+        (path, method): {int(status) for status in operation["responses"]}
+        for path, operations in paths.items()
+        for method, operation in operations.items()
+    }
+    assert set(routes) == set(documented)
+    for route, statuses in routes.items():
+        optional = {401} if route[0] in open_paths else set()
+        assert statuses <= documented[route], f"{route} answers statuses docs/openapi.yaml does not list"
+        assert documented[route] - statuses <= optional, f"{route} lacks statuses docs/openapi.yaml lists"
+    emitted = {int(s) for s in re.findall(r"_error\((\d{3}),", source)}
+    every = set().union(*documented.values()) | TRANSPORT_STATUSES
+    assert emitted <= every, (
+        f"rl_api.gd answers {sorted(emitted - every)}, which docs/openapi.yaml never lists"
+    )
