@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import warnings
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -128,6 +129,7 @@ class SpaceTimeVecEnv(VecEnv):
         self._server_options = reset_options(env_config)
         self._stale_options = np.zeros(num_agents, dtype=bool)
         self._seed = seed
+        self._warned_ignored = False
         self._actions = np.zeros((num_agents, wire.ACTION_SIZE))
         super().__init__(num_agents, observation_space(), action_space())
 
@@ -140,6 +142,12 @@ class SpaceTimeVecEnv(VecEnv):
             t.reset(seed=seed, options=self._server_options)
             for t, seed in zip(self._transports, seeds, strict=True)
         )
+        ignored = sorted({key for r in results for key in r.ignored_options})
+        if ignored and not self._warned_ignored:
+            self._warned_ignored = True
+            warnings.warn(
+                f"the server ignores reset options {ignored}: episodes run with its defaults", stacklevel=2
+            )
         raw = np.concatenate([r.observations for r in results])
         self._stale_options[:] = False
         self._tracker.start(raw)

@@ -31,10 +31,6 @@ EVAL_METRICS: Final = (
 )
 
 
-def _next_multiple(timesteps: int, every: int) -> int:
-    return (timesteps // every + 1) * every
-
-
 def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int, seed: int) -> dict[str, float]:
     """Run the deterministic policy for `episodes` episodes spread evenly over the env's agents.
 
@@ -121,7 +117,26 @@ class Evaluator:
         return metrics
 
 
-class EvalCallback(BaseCallback):
+class _PeriodicCallback(BaseCallback):
+    """Base of callbacks due every `every` agent-steps, counted from where training (re)starts."""
+
+    def __init__(self, every: int, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.every = every
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _due(self) -> bool:
+        """True once per crossed multiple of `every` (a rollout may cross several: still once)."""
+        if self.num_timesteps < self._next:
+            return False
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+        return True
+
+
+class EvalCallback(_PeriodicCallback):
     """Evaluate every `eval_freq` agent-steps, at the end of the rollout that crosses the mark.
 
     Evaluating between rollouts keeps a rollout's data from one policy and lets an evaluation that
@@ -129,22 +144,16 @@ class EvalCallback(BaseCallback):
     """
 
     def __init__(self, evaluator: Evaluator, eval_freq: int, curriculum_callback: CurriculumCallback) -> None:
-        super().__init__()
+        super().__init__(eval_freq)
         self.evaluator = evaluator
-        self.eval_freq = eval_freq
         self.curriculum_callback = curriculum_callback
-        self._next = 0
-
-    def _on_training_start(self) -> None:
-        self._next = _next_multiple(self.num_timesteps, self.eval_freq)
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        if self.num_timesteps < self._next:
+        if not self._due():
             return
-        self._next = _next_multiple(self.num_timesteps, self.eval_freq)
         metrics = self.evaluator(self.model, self.logger)
         self.curriculum_callback.advance(self.num_timesteps, metrics["eval/success_rate"])
 
@@ -175,22 +184,16 @@ class CurriculumCallback(BaseCallback):
                 )
 
 
-class CheckpointCallback(BaseCallback):
+class CheckpointCallback(_PeriodicCallback):
     """Every `save_freq` agent-steps write `vr_nav_model_<steps>_steps.zip` and its companions."""
 
     def __init__(self, directory: Path, save_freq: int, state: Callable[[], dict[str, Any]]) -> None:
-        super().__init__()
+        super().__init__(save_freq)
         self.directory = directory
-        self.save_freq = save_freq
         self.state = state
-        self._next = 0
-
-    def _on_training_start(self) -> None:
-        self._next = _next_multiple(self.num_timesteps, self.save_freq)
 
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
-            self._next = _next_multiple(self.num_timesteps, self.save_freq)
+        if self._due():
             env = self.model.get_env()
             assert isinstance(env, VecNormalize)
             save_snapshot(self.model, env, checkpoint_path(self.directory, self.num_timesteps), self.state())

@@ -21,6 +21,7 @@ from spacetime_rl.config import (
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.rewards import REWARD_TERMS
 from spacetime_rl.training import train
+from spacetime_rl.training.callbacks import EVAL_METRICS
 from spacetime_rl.training.curriculum import Curriculum, CurriculumState
 
 STAGES = [CurriculumStageConfig("near", 2.0, 600), CurriculumStageConfig("far", 4.0, 10_000)]
@@ -86,13 +87,8 @@ def test_tensorboard_has_reward_terms_eval_and_curriculum(trained):
         "rollout/goal_distance",
         "rollout/ep_len",
         "engine/fps",
-        "eval/success_rate",
-        "eval/mean_reward",
-        "eval/mean_ep_length",
-        "eval/collisions",
-        "eval/falls",
-        "eval/comfort",
         "curriculum/stage",
+        *EVAL_METRICS,
     }
     assert expected <= tags, expected - tags
     stages = scalars(run_dir, "curriculum/stage")
