@@ -66,6 +66,8 @@ var max_rotation := deg_to_rad(RLProtocol.DEFAULT_MAX_ROTATION_SPEED)
 var snap_turning := false
 var snap_angle := deg_to_rad(DEFAULT_SNAP_ANGLE)
 
+## Layers the sensor rays see; -1 until configure() (then the body's own collision_mask is used).
+var _sensor_mask := -1
 var _excluded: Array[RID] = []
 var _exceptions: Array[RID] = []
 var _ray_query := PhysicsRayQueryParameters3D.new()
@@ -99,25 +101,32 @@ var _right_velocity := Vector3.ZERO
 ## Call before adding the agent to the tree. Agents live on `agent_layer` (1-32) and see only
 ## `world_mask`, so they pass through each other; `excluded` colliders (the scene's own player rig)
 ## are invisible to them.
-func configure(world_mask: int, agent_layer: int, excluded: Array[CollisionObject3D]) -> void:
+## `sensor_mask` adds layers only the sensor rays see (e.g. invisible colliders on drop-off edges).
+func configure(
+	world_mask: int, agent_layer: int, sensor_mask: int, excluded: Array[CollisionObject3D]
+) -> void:
 	collision_layer = 1 << (agent_layer - 1)
 	collision_mask = world_mask & ~collision_layer
+	_sensor_mask = (world_mask | sensor_mask) & ~collision_layer
 	_excluded.clear()
 	_exceptions.clear()
 	for body in excluded:
 		_excluded.append(body.get_rid())
 		if body is PhysicsBody3D:
 			_exceptions.append(body.get_rid())
-	_ray_query.collision_mask = collision_mask
-	_ray_query.exclude = _excluded
-	_shape_query.collision_mask = collision_mask
-	_shape_query.exclude = _excluded
 
 
 func _ready() -> void:
 	motion_mode = CharacterBody3D.MOTION_MODE_FLOATING
 	for rid in _exceptions:
 		PhysicsServer3D.body_add_collision_exception(get_rid(), rid)
+	_excluded.append(get_rid())
+	if _sensor_mask < 0:
+		_sensor_mask = collision_mask
+	_ray_query.collision_mask = collision_mask
+	_ray_query.exclude = _excluded
+	_shape_query.collision_mask = collision_mask
+	_shape_query.exclude = _excluded
 	var capsule := CapsuleShape3D.new()
 	capsule.radius = PLAYER_RADIUS
 	capsule.height = EYE_HEIGHT - STEP_HEIGHT
@@ -167,7 +176,13 @@ func reset(
 	_pitch = 0.0
 	if animate_body:
 		_pose_body()
-	goal = _place_goal(rng, low, high)
+	start_episode(_place_goal(rng, low, high))
+
+
+## Starts an episode from where the player stands, towards `goal_position` (RLPolicy uses this in
+## the game, where the game picks goals).
+func start_episode(goal_position: Vector3) -> void:
+	goal = goal_position
 	_goal_marker.global_position = goal
 	_contacts = {}
 	done = false
@@ -409,7 +424,9 @@ func _ray_distances() -> PackedFloat32Array:
 		)
 		_ray_query.from = start
 		_ray_query.to = start + direction * RLProtocol.RAY_RANGE
+		_ray_query.collision_mask = _sensor_mask
 		var hit := space.intersect_ray(_ray_query)
+		_ray_query.collision_mask = collision_mask
 		var distance := RLProtocol.RAY_RANGE
 		if not hit.is_empty():
 			distance = start.distance_to(hit["position"])

@@ -38,6 +38,9 @@ const TURN_MODES := ["smooth", "snap"]
 @export_flags_3d_physics var world_collision_mask := 0x7FFFFFFF
 ## Layer (1-32) of the agents' own bodies: on it they pass through each other.
 @export_range(1, 32) var agent_collision_layer := 32
+## Layers only the sensor rays see, e.g. invisible colliders along pit edges and the floor's rim
+## (docs/simulator.md); the downward probes find drop-offs without them, to about 1 cm.
+@export_flags_3d_physics var sensor_only_mask := 0
 
 var agents: Array[RLAgent] = []
 ## Physics frames stepped since the scene was loaded.
@@ -75,7 +78,7 @@ func setup() -> void:
 		var agent := RLAgent.new()
 		agent.name = "Agent%d" % i
 		agent.animate_body = not headset
-		agent.configure(world_collision_mask, agent_collision_layer, _excluded)
+		agent.configure(world_collision_mask, agent_collision_layer, sensor_only_mask, _excluded)
 		add_child(agent)
 		agents.append(agent)
 		_rngs.append(RandomNumberGenerator.new())

@@ -1,0 +1,200 @@
+class_name RLPolicy
+extends Node
+## Drives an RLAgent in the running game with a policy exported by spacetime_rl, run through
+## godot_rl_agents' ONNX wrapper (inputs `obs` [1, 48] and `state_ins` [1]; outputs `output` [1, 3]
+## and `state_outs`).
+##
+## The policy sees what it saw in training: the agent's 48-float protocol observation, preprocessed
+## as spacetime_rl/envs/preprocessing.py does, as the JSON sidecar next to the model describes it
+## (`<model>.json`, see godot/README.md). Each action lasts `action_repeat` physics frames and is
+## smoothed exponentially with the sidecar's factor, as in training.
+
+signal episode_finished(goal_reached: bool)
+
+const WRAPPER_PATH := "res://addons/godot_rl_agents/onnx/wrapper/ONNX_wrapper.gd"
+## World-axis 3-vectors rotated into the heading frame (preprocessing.py's _WORLD_VECTORS).
+const WORLD_VECTORS := [
+	"camera_velocity",
+	"camera_angular_velocity",
+	"left_controller_position",
+	"right_controller_position",
+	"left_controller_velocity",
+	"right_controller_velocity",
+	"goal_relative_position",
+	"goal_direction",
+]
+
+@export_file("*.onnx") var model_path := ""
+@export var agent: RLAgent
+## Where the agent should go; read at every action.
+@export var goal: Node3D
+
+var action_repeat := RLProtocol.DEFAULT_ACTION_REPEAT
+var smoothing := 0.0
+var heading_frame := false
+var _model: Object
+var _mean := PackedFloat32Array()
+var _scale := PackedFloat32Array()
+var _clip := INF
+var _action := Vector3.ZERO
+var _frame := 0
+
+
+func _ready() -> void:
+	var problem := _load()
+	if not problem.is_empty():
+		push_error("spacetime-rl policy %s: %s" % [model_path, problem])
+		set_physics_process(false)
+		return
+	agent.start_episode(goal.global_position if goal != null else agent.goal)
+
+
+func _physics_process(_delta: float) -> void:
+	if agent.done:
+		return
+	if _frame % action_repeat == 0:
+		agent.end_action()
+		agent.begin_action()
+		if goal != null:
+			agent.goal = goal.global_position
+		_action = _smoothed(_infer(preprocess(agent.observation)))
+	_frame += 1
+	agent.physics_tick(_action)
+	if agent.done:
+		_action = Vector3.ZERO
+		episode_finished.emit(agent.events()["goal_reached"])
+
+
+## Starts over towards `goal_position` with a fresh smoothing state.
+func restart(goal_position: Vector3) -> void:
+	_action = Vector3.ZERO
+	_frame = 0
+	agent.start_episode(goal_position)
+
+
+## The policy's input for one protocol observation (preprocessing.py, one row).
+func preprocess(observation: PackedFloat32Array) -> PackedFloat32Array:
+	var obs := observation.duplicate()
+	var camera := _vector(obs, "camera_position")
+	for side in ["left", "right"]:
+		var field: String = side + "_controller_position"
+		_set_vector(obs, field, _vector(obs, field) - camera)
+	var position_at := RLProtocol.offset_of("camera_position")
+	obs[position_at] = 0.0
+	obs[position_at + 2] = 0.0
+	if heading_frame:
+		var at := RLProtocol.offset_of("camera_rotation")
+		var x := obs[at]
+		var y := obs[at + 1]
+		var z := obs[at + 2]
+		var w := obs[at + 3]
+		var yaw := atan2(2.0 * (x * z + w * y), 1.0 - 2.0 * (x * x + y * y))
+		for field: String in WORLD_VECTORS:
+			var v := _vector(obs, field)
+			_set_vector(
+				obs,
+				field,
+				Vector3(cos(yaw) * v.x - sin(yaw) * v.z, v.y, sin(yaw) * v.x + cos(yaw) * v.z)
+			)
+		# q_local = conj(q_yaw) * q with q_yaw = (0, sin(yaw/2), 0, cos(yaw/2))
+		var qy := sin(0.5 * yaw)
+		var qw := cos(0.5 * yaw)
+		obs[at] = qw * x - qy * z
+		obs[at + 1] = qw * y - qy * w
+		obs[at + 2] = qw * z + qy * x
+		obs[at + 3] = qw * w + qy * y
+	if not _mean.is_empty():
+		for i in obs.size():
+			obs[i] = clampf((obs[i] - _mean[i]) / _scale[i], -_clip, _clip)
+	return obs
+
+
+func _infer(obs: PackedFloat32Array) -> Vector3:
+	var result: Variant = _model.call("run_inference", Array(obs), 0)
+	if typeof(result) != TYPE_DICTIONARY or not (result as Dictionary).has("output"):
+		push_error("spacetime-rl policy %s: inference failed; the agent stands still" % model_path)
+		return Vector3.ZERO
+	var output: Array = result["output"]
+	return Vector3(output[0], output[1], output[2])
+
+
+## a_t = s * a_(t-1) + (1 - s) * clip(raw), clipped to [-1, 1] (preprocessing.ActionSmoother).
+func _smoothed(raw: Vector3) -> Vector3:
+	var clipped := raw.clamp(-Vector3.ONE, Vector3.ONE)
+	var smoothed := smoothing * _action + (1.0 - smoothing) * clipped
+	return smoothed.clamp(-Vector3.ONE, Vector3.ONE)
+
+
+## Reads the sidecar and loads the model; returns what is wrong, or "".
+func _load() -> String:
+	if agent == null:
+		return "set the agent property to an RLAgent"
+	var sidecar_path := model_path.get_basename() + ".json"
+	var sidecar: Variant = JSON.parse_string(FileAccess.get_file_as_string(sidecar_path))
+	if typeof(sidecar) != TYPE_DICTIONARY:
+		return "no readable JSON sidecar at %s; export the model with spacetime_rl" % sidecar_path
+	var problem := _read_sidecar(sidecar)
+	if not problem.is_empty():
+		return "%s: %s" % [sidecar_path, problem]
+	if not ResourceLoader.exists(WRAPPER_PATH):
+		return "godot_rl_agents' ONNX wrapper is missing (%s); install that addon" % WRAPPER_PATH
+	var wrapper: Script = load(WRAPPER_PATH)
+	_model = wrapper.new(model_path, 1)
+	return ""
+
+
+func _read_sidecar(sidecar: Dictionary) -> String:
+	var protocol: Variant = sidecar.get("protocol")
+	if typeof(protocol) != TYPE_FLOAT or protocol != RLProtocol.PROTOCOL_VERSION:
+		return "protocol %s, but this addon speaks %d" % [protocol, RLProtocol.PROTOCOL_VERSION]
+	if not _same_layout(sidecar.get("observation_fields")):
+		var fields := JSON.stringify(sidecar.get("observation_fields"))
+		return "observation_fields %s differ from this addon's layout" % fields.left(200)
+	action_repeat = int(sidecar.get("action_repeat", RLProtocol.DEFAULT_ACTION_REPEAT))
+	smoothing = float(sidecar.get("action_smoothing", 0.0))
+	heading_frame = bool(sidecar.get("heading_frame", false))
+	if action_repeat < 1 or smoothing < 0.0 or smoothing >= 1.0:
+		return "action_repeat must be >= 1 and action_smoothing in [0, 1)"
+	var normalization: Variant = sidecar.get("observation_normalization")
+	if normalization == null:
+		return ""
+	var mean: Array = normalization.get("mean", [])
+	var variance: Array = normalization.get("var", [])
+	if mean.size() != RLProtocol.OBSERVATION_SIZE or variance.size() != mean.size():
+		return "observation_normalization needs 48 'mean' and 48 'var' values"
+	var epsilon := float(normalization.get("epsilon", 1e-8))
+	_clip = float(normalization.get("clip", INF))
+	_mean = PackedFloat32Array(mean)
+	_scale = PackedFloat32Array()
+	for value: float in variance:
+		_scale.append(sqrt(value + epsilon))
+	return ""
+
+
+## JSON numbers arrive as floats, so the layout is compared field by field.
+static func _same_layout(fields: Variant) -> bool:
+	if (
+		typeof(fields) != TYPE_ARRAY
+		or (fields as Array).size() != RLProtocol.OBSERVATION_FIELDS.size()
+	):
+		return false
+	for i in RLProtocol.OBSERVATION_FIELDS.size():
+		var field: Variant = fields[i]
+		var expected: Array = RLProtocol.OBSERVATION_FIELDS[i]
+		if typeof(field) != TYPE_DICTIONARY:
+			return false
+		if field.get("name") != expected[0] or field.get("size") != float(expected[1]):
+			return false
+	return true
+
+
+static func _vector(obs: PackedFloat32Array, field: String) -> Vector3:
+	var at := RLProtocol.offset_of(field)
+	return Vector3(obs[at], obs[at + 1], obs[at + 2])
+
+
+static func _set_vector(obs: PackedFloat32Array, field: String, value: Vector3) -> void:
+	var at := RLProtocol.offset_of(field)
+	obs[at] = value.x
+	obs[at + 1] = value.y
+	obs[at + 2] = value.z
