@@ -321,9 +321,11 @@ func _floor_between(point: Vector3, top: float, bottom: float) -> float:
 	_ray_query.from = Vector3(point.x, top, point.z)
 	_ray_query.to = Vector3(point.x, bottom, point.z)
 	var hit := get_world_3d().direct_space_state.intersect_ray(_ray_query)
-	if hit.is_empty() or (hit["normal"] as Vector3).y < FLOOR_MIN_NORMAL_Y:
+	if hit.is_empty():
 		return NAN
-	return (hit["position"] as Vector3).y
+	var normal: Vector3 = hit["normal"]
+	var position_hit: Vector3 = hit["position"]
+	return position_hit.y if normal.y >= FLOOR_MIN_NORMAL_Y else NAN
 
 
 ## The player's horizontal frame: x right, y up, z back, turned with the head's yaw.
@@ -390,9 +392,8 @@ func _observe() -> PackedFloat32Array:
 	var rotation_quaternion := head.basis.orthonormalized().get_rotation_quaternion()
 	if rotation_quaternion.w < 0.0:
 		rotation_quaternion = -rotation_quaternion
-	values.append_array(
-		[rotation_quaternion.x, rotation_quaternion.y, rotation_quaternion.z, rotation_quaternion.w]
-	)
+	_append(values, Vector3(rotation_quaternion.x, rotation_quaternion.y, rotation_quaternion.z))
+	values.append(rotation_quaternion.w)
 	_append(values, _camera_velocity)
 	_append(values, _angular_velocity)
 	values.append_array(_ray_distances())
@@ -516,18 +517,19 @@ func _pose_body() -> void:
 func _build_rig() -> void:
 	for child in get_children():
 		if child is XROrigin3D:
-			origin = child
+			origin = child as XROrigin3D
 	if origin == null:
 		origin = XROrigin3D.new()
 		origin.name = "XROrigin3D"
 		add_child(origin)
 	for child in origin.get_children():
+		var controller := child as XRController3D
 		if child is XRCamera3D:
-			camera = child
-		elif child is XRController3D and child.tracker == &"left_hand":
-			left_controller = child
-		elif child is XRController3D and child.tracker == &"right_hand":
-			right_controller = child
+			camera = child as XRCamera3D
+		elif controller != null and controller.tracker == &"left_hand":
+			left_controller = controller
+		elif controller != null and controller.tracker == &"right_hand":
+			right_controller = controller
 	if camera == null:
 		camera = XRCamera3D.new()
 		camera.name = "XRCamera3D"
