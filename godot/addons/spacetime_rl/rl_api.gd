@@ -28,10 +28,10 @@ const JSON_TYPE := "application/json"
 const MAX_EXACT_INTEGER := 9007199254740992.0
 
 ## The SpacetimeRL autoload (rl_service.gd): settings, scene loading and the RL environment.
-var service: Node
+var service: RLService
 
 
-func _init(owner_service: Node) -> void:
+func _init(owner_service: RLService) -> void:
 	service = owner_service
 
 

@@ -138,7 +138,7 @@ func _load() -> String:
 		return "%s: %s" % [sidecar_path, problem]
 	if not ResourceLoader.exists(WRAPPER_PATH):
 		return "godot_rl_agents' ONNX wrapper is missing (%s); install that addon" % WRAPPER_PATH
-	var wrapper: Script = load(WRAPPER_PATH)
+	var wrapper: GDScript = load(WRAPPER_PATH)
 	_model = wrapper.new(model_path, 1)
 	return ""
 

@@ -1,3 +1,4 @@
+class_name RLService
 extends Node
 ## The SpacetimeRL autoload: reads the --rl-* flags, serves protocol v1 and loads scenes.
 ##
