@@ -168,7 +168,7 @@ class PPOConfig:
 class CurriculumStageConfig:
     name: str = MISSING
     max_goal_distance: float = MISSING
-    timesteps: int = MISSING  # how long the stage lasts (mode=timesteps), or at least lasts (success_rate)
+    timesteps: int = MISSING  # how long the stage lasts (mode=timesteps), or at most lasts (success_rate)
 
 
 @dataclass
