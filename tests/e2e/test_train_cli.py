@@ -1,0 +1,134 @@
+"""`train.py` as users run it: a subprocess on the embedded simulator with a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "env.agents_per_environment=4",
+    "ppo.n_steps=64",
+    "ppo.batch_size=64",
+    "ppo.n_epochs=2",
+    "network=small",
+    "training.total_timesteps=1024",
+    "training.save_freq=512",
+    "training.eval_freq=512",
+    "training.eval_episodes=4",
+    "training.progress_bar=false",
+]
+
+
+def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_train(*TINY, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_tiny_run_leaves_checkpoints_best_model_and_events(tiny_run: Path) -> None:
+    assert sorted(p.name for p in (tiny_run / "checkpoints").glob("*.zip")) == [
+        "vr_nav_model_1024_steps.zip",
+        "vr_nav_model_512_steps.zip",
+    ]
+    assert (tiny_run / "checkpoints" / "vr_nav_model_512_steps_vecnormalize.pkl").is_file()
+    assert (tiny_run / "best_models" / "best_model.zip").is_file()
+    assert (tiny_run / "final_model.zip").is_file()
+    assert list((tiny_run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (tiny_run / ".hydra" / "config.yaml").is_file()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["num_timesteps"] == 1024
+    assert 0.0 <= metrics["objective"]["value"] <= 1.0
+
+
+def test_resume_continues_the_step_count(tiny_run: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_run / "checkpoints" / "vr_nav_model_512_steps.zip"
+    overrides = [*TINY, "training.total_timesteps=1536", f"resume={checkpoint}", f"hydra.run.dir={tmp_path}"]
+    result = run_train(*overrides)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_timesteps"] == 1536  # 512 from the checkpoint + 1024 more
+    steps = sorted(int(p.name.split("_")[3]) for p in (tmp_path / "checkpoints").glob("*_steps.zip"))
+    assert steps == [1024, 1536]
+
+
+def test_multirun_gives_one_folder_per_job_with_its_overrides(tmp_path: Path) -> None:
+    result = run_train("-m", "ppo.learning_rate=1e-4,3e-4", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    rates = []
+    for job in ("0", "1"):
+        overrides = yaml.safe_load((tmp_path / job / ".hydra" / "overrides.yaml").read_text())
+        rates += [o for o in overrides if o.startswith("ppo.learning_rate=")]
+        assert (tmp_path / job / "metrics.json").is_file()
+    assert rates == ["ppo.learning_rate=0.0001", "ppo.learning_rate=0.0003"]
+
+
+def test_default_multirun_dirs_have_sub_second_names(tmp_path: Path) -> None:
+    result = run_train("-m", "training.seed=1", *TINY, "training.total_timesteps=256", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (day,) = (tmp_path / "multirun").iterdir()
+    (stamp,) = day.iterdir()
+    assert len(stamp.name.split("-")) == 4  # HH-MM-SS-microseconds
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("env.prot=1", "env.prot"), ("ppo.batch_size=99999", "ppo.batch_size"), ("preset=nope", "preset")],
+)
+def test_bad_input_fails_with_the_key_and_no_traceback(override: str, named: str, tmp_path: Path) -> None:
+    result = run_train(override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert named in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_cfg_job_shows_the_composed_config() -> None:
+    result = run_train("--cfg", "job", "preset=full_training")
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["training"]["total_timesteps"] == 5_000_000
+    assert shown["preset"] == "full_training"
+
+
+def test_seed_json_config_trains_as_is(tmp_path: Path) -> None:
+    example = subprocess.run(
+        [sys.executable, "-m", "spacetime_rl.seed_config", str(tmp_path / "example.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "config_file=" in example.stdout
+    config = json.loads((tmp_path / "example.json").read_text())
+    config["training"] = {"total_timesteps": 512, "save_freq": 256, "eval_freq": 512}
+    config["environment"]["num_environments"] = 1
+    (tmp_path / "small.json").write_text(json.dumps(config))
+    run_dir = tmp_path / "run"
+    result = run_train(
+        f"config_file={tmp_path / 'small.json'}",
+        "env.agents_per_environment=4",
+        "ppo.n_steps=64",
+        "training.eval_episodes=4",
+        "training.progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["num_timesteps"] == 512
+    assert (run_dir / "checkpoints" / "vr_nav_model_256_steps.zip").is_file()
