@@ -34,6 +34,8 @@ class EnvConfig:
 
     kind: str = "sim"
     url: str | None = None  # godot: base URL of a running editor's HTTP API
+    executable: str | None = None  # godot: launch headless instances of this binary instead of url
+    project: str | None = None  # godot: the project folder passed to `executable --path`
     token: str | None = None
     scene: str = wire.DEFAULT_SCENE
     num_environments: int = 1  # servers stepped concurrently
@@ -41,6 +43,10 @@ class EnvConfig:
     max_episode_steps: int = 200  # client-side time limit, in actions
     connect_timeout: float = 10.0  # seconds to reach a server before giving up
     request_timeout: float = 30.0
+    max_restarts: int = 3  # launched servers: restarts allowed within restart_window before giving up
+    restart_window: float = 600.0  # seconds
+    retries: int = 5  # attached server (env.url): health checks before saving and stopping
+    retry_backoff: float = 1.0  # seconds before the first retry, doubling after each
     action_repeat: int = wire.DEFAULT_ACTION_REPEAT  # sim: physics frames per action
     max_speed: float = 2.0  # m/s
     max_rotation_speed: float = 90.0  # deg/s
@@ -56,13 +62,29 @@ class EnvConfig:
     def __post_init__(self) -> None:
         _require(self.kind in ENV_KINDS, "env.kind", self.kind, f"use one of {ENV_KINDS} (env=sim|godot)")
         if self.kind == "godot":
-            _require(bool(self.url), "env.url", self.url, "env=godot needs env.url=http://127.0.0.1:8080")
+            _require(
+                bool(self.url or self.executable),
+                "env.url",
+                self.url,
+                "env=godot needs env.url=http://127.0.0.1:8080 or env.executable=godot env.project=PATH",
+            )
+            _require(
+                not self.executable or bool(self.project),
+                "env.project",
+                self.project,
+                "env.executable needs env.project=/path/to/SpaceTime (the folder with project.godot)",
+            )
+        for key in ("max_restarts", "retries"):
+            value = getattr(self, key)
+            _require(value >= 0, f"env.{key}", value, "use 0 (never) or a positive integer")
         for key in ("num_environments", "agents_per_environment", "max_episode_steps", "action_repeat"):
             value = getattr(self, key)
             _require(value >= 1, f"env.{key}", value, "use a positive integer")
         for key in (
             "connect_timeout",
             "request_timeout",
+            "restart_window",
+            "retry_backoff",
             "max_speed",
             "max_rotation_speed",
             "clip_observations",
@@ -86,6 +108,11 @@ class EnvConfig:
     @property
     def num_agents(self) -> int:
         return self.num_environments * self.agents_per_environment
+
+    @property
+    def attached(self) -> bool:
+        """True when training attaches to a running server at `url` instead of starting its own."""
+        return self.kind == "godot" and not self.executable
 
 
 @dataclass

@@ -1,39 +1,59 @@
-"""Start the embedded simulator in subprocesses on free loopback ports, or attach to a running Godot."""
+"""The servers training talks to: simulators or headless Godots it starts, or a Godot it attaches to.
+
+`ServerPool` starts `python -m spacetime_rl.sim` (env=sim) or `env.executable --headless` (env=godot
+with env.executable) on free loopback ports, restarts one that fails (bounded and rate-limited) and
+stops them all at exit. With env=godot and env.url it attaches to one running server instead, and
+recovering means waiting for it with backoff. `recovery(connect)` is what `SpaceTimeVecEnv` calls
+when a server faults.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import collections
 import contextlib
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from spacetime_rl.config import EnvConfig
-from spacetime_rl.errors import ConfigError, GodotConnectionError, GodotTimeoutError
+from spacetime_rl.errors import ConfigError, GodotConnectionError, GodotError, GodotTimeoutError
 from spacetime_rl.godot import wire
 
-__all__ = ["ServerPool", "launch_servers"]
+__all__ = ["Recovery", "ServerPool", "launch_servers"]
 
 log = logging.getLogger(__name__)
 
-READY_PREFIX: Final = "spacetime-sim listening on "
+#: The ready lines of `python -m spacetime_rl.sim` and of the Godot addon; the URL follows.
+READY_PREFIXES: Final = ("spacetime-sim listening on ", "spacetime-rl listening on ")
+TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"  # the Godot addon reads the token from here
 _POLL_SECONDS: Final = 0.02
 _STOP_GRACE_SECONDS: Final = 5.0
 _STDERR_TAIL_CHARS: Final = 2000
 
+#: Called with a server's index and the fault; returns a fresh transport to that server's URL.
+Recovery = Callable[[int, GodotError], Awaitable[Any]]
+
 
 class ServerPool:
-    """Simulator subprocesses, one per environment; `start()` returns their URLs, `stop()` ends them.
+    """Server subprocesses, one per environment; `start()` returns their URLs, `stop()` ends them.
 
-    Servers start concurrently. Each one's stdout and stderr go to files in a private temporary
-    directory (a pipe nobody reads could fill up and stall the server); the ready line is read
-    from the stdout file. `stop()` also runs at interpreter exit, so a crash leaves no orphans.
+    Servers start concurrently. Each one runs in its own process group (so a terminal's Ctrl-C
+    reaches only train.py, which saves before stopping them, and a Godot's children die with it);
+    its stdout and stderr go to files in a private temporary directory (a pipe nobody reads could
+    fill up and stall the server), and the ready line is read from the stdout file. `stop()` also
+    runs at interpreter exit, so a crash leaves no orphans.
     """
 
     def __init__(
@@ -51,7 +71,9 @@ class ServerPool:
         self.seed = seed
         self.verbose = verbose
         self.urls: list[str] = []
+        self.restarts = 0  # servers restarted after a fault, over the pool's life
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._recent_restarts: collections.deque[float] = collections.deque()
         self._logs: Path | None = None
 
     def __enter__(self) -> list[str]:
@@ -60,50 +82,142 @@ class ServerPool:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    @property
+    def launched(self) -> bool:
+        return not self.config.attached
+
+    @property
+    def name(self) -> str:
+        """What the servers are, for messages."""
+        if self.config.kind == "sim":
+            return "python -m spacetime_rl.sim"
+        return (
+            f"{self.config.executable} (env.executable)" if self.launched else f"{self.config.url} (env.url)"
+        )
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
+
     def start(self) -> list[str]:
-        if self.config.kind == "godot":
+        if not self.launched:
             return self._attach()
-        self._logs = Path(tempfile.mkdtemp(prefix="spacetime-sim-"))
+        self._logs = Path(tempfile.mkdtemp(prefix="spacetime-servers-"))
         atexit.register(self.stop)
         try:
-            for index in range(self.count):
-                self._processes.append(self._spawn(index))
-            self.urls = [self._wait_ready(index, process) for index, process in enumerate(self._processes)]
+            self._processes = [self._spawn(index) for index in range(self.count)]
+            self.urls = [self._wait_ready(index) for index in range(self.count)]
         except BaseException:
             self.stop()
             raise
         if self.verbose:
-            log.info("started %d simulator(s) x %d agents: %s", self.count, self.agents, ", ".join(self.urls))
+            log.info("started %d server(s) x %d agents: %s", self.count, self.agents, ", ".join(self.urls))
         return self.urls
 
     def stop(self) -> None:
-        """Terminate every server (SIGTERM), then kill those still running after a grace period."""
+        """Terminate every server's process group (SIGTERM), then kill what still runs after a grace period."""
         for process in self._processes:
-            if process.poll() is None:
-                process.terminate()
+            _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_GRACE_SECONDS
         for process in self._processes:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _signal_group(process, signal.SIGKILL)  # the group may outlive its leader
+            process.wait()
         self._processes.clear()
         if self._logs is not None:
             shutil.rmtree(self._logs, ignore_errors=True)
             self._logs = None
         atexit.unregister(self.stop)
 
+    def restart(self, index: int, fault: GodotError | None = None) -> str:
+        """Kill server `index` and start it again; returns its new URL.
+
+        Raises `GodotConnectionError` once env.max_restarts restarts happened within
+        env.restart_window seconds: a server that keeps failing is broken, not unlucky.
+        """
+        now = time.monotonic()
+        while self._recent_restarts and now - self._recent_restarts[0] > self.config.restart_window:
+            self._recent_restarts.popleft()
+        if len(self._recent_restarts) >= self.config.max_restarts:
+            raise GodotConnectionError(
+                f"Gave up on server {index} ({self.name}): {len(self._recent_restarts)} restarts within "
+                f"env.restart_window={self.config.restart_window:g} s already (env.max_restarts="
+                f"{self.config.max_restarts}). Last fault: {fault}. Check the server's log, or raise "
+                "env.max_restarts",
+                url=self.urls[index] if index < len(self.urls) else "",
+            )
+        self._recent_restarts.append(now)
+        self.restarts += 1
+        process = self._processes[index]
+        _signal_group(process, signal.SIGKILL)  # it failed: nothing of its state is worth a grace period
+        process.wait()
+        self._processes[index] = self._spawn(index)
+        self.urls[index] = self._wait_ready(index)
+        log.warning("restarted server %d (%s) at %s", index, self.name, self.urls[index])
+        return self.urls[index]
+
+    def recovery(self, connect: Callable[[str], Any]) -> Recovery:
+        """The VecEnv's fault handler: `connect(url)` makes a transport for a (re)started server."""
+
+        async def restart(index: int, fault: GodotError) -> Any:
+            return connect(self.restart(index, fault))
+
+        async def wait_for_server(index: int, fault: GodotError) -> Any:
+            delay, waited = self.config.retry_backoff, 0.0
+            for attempt in range(1, self.config.retries + 1):
+                log.warning(
+                    "%s faulted (%s); retry %d/%d in %g s",
+                    self.name,
+                    fault,
+                    attempt,
+                    self.config.retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                waited += delay
+                delay *= 2
+                transport = connect(self.urls[index])
+                if await transport.health_check():
+                    return transport
+                await transport.close()
+            raise GodotConnectionError(
+                f"{self.name} did not recover: no healthy answer after env.retries={self.config.retries} "
+                f"retries over {waited:g} s (env.retry_backoff={self.config.retry_backoff:g}). Last fault: "
+                f"{fault}. Check Godot is running (curl {self.urls[index]}/health), then resume training",
+                url=self.urls[index],
+            )
+
+        return restart if self.launched else wait_for_server
+
+    # ---------------------------------------------------------------- internals
+
     def _attach(self) -> list[str]:
         if self.count != 1 or not self.config.url:
             raise ConfigError(
                 f"env.num_environments={self.count} with env.kind=godot: attaching supports one running "
-                "Godot at env.url for now; set env.num_environments=1"
+                "Godot at env.url; set env.num_environments=1, or set env.executable and env.project to "
+                "let training start several"
             )
         self.urls = [self.config.url]
         return self.urls
 
     def _command(self, index: int) -> list[str]:
+        seed = None if self.seed is None else self.seed + index
+        if self.config.kind == "godot":
+            assert self.config.executable and self.config.project
+            return [
+                self.config.executable,
+                "--headless",
+                "--path",
+                self.config.project,
+                "--",
+                "--rl-port=0",
+                f"--rl-agents={self.agents}",
+                f"--rl-action-repeat={self.config.action_repeat}",
+                f"--rl-scene={self.config.scene}",
+                *([] if seed is None else [f"--rl-seed={seed}"]),
+            ]
         command = [
             sys.executable,
             "-m",
@@ -119,51 +233,85 @@ class ServerPool:
             "--action-repeat",
             str(self.config.action_repeat),
         ]
-        if self.seed is not None:
-            command += ["--seed", str(self.seed + index)]
-        if self.config.token:
-            command += ["--token", self.config.token]
+        if seed is not None:
+            command += ["--seed", str(seed)]
         return command
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         assert self._logs is not None
+        environment = dict(os.environ)
+        if self.config.token:  # in the environment, not the command line: `ps` shows the latter
+            environment[TOKEN_VARIABLE] = self.config.token
+        command = self._command(index)
+        if self.config.kind == "sim" and self.config.token:
+            command += ["--token", self.config.token]
         with (
             open(self._logs / f"{index}.out", "wb") as stdout,
             open(self._logs / f"{index}.err", "wb") as stderr,
         ):
-            return subprocess.Popen(
-                self._command(index), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
-            )
+            try:
+                return subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    env=environment,
+                    process_group=0,
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"env.executable={command[0]!r} cannot be started ({exc}): set it to the Godot binary"
+                ) from exc
 
-    def _wait_ready(self, index: int, process: subprocess.Popen[bytes]) -> str:
+    def _wait_ready(self, index: int) -> str:
         assert self._logs is not None
+        process = self._processes[index]
         stdout = self._logs / f"{index}.out"
         timeout = self.config.connect_timeout
         deadline = time.monotonic() + timeout
         while True:
-            line = stdout.read_bytes().decode(errors="replace").partition("\n")
-            if line[1] and line[0].startswith(READY_PREFIX):
-                return line[0][len(READY_PREFIX) :].strip()
-            if line[1]:
-                raise self._failure(
-                    index, GodotConnectionError, f"printed {line[0]!r} instead of its ready line"
-                )
+            lines = stdout.read_bytes().decode(errors="replace").split("\n")[:-1]  # complete lines only
+            for line in lines:
+                for prefix in READY_PREFIXES:
+                    if line.startswith(prefix):
+                        url = line[len(prefix) :].strip()
+                        self._wait_healthy(index, url, deadline)
+                        return url
             if process.poll() is not None:
                 raise self._failure(index, GodotConnectionError, f"exited with code {process.returncode}")
             if time.monotonic() > deadline:
+                seen = f"; its stdout so far: {lines[-3:]!r}" if lines else ""
                 raise self._failure(
                     index,
                     GodotTimeoutError,
-                    f"was not ready within env.connect_timeout={timeout:g} s; raise env.connect_timeout "
-                    "on a slow or busy machine",
+                    f"was not ready within env.connect_timeout={timeout:g} s{seen}; raise "
+                    "env.connect_timeout on a slow or busy machine",
                 )
+            time.sleep(_POLL_SECONDS)
+
+    def _wait_healthy(self, index: int, url: str, deadline: float) -> None:
+        """Poll `/health` until it answers 200: a Godot may print its line before it serves."""
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=max(deadline - time.monotonic(), 0.1)):
+                    return
+            except (OSError, urllib.error.URLError) as exc:
+                if time.monotonic() > deadline:
+                    raise self._failure(
+                        index, GodotTimeoutError, f"printed its ready line but {url}/health fails ({exc})"
+                    ) from exc
             time.sleep(_POLL_SECONDS)
 
     def _failure(self, index: int, kind: type[Exception], what: str) -> Exception:
         assert self._logs is not None
         stderr = (self._logs / f"{index}.err").read_bytes().decode(errors="replace")
         tail = stderr[-_STDERR_TAIL_CHARS:].strip() or "(empty)"
-        return kind(f"Simulator {index} (python -m spacetime_rl.sim) {what}. Its stderr:\n{tail}")
+        return kind(f"Server {index} ({self.name}) {what}. Its stderr:\n{tail}")
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
 
 
 @contextlib.contextmanager
@@ -175,6 +323,6 @@ def launch_servers(
     seed: int | None = None,
     verbose: bool = False,
 ) -> Iterator[list[str]]:
-    """URLs of `count` (default env.num_environments) servers for the block; simulators stop after it."""
+    """URLs of `count` (default env.num_environments) servers for the block; launched ones stop after it."""
     with ServerPool(config, count=count, agents=agents, seed=seed, verbose=verbose) as urls:
         yield urls

@@ -3,17 +3,24 @@
 Each step sends one `/rl/step` per server, concurrently, on an event loop the VecEnv owns. Finished
 agents are reset by the server (auto_reset); agents cut by the client-side time limit, and agents
 whose reset options changed (the curriculum), are reset with one batched `/rl/reset` per server.
+
+A server that faults (unreachable, timed out, an error status, an answer breaking the protocol) is
+handed to the `recover` callback, which restarts it or waits for it (`servers.ServerPool.recovery`)
+and returns a new transport; its agents' episodes are then truncated, with the last good
+observation as `terminal_observation`, and every agent starts afresh. Nothing from the faulty
+answer reaches the policy. Without `recover`, or once it gives up, the error propagates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import warnings
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeGuard, TypeVar
 
 import numpy as np
 from gymnasium import spaces
@@ -22,12 +29,16 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from spacetime_rl.config import EnvConfig, RewardConfig
 from spacetime_rl.envs.episodes import EpisodeTracker
 from spacetime_rl.envs.preprocessing import preprocess_observations
-from spacetime_rl.errors import ConfigError
+from spacetime_rl.errors import ConfigError, GodotError, SpecMismatchError
 from spacetime_rl.godot import wire
 
 __all__ = ["AgentTransport", "SpaceTimeVecEnv", "make_clients", "observation_space", "reset_options"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Recover-and-reconnect attempts for one fault; `recover` itself bounds restarts over time.
+RECOVERY_ATTEMPTS = 3
 
 
 class AgentTransport(Protocol):
@@ -45,6 +56,10 @@ class AgentTransport(Protocol):
     async def step(self, actions: np.ndarray, auto_reset: bool = False) -> Any: ...  # a StepResult
 
     async def close(self) -> None: ...
+
+
+#: Called with a server's index and its fault; returns a new transport to it, or raises to give up.
+Recovery = Callable[[int, GodotError], Awaitable[AgentTransport]]
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,9 @@ class SpaceTimeVecEnv(VecEnv):
     final goal distance, the sum of each reward term).
 
     `get_attr`, `set_attr` and `env_method` act on this object: every agent shares its settings.
+
+    `faults` counts server faults recovered from, `lost_agent_steps` the agent-steps they cost
+    (the step of every agent of a faulty server, which gets a zero-event stand-in transition).
     """
 
     render_mode = None
@@ -109,9 +127,13 @@ class SpaceTimeVecEnv(VecEnv):
         reward_config: RewardConfig,
         *,
         seed: int | None = None,
+        recover: Recovery | None = None,
     ) -> None:
         self.config = env_config
         self._transports = list(transports)
+        self._recover = recover
+        self.faults = 0
+        self.lost_agent_steps = 0
         self._loop = asyncio.new_event_loop()
         self._closed = False
         try:
@@ -131,6 +153,7 @@ class SpaceTimeVecEnv(VecEnv):
         self._seed = seed
         self._warned_ignored = False
         self._actions = np.zeros((num_agents, wire.ACTION_SIZE))
+        self._last_raw = np.zeros((num_agents, wire.OBSERVATION_SIZE), dtype=np.float32)
         super().__init__(num_agents, observation_space(), action_space())
 
     # ---------------------------------------------------------------- VecEnv API
@@ -138,18 +161,20 @@ class SpaceTimeVecEnv(VecEnv):
     def reset(self) -> np.ndarray:
         seeds = [None if self._seed is None else self._seed + s for s in range(len(self._transports))]
         self._seed = None
-        results = self._gather(
+        results, faults = self._settle(
             t.reset(seed=seed, options=self._server_options)
             for t, seed in zip(self._transports, seeds, strict=True)
         )
-        ignored = sorted({key for r in results for key in r.ignored_options})
+        fresh = self._recover_all(faults)
+        ignored = sorted({key for r in results if r is not None for key in r.ignored_options})
         if ignored and not self._warned_ignored:
             self._warned_ignored = True
             warnings.warn(
                 f"the server ignores reset options {ignored}: episodes run with its defaults", stacklevel=2
             )
-        raw = np.concatenate([r.observations for r in results])
+        raw = np.concatenate([fresh[s] if r is None else r.observations for s, r in enumerate(results)])
         self._stale_options[:] = False
+        self._last_raw = raw
         self._tracker.start(raw)
         self.reset_infos = [{} for _ in range(self.num_envs)]
         return preprocess_observations(raw, heading_frame=self.config.heading_frame)
@@ -159,31 +184,49 @@ class SpaceTimeVecEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         applied = self._tracker.smooth(self._actions)
-        results = self._gather(
+        results, faults = self._settle(
             t.step(applied[s], auto_reset=True) for t, s in zip(self._transports, self._slices, strict=True)
         )
-        raw = np.concatenate([r.observations for r in results])
-        done = np.concatenate([r.done for r in results])
-        events = _Events(
-            *(np.concatenate([getattr(r.events, name) for r in results]) for name in wire.EVENT_FIELDS)
+        fresh = self._recover_all(faults)
+        # A faulty server's agents: their new episodes' first observations, no events, not done.
+        raw = np.concatenate([fresh[s] if r is None else r.observations for s, r in enumerate(results)])
+        done = np.concatenate(
+            [np.zeros(len(fresh[s]), bool) if r is None else r.done for s, r in enumerate(results)]
         )
-        final = raw
-        if done.any():
-            final = raw.copy()
-            for offset, result in zip(self._offsets, results, strict=False):
-                for agent, row in result.terminal_observations.items():
-                    final[offset + agent] = row
+        events = _Events(
+            *(
+                np.concatenate(
+                    [
+                        np.zeros(len(fresh[s]), int) if r is None else getattr(r.events, name)
+                        for s, r in enumerate(results)
+                    ]
+                )
+                for name in wire.EVENT_FIELDS
+            )
+        )
+        faulted = self._agents_of(faults)
+        final = raw.copy()  # each agent's last observation of this step; `raw` gets the resets
+        final[faulted] = self._last_raw[faulted]
+        for offset, result in zip(self._offsets, results, strict=False):
+            for agent, row in result.terminal_observations.items() if result is not None else ():
+                final[offset + agent] = row
         record = self._tracker.record(final, applied, events, done)
-        ended = done | record.truncated
+        client_reset = (record.truncated | (done & self._stale_options)) & ~faulted
+        faulted |= self._reset_agents(raw, client_reset) & ~done
+        truncated = record.truncated | faulted
+        ended = done | truncated
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if ended.any():
             agents = np.flatnonzero(ended)
             terminal = preprocess_observations(final[agents], heading_frame=self.config.heading_frame)
             for row, agent in enumerate(agents.tolist()):
-                info = self._tracker.episode_info(agent, final[agent], events, bool(record.truncated[agent]))
+                info = self._tracker.episode_info(agent, final[agent], events, bool(truncated[agent]))
                 info["terminal_observation"] = terminal[row]
+                if faulted[agent]:
+                    info["server_fault"] = True
                 infos[agent] = info
-            self._restart(raw, agents, record.truncated | (done & self._stale_options))
+            self._tracker.start(raw[ended], ended)
+        self._last_raw = raw
         obs = preprocess_observations(raw, heading_frame=self.config.heading_frame)
         return obs, record.rewards, ended, infos
 
@@ -240,7 +283,9 @@ class SpaceTimeVecEnv(VecEnv):
         calls = [
             t.get_performance_metrics() for t in self._transports if hasattr(t, "get_performance_metrics")
         ]
-        return self._gather(calls)
+        # A fault here is left for the next step to find and recover from.
+        results, _ = self._settle(calls)
+        return [r for r in results if r is not None]
 
     # ---------------------------------------------------------------- internals
 
@@ -252,27 +297,101 @@ class SpaceTimeVecEnv(VecEnv):
 
         return self._loop.run_until_complete(gather())
 
+    def _settle(self, calls: Iterable[Awaitable[T]]) -> tuple[list[T | None], dict[int, GodotError]]:
+        """Run `calls` concurrently to the end; results in order, None where a recoverable fault was raised."""
+
+        async def gather() -> list[T | BaseException]:
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        results: list[T | None] = []
+        faults: dict[int, GodotError] = {}
+        for index, result in enumerate(self._loop.run_until_complete(gather())):
+            if isinstance(result, BaseException):
+                if not self._recoverable(result):
+                    raise result
+                faults[index] = result
+                results.append(None)
+            else:
+                results.append(result)
+        return results, faults
+
+    def _recoverable(self, error: BaseException) -> TypeGuard[GodotError]:
+        # A spec mismatch will not go away by restarting the same server.
+        return (
+            self._recover is not None
+            and isinstance(error, GodotError)
+            and not isinstance(error, SpecMismatchError)
+        )
+
+    def _recover_all(self, faults: Mapping[int, GodotError]) -> dict[int, np.ndarray]:
+        """Recover each faulty server; returns its agents' new first observations, raw (n_s, 48)."""
+        return {
+            s: self._loop.run_until_complete(self._recover_server(s, fault)) for s, fault in faults.items()
+        }
+
+    async def _recover_server(self, server: int, fault: GodotError) -> np.ndarray:
+        assert self._recover is not None
+        agents = self._slices[server].stop - self._slices[server].start
+        self.faults += 1
+        self.lost_agent_steps += agents
+        log.warning("server %d fault, recovering (its %d episodes are truncated): %s", server, agents, fault)
+        for _ in range(RECOVERY_ATTEMPTS):
+            await _close_quietly(self._transports[server])
+            self._transports[server] = transport = await self._recover(server, fault)
+            try:
+                spec = await self._prepare(transport)
+                if spec.num_agents != agents:
+                    raise ConfigError(
+                        f"server {server} came back with {spec.num_agents} agents instead of {agents}: "
+                        "restart training with env.agents_per_environment matching the server"
+                    )
+                result = await transport.reset(options=self._server_options)
+            except GodotError as error:
+                if not self._recoverable(error):
+                    raise
+                fault = error
+                log.warning("server %d failed again while recovering: %s", server, fault)
+                continue
+            self._stale_options[self._slices[server]] = False
+            observations: np.ndarray = result.observations
+            return observations
+        raise fault
+
+    def _agents_of(self, servers: Iterable[int]) -> np.ndarray:
+        mask = np.zeros(self.num_envs, dtype=bool)
+        for server in servers:
+            mask[self._slices[server]] = True
+        return mask
+
     async def _prepare(self, transport: AgentTransport) -> Any:
         if self.config.kind == "godot":
             await transport.load_scene(self.config.scene)  # type: ignore[attr-defined]
         return await transport.spec()
 
-    def _restart(self, raw: np.ndarray, ended: np.ndarray, client_reset: np.ndarray) -> None:
-        """Start new episodes for `ended` agents; those flagged in `client_reset` (N,) get `/rl/reset`."""
+    def _reset_agents(self, raw: np.ndarray, client_reset: np.ndarray) -> np.ndarray:
+        """`/rl/reset` the agents flagged in `client_reset` (N,), writing their rows of `raw`.
+
+        Returns the agents of servers that faulted meanwhile: recovered, all their agents restarted.
+        """
         agents = np.flatnonzero(client_reset)
-        if agents.size:
-            servers = np.searchsorted(self._offsets, agents, side="right") - 1
-            batches = [(s, agents[servers == s]) for s in np.unique(servers).tolist()]
-            results = self._gather(
-                self._transports[s].reset(
-                    agents=(batch - self._offsets[s]).tolist(), options=self._server_options
-                )
-                for s, batch in batches
+        if not agents.size:
+            return np.zeros(self.num_envs, dtype=bool)
+        servers = np.searchsorted(self._offsets, agents, side="right") - 1
+        batches = [(s, agents[servers == s]) for s in np.unique(servers).tolist()]
+        results, faults = self._settle(
+            self._transports[s].reset(
+                agents=(batch - self._offsets[s]).tolist(), options=self._server_options
             )
-            for (_, batch), result in zip(batches, results, strict=True):
+            for s, batch in batches
+        )
+        for (_, batch), result in zip(batches, results, strict=True):
+            if result is not None:
                 raw[batch] = result.observations
-            self._stale_options[agents] = False
-        self._tracker.start(raw[ended], ended)
+        self._stale_options[agents] = False
+        faulted_servers = {batches[i][0]: fault for i, fault in faults.items()}
+        for server, observations in self._recover_all(faulted_servers).items():
+            raw[self._slices[server]] = observations
+        return self._agents_of(faulted_servers)
 
     def _indices(self, indices: VecEnvIndices) -> Sequence[int]:
         if indices is None:

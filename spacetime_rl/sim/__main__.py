@@ -2,18 +2,41 @@
 
 Once listening it prints exactly one line to stdout, `spacetime-sim listening on http://HOST:PORT`,
 which launchers parse to learn the port (`--port 0` picks a free one).
+
+It also accepts Godot's command line, so it can stand in for a headless Godot in launcher tests:
+`--headless --path PROJECT -- --rl-port=0 --rl-agents=4 ...` (the addon's `--rl-*` flags after `--`,
+the token also from `SPACETIME_RL_TOKEN`); it then prints Godot's ready line,
+`spacetime-rl listening on http://HOST:PORT`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+from typing import Final
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.godot import wire
 from spacetime_rl.sim.server import SCENES, create_app, load_whitelist, serve
+
+READY_PREFIX: Final = "spacetime-sim listening on "
+GODOT_READY_PREFIX: Final = "spacetime-rl listening on "  # what the Godot addon prints
+#: Godot addon flag (after `--`) -> this module's flag.
+GODOT_FLAGS: Final = {
+    "--rl-port": "--port",
+    "--rl-host": "--host",
+    "--rl-token": "--token",
+    "--rl-seed": "--seed",
+    "--rl-agents": "--agents",
+    "--rl-action-repeat": "--action-repeat",
+    "--rl-scene": "--scene",
+    "--rl-max-body-bytes": "--max-body-bytes",
+}
+GODOT_ONLY_FLAGS: Final = frozenset({"--rl-poll-budget-ms"})  # accepted, meaningless here
+TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
 
 
 def _positive(text: str) -> int:
@@ -30,7 +53,31 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _from_godot(argv: list[str]) -> list[str] | None:
+    """This module's arguments for a Godot command line (`--headless --path P -- --rl-...`), else None."""
+    if "--" not in argv:
+        return None
+    split = argv.index("--")
+    engine, user = argv[:split], argv[split + 1 :]
+    if "--headless" not in engine and "--path" not in engine:
+        return None
+    translated = []
+    for arg in user:
+        flag, equals, value = arg.partition("=")
+        if flag in GODOT_ONLY_FLAGS and equals:
+            continue
+        if flag not in GODOT_FLAGS or not equals:
+            print(f"error: unknown argument {arg!r}; use {', '.join(GODOT_FLAGS)}=VALUE", file=sys.stderr)
+            raise SystemExit(2)
+        translated += [GODOT_FLAGS[flag], value]
+    if "--token" not in translated and os.environ.get(TOKEN_VARIABLE):
+        translated += ["--token", os.environ[TOKEN_VARIABLE]]
+    return [*translated, "--godot-ready-line"]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
+    argv = _from_godot(argv) or argv
     parser = argparse.ArgumentParser(
         prog="python -m spacetime_rl.sim",
         description="Embedded simulator of Godot's vr_locomotion_test scene, serving HTTP protocol v1.",
@@ -48,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--whitelist", default=None, help='JSON list of loadable scenes (or {"scenes": [...]})'
     )
     parser.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="larger bodies get 413")
+    parser.add_argument("--godot-ready-line", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -67,7 +115,8 @@ async def _run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"spacetime-sim listening on http://{host}:{port}", flush=True)
+    prefix = GODOT_READY_PREFIX if args.godot_ready_line else READY_PREFIX
+    print(f"{prefix}http://{host}:{port}", flush=True)
     try:
         await stop.wait()
     finally:
