@@ -146,9 +146,20 @@ class NetworkConfig:
     policy: str = "MlpPolicy"
     net_arch: list[int] = field(default_factory=lambda: [256, 256])
     activation_fn: str = "tanh"
+    width: int | None = None  # with depth: net_arch = [width] * depth (the axes sweeps/network.yaml searches)
+    depth: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.policy == "MlpPolicy", "network.policy", self.policy, "only MlpPolicy is supported")
+        _require(
+            (self.width is None) == (self.depth is None),
+            "network.width",
+            self.width,
+            f"set network.width and network.depth together (depth is {self.depth}), or neither",
+        )
+        if self.width is not None and self.depth is not None:
+            _require(self.depth >= 1, "network.depth", self.depth, "use a positive number of layers")
+            self.net_arch = [self.width] * self.depth
         _require(
             len(self.net_arch) > 0 and all(width > 0 for width in self.net_arch),
             "network.net_arch",
@@ -252,6 +263,23 @@ class TrainingConfig:
 
 
 @dataclass
+class SweepConfig:
+    """An Optuna search (`python train.py -m sweep=<name>`, files in sweeps/); see docs/sweeps.md."""
+
+    study_name: str | None = None  # default: the sweep folder's name
+    storage: str | None = None  # an Optuna storage URL; default: sqlite:///<sweep folder>/study.db
+    seeds_per_trial: int = 1  # a trial trains seeds training.seed + 0..n-1 and averages the objective
+    # Stops unpromising trials from their intermediate evaluations; null disables pruning.
+    pruner: dict[str, Any] | None = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
+    trial: int | None = None  # set by the sweeper: the number of the Optuna trial this job runs
+
+    def __post_init__(self) -> None:
+        _require(
+            self.seeds_per_trial >= 1, "sweep.seeds_per_trial", self.seeds_per_trial, "use a positive integer"
+        )
+
+
+@dataclass
 class TrainConfig:
     """Root config of `train.py`."""
 
@@ -261,6 +289,7 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     preset: str = "quick_test"  # set by the chosen conf/preset file, recorded for comparisons
     config_file: str | None = None  # a seed-format JSON config merged over the preset
     resume: str | None = None  # a checkpoint zip to continue from

@@ -20,6 +20,9 @@ from spacetime_rl.rewards import REWARD_TERMS
 from spacetime_rl.training.artifacts import checkpoint_path, save_snapshot
 from spacetime_rl.training.curriculum import Curriculum
 
+#: Called after each periodic evaluation with (agent-steps, metrics); returning False stops training.
+EvalHook = Callable[[int, dict[str, float]], bool]
+
 #: The metrics an evaluation reports; `training.objective` names one of them.
 EVAL_METRICS: Final = (
     "eval/success_rate",
@@ -140,22 +143,33 @@ class EvalCallback(_PeriodicCallback):
     """Evaluate every `eval_freq` agent-steps, at the end of the rollout that crosses the mark.
 
     Evaluating between rollouts keeps a rollout's data from one policy and lets an evaluation that
-    shares the training server restart the training episodes cleanly.
+    shares the training server restart the training episodes cleanly. When `on_eval` returns False
+    (a sweep pruning the trial) training stops at the first step of the next rollout.
     """
 
-    def __init__(self, evaluator: Evaluator, eval_freq: int, curriculum_callback: CurriculumCallback) -> None:
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        eval_freq: int,
+        curriculum_callback: CurriculumCallback,
+        on_eval: EvalHook | None = None,
+    ) -> None:
         super().__init__(eval_freq)
         self.evaluator = evaluator
         self.curriculum_callback = curriculum_callback
+        self.on_eval = on_eval
+        self.stopped = False
 
     def _on_step(self) -> bool:
-        return True
+        return not self.stopped
 
     def _on_rollout_end(self) -> None:
         if not self._due():
             return
         metrics = self.evaluator(self.model, self.logger)
         self.curriculum_callback.advance(self.num_timesteps, metrics["eval/success_rate"])
+        if self.on_eval is not None and not self.on_eval(self.num_timesteps, metrics):
+            self.stopped = True
 
 
 class CurriculumCallback(BaseCallback):

@@ -36,6 +36,7 @@ from spacetime_rl.training.callbacks import (
     CurriculumCallback,
     EpisodeMetricsCallback,
     EvalCallback,
+    EvalHook,
     EvalRecord,
     Evaluator,
 )
@@ -56,12 +57,14 @@ EVAL_SEED_OFFSET: Final = 10_000
 TB_LOG_NAME: Final = "PPO"
 
 
-def train(config: TrainConfig, output_dir: Path) -> float:
+def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None) -> float:
     """Train PPO as configured, writing everything under `output_dir`; return the objective.
 
     The objective is the value of `training.objective` (an `eval/*` metric) in the *final*
     evaluation, run on the trained policy after the last step: the best-so-far evaluation would
-    reward lucky noise, and the final one scores what the run actually produced.
+    reward lucky noise, and the final one scores what the run actually produced. `on_eval` sees
+    every periodic evaluation; when it returns False training stops and the objective is that
+    evaluation's (sweeps prune trials this way).
     """
     env_config, training = config.env, config.training
     if training.objective not in EVAL_METRICS:
@@ -166,12 +169,13 @@ def train(config: TrainConfig, output_dir: Path) -> float:
             }
 
         curriculum_callback = CurriculumCallback(curriculum, eval_env, verbose=sb3_verbose)
+        eval_callback = EvalCallback(evaluator, training.eval_freq, curriculum_callback, on_eval)
         callbacks = CallbackList(
             [
                 curriculum_callback,
                 EpisodeMetricsCallback(),
                 CheckpointCallback(checkpoint_dir, training.save_freq, snapshot_state),
-                EvalCallback(evaluator, training.eval_freq, curriculum_callback),
+                eval_callback,
             ]
         )
         remaining = training.total_timesteps - model.num_timesteps
@@ -183,7 +187,7 @@ def train(config: TrainConfig, output_dir: Path) -> float:
                 tb_log_name=TB_LOG_NAME,
                 progress_bar=training.progress_bar,
             )
-        if record.last.get("time/total_timesteps") != model.num_timesteps:
+        if not eval_callback.stopped and record.last.get("time/total_timesteps") != model.num_timesteps:
             evaluator(model, model.logger)
             model.logger.dump(model.num_timesteps)
         save_snapshot(model, train_env, output_dir / "final_model.zip", snapshot_state())
