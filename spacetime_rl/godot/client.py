@@ -202,6 +202,16 @@ class GodotClient:
         check.count(memory, "static_memory_usage", "memory.")
         return body
 
+    async def debug_layout(self, agent: int) -> dict[str, Any] | None:
+        """One agent's arena from the simulator's `GET /debug/layout` (not protocol v1; see
+        docs/simulator.md), or None when the server does not have that endpoint (404)."""
+        try:
+            return await self._request("GET", f"/debug/layout?agent={agent}")
+        except GodotHTTPError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     # ---------------------------------------------------------------- RL endpoints
 
     async def spec(self) -> RLSpec:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.godot import wire
-from spacetime_rl.sim.world import StepOutcome, World, ignored_options
+from spacetime_rl.sim.world import GOAL_RADIUS, PLATFORM_HALF_SIZE, StepOutcome, World, ignored_options
 
 __all__ = ["ENGINE", "MAIN_SCENE", "VERSION", "create_app", "load_whitelist", "serve"]
 
@@ -329,6 +329,30 @@ async def rl_step(request: web.Request) -> web.Response:
     return _json(answer)
 
 
+async def debug_layout(request: web.Request) -> web.Response:
+    """Not protocol v1: one agent's arena, for plots (`GET /debug/layout?agent=i`, docs/simulator.md)."""
+    sim = request.app[_SIM]
+    world = sim.rl_world()
+    raw = request.query.get("agent", "")
+    if not raw.isdigit() or not 0 <= int(raw) < world.num_agents:
+        raise RequestError(
+            400, f"query 'agent' is {raw!r}; expected an agent index from 0 to {world.num_agents - 1}"
+        )
+    async with sim.lock:
+        layout = world.layout(int(raw))
+    return _json(
+        {
+            "agent": int(raw),
+            "platform_half_size": PLATFORM_HALF_SIZE,
+            "goal_radius": GOAL_RADIUS,
+            "boxes": _rows(layout.boxes),
+            "pillars": _rows(layout.pillars),
+            "pits": _rows(layout.pits),
+            "goal": layout.goal.tolist(),
+        }
+    )
+
+
 # --- middlewares -------------------------------------------------------------------------------
 def _http_error_message(request: web.Request, exc: web.HTTPException, max_body_bytes: int) -> str:
     if exc.status == 404:
@@ -421,6 +445,7 @@ def create_app(
     app.router.add_get("/rl/observation", rl_observation)
     app.router.add_get("/rl/state", rl_state)
     app.router.add_post("/rl/step", rl_step)
+    app.router.add_get("/debug/layout", debug_layout)
     return app
 
 

@@ -16,6 +16,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
+from spacetime_rl.evaluation.episodes import play_episodes, summarize
 from spacetime_rl.rewards import REWARD_TERMS
 from spacetime_rl.training.artifacts import checkpoint_path, save_snapshot
 from spacetime_rl.training.curriculum import Curriculum
@@ -35,31 +36,13 @@ EVAL_METRICS: Final = (
 
 
 def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int, seed: int) -> dict[str, float]:
-    """Run the deterministic policy for `episodes` episodes spread evenly over the env's agents.
+    """The `EVAL_METRICS` of the deterministic policy over `episodes` episodes (`play_episodes`)."""
 
-    Each agent plays a fixed share (as SB3's `evaluate_policy` does), so short episodes do not
-    crowd out long ones; the env is re-seeded so every evaluation sees the same goals.
-    """
-    env.seed(seed)
-    obs: Any = env.reset()
-    targets = np.array([(episodes + i) // env.num_envs for i in range(env.num_envs)])
-    counts = np.zeros(env.num_envs, dtype=int)
-    finished: list[dict[str, Any]] = []
-    while (counts < targets).any():
-        actions, _ = model.predict(obs, deterministic=True)
-        obs, _, dones, infos = env.step(actions)
-        for i in np.flatnonzero(dones & (counts < targets)):
-            finished.append(infos[i])
-            counts[i] += 1
-    stats = [info["episode_stats"] for info in finished]
-    return {
-        "eval/success_rate": float(np.mean([info["is_success"] for info in finished])),
-        "eval/mean_reward": float(np.mean([info["episode"]["r"] for info in finished])),
-        "eval/mean_ep_length": float(np.mean([info["episode"]["l"] for info in finished])),
-        "eval/collisions": float(np.mean([s["collisions"] for s in stats])),
-        "eval/falls": float(np.mean([s["falls"] for s in stats])),
-        "eval/comfort": float(np.mean([s["comfort"] for s in stats])),
-    }
+    def act(obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    metrics = summarize(play_episodes(env, act, episodes, seed))
+    return {key: metrics[key] for key in EVAL_METRICS}
 
 
 @dataclass

@@ -1,0 +1,134 @@
+"""Where each evaluation episode went: a transport wrapper that records paths from raw observations.
+
+The VecEnv hands the policy preprocessed observations (camera x and z zeroed), so paths are taken
+one level down: `RecordingTransport` wraps a server's transport, passes every call through, and
+reads the camera position of each raw observation and the collision events of each step. At an
+episode's start it can also ask the server for the arena (`GET /debug/layout`, a simulator-only
+extension); a server without it (Godot) answers 404 and the plot shows paths only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from spacetime_rl.evaluation.episodes import EpisodeResult, Path2D
+from spacetime_rl.godot.wire import OBS
+
+__all__ = ["RecordingTransport", "attach_paths"]
+
+_POSITION = [OBS["camera_position"].start, OBS["camera_position"].start + 2]  # x, z
+_GOAL = [OBS["goal_relative_position"].start, OBS["goal_relative_position"].start + 2]
+_DISTANCE = OBS["goal_distance"].start
+
+
+class _Recording:
+    """One running episode of one agent."""
+
+    def __init__(self, observation: np.ndarray, layout: dict[str, Any] | None) -> None:
+        start = observation[_POSITION].astype(np.float64)
+        self.points = [start]
+        self.collisions: list[np.ndarray] = []
+        self.goal = start + observation[_GOAL]
+        self.start_distance = float(observation[_DISTANCE])
+        self.layout = layout
+
+    def add(self, observation: np.ndarray, collisions: int) -> None:
+        position = observation[_POSITION].astype(np.float64)
+        self.points.append(position)
+        if collisions:
+            self.collisions.append(position)
+
+    def finish(self) -> Path2D:
+        return Path2D(
+            points=np.array(self.points),
+            collisions=np.array(self.collisions).reshape(-1, 2),
+            goal=self.goal,
+            start_distance=self.start_distance,
+            layout=self.layout,
+        )
+
+
+class RecordingTransport:
+    """An `AgentTransport` that records every agent's episodes as `Path2D`s, in order.
+
+    Layouts are fetched for each agent's first `layout_episodes` episodes only (one request each).
+    """
+
+    def __init__(self, transport: Any, layout_episodes: int = 0) -> None:
+        self.transport = transport
+        self.layout_episodes = layout_episodes
+        self.layouts_available = hasattr(transport, "debug_layout")
+        self.paths: list[list[Path2D]] = []
+        self._running: list[_Recording | None] = []
+
+    def __getattr__(self, name: str) -> Any:  # load_scene, get_performance_metrics, ...
+        return getattr(self.transport, name)
+
+    async def spec(self) -> Any:
+        spec = await self.transport.spec()
+        self.paths = [[] for _ in range(spec.num_agents)]
+        self._running = [None] * spec.num_agents
+        return spec
+
+    async def reset(
+        self,
+        seed: int | None = None,
+        agents: Sequence[int] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Any:
+        result = await self.transport.reset(seed=seed, agents=agents, options=options)
+        if agents is None:  # a fresh start: what ran before is not an episode of this evaluation
+            self.paths = [[] for _ in self.paths]
+            self._running = [None] * len(self.paths)
+            agents = range(len(self.paths))
+        for agent in agents:
+            self._finish(agent)  # cut by the client's time limit
+        await self._begin(list(agents), result.observations)
+        return result
+
+    async def step(self, actions: np.ndarray, auto_reset: bool = False) -> Any:
+        result = await self.transport.step(actions, auto_reset=auto_reset)
+        collisions = result.events.collisions
+        for agent, recording in enumerate(self._running):
+            if recording is not None:
+                final = result.terminal_observations.get(agent, result.observations[agent])
+                recording.add(final, int(collisions[agent]))
+        done = np.flatnonzero(result.done).tolist()
+        for agent in done:
+            self._finish(agent)
+        if auto_reset and done:
+            await self._begin(done, result.observations[done])
+        return result
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    def _finish(self, agent: int) -> None:
+        recording = self._running[agent]
+        if recording is not None and len(recording.points) > 1:
+            self.paths[agent].append(recording.finish())
+        self._running[agent] = None
+
+    async def _begin(self, agents: list[int], observations: np.ndarray) -> None:
+        for agent, observation in zip(agents, observations, strict=True):
+            layout = None
+            if self.layouts_available and len(self.paths[agent]) < self.layout_episodes:
+                layout = await self.transport.debug_layout(agent)
+                self.layouts_available = layout is not None
+            self._running[agent] = _Recording(observation, layout)
+
+
+def attach_paths(
+    results: Sequence[EpisodeResult], recorders: Sequence[RecordingTransport]
+) -> list[EpisodeResult]:
+    """`results` with each episode's recorded path; VecEnv agent i is the recorders' i-th agent overall."""
+    by_agent = [paths for recorder in recorders for paths in recorder.paths]
+    return [
+        EpisodeResult(
+            r.agent, r.index, r.info, by_agent[r.agent][r.index] if r.index < len(by_agent[r.agent]) else None
+        )
+        for r in results
+    ]
