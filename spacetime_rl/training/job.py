@@ -6,30 +6,45 @@ Output directory layout:
     checkpoints/vr_nav_model_<steps>_steps.zip (+ _vecnormalize.pkl, _state.json)
     best_models/best_model.zip      (+ companions) best evaluation so far
     final_model.zip                 (+ companions)
-    metrics.json                    final and best evaluation, the objective
+    metrics.json                    final and best evaluation, the objective, server faults
+
+SIGINT (Ctrl-C) and SIGTERM stop training at the next step: a checkpoint is saved, the servers are
+stopped, and `train()` raises `SystemExit(128 + signal)` (130 and 143). A second signal interrupts
+at once. A server fault the VecEnv cannot recover from (an attached Godot that stays away, a
+launched server past env.max_restarts) also saves a checkpoint before the error propagates.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, Final
 
 import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import get_latest_run_id, set_random_seed
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from spacetime_rl.config import TrainConfig
-from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
-from spacetime_rl.errors import ConfigError
-from spacetime_rl.training.artifacts import load_state, save_snapshot, stats_path, write_json
+from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
+from spacetime_rl.errors import ConfigError, GodotError
+from spacetime_rl.training.artifacts import (
+    checkpoint_path,
+    load_state,
+    save_snapshot,
+    stats_path,
+    write_json,
+)
 from spacetime_rl.training.callbacks import (
     EVAL_METRICS,
     CheckpointCallback,
@@ -91,24 +106,35 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     if resume and (best_dir / "best_model.zip").is_file():  # don't overwrite a better best model here
         record.best = resume_state.get("best") or {}
 
+    def connect(url: str) -> Any:
+        return make_clients([url], env_config)[0]
+
     with contextlib.ExitStack() as stack:
-        train_urls = stack.enter_context(
-            launch_servers(env_config, seed=training.seed, verbose=config.verbose)
+        stop = stack.enter_context(_stop_on_signals())
+        train_pool = ServerPool(env_config, seed=training.seed, verbose=config.verbose)
+        eval_pool = ServerPool(
+            env_config,
+            count=1,
+            agents=eval_agents,
+            seed=training.seed + EVAL_SEED_OFFSET,
+            verbose=config.verbose,
         )
-        eval_urls = stack.enter_context(
-            launch_servers(
-                env_config,
-                count=1,
-                agents=eval_agents,
-                seed=training.seed + EVAL_SEED_OFFSET,
-                verbose=config.verbose,
-            )
-        )
+        train_urls = stack.enter_context(train_pool)
+        eval_urls = stack.enter_context(eval_pool)
         train_venv = SpaceTimeVecEnv(
-            make_clients(train_urls, env_config), env_config, config.reward, seed=training.seed
+            [connect(url) for url in train_urls],
+            env_config,
+            config.reward,
+            seed=training.seed,
+            recover=train_pool.recovery(connect),
         )
         stack.callback(train_venv.close)
-        eval_venv = SpaceTimeVecEnv(make_clients(eval_urls, env_config), env_config, config.reward)
+        eval_venv = SpaceTimeVecEnv(
+            [connect(url) for url in eval_urls],
+            env_config,
+            config.reward,
+            recover=eval_pool.recovery(connect),
+        )
         stack.callback(eval_venv.close)
         for venv in (train_venv, eval_venv):
             venv.set_max_goal_distance(curriculum.max_goal_distance)
@@ -157,7 +183,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             best_dir=best_dir,
             curriculum=curriculum,
             record=record,
-            after=restart_training_episodes if env_config.kind == "godot" else None,
+            after=restart_training_episodes if env_config.attached else None,
         )
 
         def snapshot_state() -> dict[str, Any]:
@@ -176,21 +202,56 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                 EpisodeMetricsCallback(),
                 CheckpointCallback(checkpoint_dir, training.save_freq, snapshot_state),
                 eval_callback,
+                _StopOnSignal(stop),
             ]
         )
+
+        def save_checkpoint() -> Path:
+            path = checkpoint_path(checkpoint_dir, model.num_timesteps)
+            save_snapshot(model, train_env, path, snapshot_state())
+            return path
+
         remaining = training.total_timesteps - model.num_timesteps
         if remaining > 0:
-            model.learn(
-                remaining,
-                callback=callbacks,
-                reset_num_timesteps=resume is None,
-                tb_log_name=TB_LOG_NAME,
-                progress_bar=training.progress_bar,
+            try:
+                model.learn(
+                    remaining,
+                    callback=callbacks,
+                    reset_num_timesteps=resume is None,
+                    tb_log_name=TB_LOG_NAME,
+                    progress_bar=training.progress_bar,
+                )
+            except GodotError:
+                path = save_checkpoint()
+                log.error(
+                    "training stopped at %d steps by a server fault; saved %s. Once the server is back, "
+                    "continue with resume=%s",
+                    model.num_timesteps,
+                    path,
+                    path,
+                )
+                raise
+        if stop.signum is not None:
+            path = save_checkpoint()
+            log.warning(
+                "interrupted by %s at %d steps; saved %s. Continue with resume=%s",
+                signal.Signals(stop.signum).name,
+                model.num_timesteps,
+                path,
+                path,
             )
+            stack.close()  # stop the servers before exiting
+            raise SystemExit(128 + stop.signum)
         if not eval_callback.stopped and record.last.get("time/total_timesteps") != model.num_timesteps:
             evaluator(model, model.logger)
             model.logger.dump(model.num_timesteps)
         save_snapshot(model, train_env, output_dir / "final_model.zip", snapshot_state())
+        faults = {
+            "train": train_venv.faults,
+            "eval": eval_venv.faults,
+            "restarts": train_pool.restarts + eval_pool.restarts,
+            "lost_agent_steps": train_venv.lost_agent_steps,
+        }
 
     objective = float(record.last[training.objective])
     write_json(
@@ -201,10 +262,52 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "best": record.best,
             "num_timesteps": model.num_timesteps,
             "curriculum": curriculum.to_dict() | {"name": curriculum.stage_name},
+            "server_faults": faults,
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
     return objective
+
+
+class _SignalFlag:
+    """The first SIGINT/SIGTERM received, if any."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_SignalFlag]:
+    """Turn the first SIGINT or SIGTERM into a flag (training stops at the next step); a second one
+    raises KeyboardInterrupt at once. Only the main thread can take signals: elsewhere, nothing changes.
+    """
+    flag = _SignalFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if flag.signum is not None:
+            raise KeyboardInterrupt
+        flag.signum = signum
+        log.warning(
+            "%s received: stopping after this step (again to stop at once)", signal.Signals(signum).name
+        )
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _StopOnSignal(BaseCallback):
+    def __init__(self, flag: _SignalFlag) -> None:
+        super().__init__()
+        self.flag = flag
+
+    def _on_step(self) -> bool:
+        return self.flag.signum is None
 
 
 def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> PPO:

@@ -1,0 +1,70 @@
+"""Ctrl-C and SIGTERM during `train.py`: a checkpoint is saved, the servers stop, the exit code tells which."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LONG_RUN = [
+    "env.agents_per_environment=4",
+    "ppo.n_steps=64",
+    "ppo.batch_size=64",
+    "ppo.n_epochs=1",
+    "network=small",
+    "training.total_timesteps=100000000",  # never reached: the signal ends the run
+    "training.save_freq=512",
+    "training.eval_freq=100000000",
+    "training.eval_episodes=4",
+    "training.progress_bar=false",
+    "training.torch_threads=1",
+]
+STARTUP_LIMIT = 180.0  # s; only bounds a broken run, never a pass condition
+
+
+def wait_for(predicate, what: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + STARTUP_LIMIT
+    while not predicate():
+        if process.poll() is not None:
+            pytest.fail(f"train.py exited with {process.returncode} before {what}: {process.communicate()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} after {STARTUP_LIMIT} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_stops_the_servers(sig: signal.Signals, code: int, tmp_path: Path):
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *LONG_RUN, f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = tmp_path / "checkpoints"
+    wait_for(lambda: any(checkpoints.glob("*_steps.zip")), "first checkpoint", process)
+    servers = psutil.Process(process.pid).children(recursive=True)
+    assert len(servers) == 2  # one training and one evaluation simulator
+
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=STARTUP_LIMIT)
+
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert f"interrupted by {sig.name}" in stdout + stderr and "resume=" in stdout + stderr
+    steps = max(int(p.name.split("_")[3]) for p in checkpoints.glob("*_steps.zip"))
+    assert steps > 512  # the interrupt's own checkpoint, beyond the periodic one
+    state = json.loads((checkpoints / f"vr_nav_model_{steps}_steps_state.json").read_text())
+    assert state["num_timesteps"] == steps
+    assert (checkpoints / f"vr_nav_model_{steps}_steps_vecnormalize.pkl").is_file()
+    assert not list(checkpoints.glob(".*.tmp"))
+    _, alive = psutil.wait_procs(servers, timeout=10)
+    assert not alive

@@ -1,0 +1,307 @@
+"""Faults on the way to a server: dead, hung or garbage-talking servers, bad URLs and specs, crashed
+saves, and resuming exactly where a run stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from fault_injection import CORRUPTIONS, CorruptingProxy, server_process, stop_for
+
+from spacetime_rl.config import (
+    CurriculumConfig,
+    CurriculumStageConfig,
+    EnvConfig,
+    NetworkConfig,
+    PPOConfig,
+    RewardConfig,
+    TrainConfig,
+    TrainingConfig,
+)
+from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
+from spacetime_rl.envs.preprocessing import preprocess_observations
+from spacetime_rl.errors import GodotConnectionError
+from spacetime_rl.godot import wire
+from spacetime_rl.training import train
+from spacetime_rl.training.artifacts import load_state, stats_path, write_atomically
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = EnvConfig(
+    num_environments=2,
+    agents_per_environment=2,
+    max_episode_steps=1000,  # no time limits: every truncation below is a fault's
+    request_timeout=1.0,
+    retry_backoff=0.01,
+    retries=3,
+)
+ACTIONS = np.zeros((4, wire.ACTION_SIZE), dtype=np.float32)
+
+
+def connector(config: EnvConfig):
+    return lambda url: make_clients([url], config)[0]
+
+
+def assert_truncated_at(infos: list[dict], dones: np.ndarray, agents: range, last_raw: np.ndarray) -> None:
+    expected = preprocess_observations(last_raw, heading_frame=True)
+    for agent in agents:
+        assert dones[agent]
+        info = infos[agent]
+        assert info["TimeLimit.truncated"] and info["server_fault"]
+        np.testing.assert_array_equal(info["terminal_observation"], expected[agent])
+
+
+def test_a_killed_simulator_is_restarted_and_only_its_episodes_are_truncated():
+    pool = ServerPool(ENV, seed=0)
+    urls = pool.start()
+    venv = SpaceTimeVecEnv(
+        make_clients(urls, ENV), ENV, RewardConfig(), seed=0, recover=pool.recovery(connector(ENV))
+    )
+    try:
+        venv.reset()
+        for _ in range(3):
+            venv.step(ACTIONS)
+        last_raw, old_url = venv._last_raw.copy(), urls[0]
+        server_process(old_url).kill()
+        obs, rewards, dones, infos = venv.step(ACTIONS)
+        assert_truncated_at(infos, dones, range(2), last_raw)
+        assert not dones[2:].any() and "server_fault" not in infos[2]
+        assert np.isfinite(obs).all() and np.isfinite(rewards).all()
+        assert pool.restarts == 1 and venv.faults == 1 and venv.lost_agent_steps == 2
+        assert pool.urls[0] != old_url
+        for _ in range(3):
+            _, _, dones, _ = venv.step(ACTIONS)  # the new server serves
+            assert not dones.any()
+    finally:
+        venv.close()
+        pool.stop()
+
+
+def test_a_hung_simulator_is_restarted_after_the_request_timeout():
+    pool = ServerPool(ENV, seed=0)
+    urls = pool.start()
+    venv = SpaceTimeVecEnv(
+        make_clients(urls, ENV), ENV, RewardConfig(), seed=0, recover=pool.recovery(connector(ENV))
+    )
+    try:
+        venv.reset()
+        timer = stop_for(server_process(urls[1]), ENV.request_timeout * 3)
+        _, _, dones, infos = venv.step(ACTIONS)
+        timer.cancel()
+        assert dones[2:].all() and infos[3]["server_fault"] and not dones[:2].any()
+        assert pool.restarts == 1
+    finally:
+        venv.close()
+        pool.stop()
+
+
+def test_restarts_are_rate_limited():
+    config = dataclasses.replace(ENV, num_environments=1, max_restarts=1)
+    pool = ServerPool(config, seed=0)
+    urls = pool.start()
+    venv = SpaceTimeVecEnv(
+        make_clients(urls, config), config, RewardConfig(), recover=pool.recovery(connector(config))
+    )
+    try:
+        venv.reset()
+        server_process(pool.urls[0]).kill()
+        venv.step(ACTIONS[:2])
+        server_process(pool.urls[0]).kill()
+        with pytest.raises(GodotConnectionError, match=r"env\.max_restarts=1"):
+            venv.step(ACTIONS[:2])
+    finally:
+        venv.close()
+        pool.stop()
+
+
+@pytest.fixture
+def attached_via_proxy() -> Iterator[tuple[CorruptingProxy, SpaceTimeVecEnv]]:
+    """One launched simulator, reached through a corrupting proxy as an attached Godot would be."""
+    with ServerPool(dataclasses.replace(ENV, num_environments=1), seed=0) as urls:
+        proxy = CorruptingProxy(urls[0])
+        config = dataclasses.replace(ENV, kind="godot", url=proxy.url, num_environments=1)
+        attached = ServerPool(config)
+        venv = SpaceTimeVecEnv(
+            make_clients(attached.start(), config),
+            config,
+            RewardConfig(),
+            recover=attached.recovery(connector(config)),
+        )
+        try:
+            yield proxy, venv
+        finally:
+            venv.close()
+            proxy.close()
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_a_garbage_answer_is_logged_and_never_reaches_the_policy(attached_via_proxy, kind, caplog):
+    proxy, venv = attached_via_proxy
+    venv.reset()
+    venv.step(ACTIONS[:2])
+    last_raw = venv._last_raw.copy()
+    proxy.corrupt(kind)
+    with caplog.at_level(logging.WARNING):
+        obs, rewards, dones, infos = venv.step(ACTIONS[:2])
+    assert proxy.corrupted == 1
+    assert_truncated_at(infos, dones, range(2), last_raw)
+    assert np.isfinite(obs).all() and obs.shape == (2, wire.OBSERVATION_SIZE)
+    assert np.isfinite(rewards).all() and venv.faults == 1
+    assert "/rl/step" in caplog.text and "Protocol error" in caplog.text
+    _, _, dones, _ = venv.step(ACTIONS[:2])
+    assert not dones.any()
+
+
+def test_an_attached_server_that_stays_away_gives_up_after_its_retries(attached_via_proxy):
+    proxy, venv = attached_via_proxy
+    venv.reset()
+    server_process(proxy.target).kill()
+    with pytest.raises(GodotConnectionError, match=r"env\.retries=3") as failure:
+        venv.step(ACTIONS[:2])
+    assert "curl" in str(failure.value) and proxy.url in str(failure.value)
+
+
+# ---------------------------------------------------------------- train.py refuses bad servers cleanly
+
+
+def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={cwd}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_an_unreachable_url_fails_fast_with_the_url_and_the_fix(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    result = run_train("env=godot", f"env.url={url}", "env.connect_timeout=5", cwd=tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert f"Cannot connect to Godot HTTP API at {url} (env.url)" in output
+    assert f"curl {url}/health" in output
+    assert "Traceback" not in result.stderr
+
+
+class _WrongSpecServer(http.server.BaseHTTPRequestHandler):
+    """Answers like a Godot of another protocol version, with larger observations."""
+
+    def _answer(self, body: dict) -> None:
+        data = orjson.dumps(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        fields = [{"name": name, "size": size} for name, size in wire.OBSERVATION_FIELDS]
+        self._answer(
+            {
+                "protocol": 2,
+                "num_agents": 4,
+                "observation_size": 50,
+                "action_size": 3,
+                "observation_fields": fields,
+                "physics_hz": 90,
+                "action_repeat": 9,
+            }
+        )
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer({"scene": wire.DEFAULT_SCENE, "loaded": True})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_server_of_another_protocol_is_refused_with_both_sides_values(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WrongSpecServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_train("env=godot", f"env.url=http://127.0.0.1:{server.server_port}", cwd=tmp_path)
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "protocol is 2, client expects 1" in output
+    assert "observation_size is 50, client expects 48" in output
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- saves and resume
+
+
+def test_a_crash_while_saving_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "model.zip"
+    write_atomically(path, lambda temporary: Path(temporary).write_bytes(b"previous"))
+
+    def crash(source: str, destination: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(path, lambda temporary: Path(temporary).write_bytes(b"half-writ"))
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in path.parent.iterdir()] == ["model.zip"]  # no temporary left behind
+
+
+def resume_config(total_timesteps: int, resume: Path | None = None) -> TrainConfig:
+    return TrainConfig(
+        env=EnvConfig(agents_per_environment=4, max_episode_steps=40, min_goal_distance=1.0),
+        network=NetworkConfig(net_arch=[16, 16]),
+        ppo=PPOConfig(n_steps=32, batch_size=64, n_epochs=1),
+        curriculum=CurriculumConfig(
+            enabled=True,
+            stages=[CurriculumStageConfig("near", 2.0, 300), CurriculumStageConfig("far", 4.0, 10_000)],
+        ),
+        training=TrainingConfig(
+            total_timesteps=total_timesteps,
+            save_freq=128,
+            eval_freq=100_000,
+            eval_episodes=4,
+            progress_bar=False,
+            torch_threads=1,
+        ),
+        resume=None if resume is None else str(resume),
+    )
+
+
+def test_resume_continues_exactly(tmp_path):
+    """N steps in one go vs N/2, then resume from the final model for N/2 more.
+
+    Equal: the step count, the curriculum state, the number of observations VecNormalize has seen
+    (plus one reset batch: the resumed run starts with a fresh reset). Close, not equal: the running
+    means and variances, since the resumed run's episodes restart and draw other goals.
+    """
+    whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
+    train(resume_config(512), whole)
+    train(resume_config(256), first)
+    train(resume_config(512, resume=first / "final_model.zip"), second)
+
+    one, split = load_state(whole / "final_model.zip"), load_state(second / "final_model.zip")
+    assert one["num_timesteps"] == split["num_timesteps"] == 512
+    assert one["curriculum"] == split["curriculum"] and one["curriculum"]["stage"] == 1
+    stats = [pickle.loads(stats_path(d / "final_model.zip").read_bytes()) for d in (whole, second)]
+    num_envs = 4
+    assert stats[1].obs_rms.count == stats[0].obs_rms.count + num_envs
+    assert stats[1].ret_rms.count == stats[0].ret_rms.count
+    np.testing.assert_allclose(stats[1].obs_rms.mean, stats[0].obs_rms.mean, atol=0.5)
+    assert json.loads((second / "metrics.json").read_text())["num_timesteps"] == 512
