@@ -1,0 +1,250 @@
+"""Compare training runs: one row per run, sorted by the objective, and their learning curves.
+
+python -m spacetime_rl.compare multirun/2024-01-01/12-00-00          # every run of a multirun
+python -m spacetime_rl.compare outputs/2024-01-01/12-00-00 outputs/...  # chosen run directories
+python -m spacetime_rl.compare multirun/... --out report/             # where the CSV and PNG go
+
+Each row holds the run's overrides (`.hydra/overrides.yaml`) and its final and best evaluation
+(`metrics.json`). Writes `comparison.csv` and `learning_curves.png` (eval/success_rate and
+eval/mean_reward against timesteps from the runs' TensorBoard events, one line per run) into the
+multirun directory, or the current directory when several paths are given, or `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
+
+from spacetime_rl.evaluation.runs import RUN_CONFIG, load_overrides
+from spacetime_rl.training.callbacks import EVAL_METRICS
+
+__all__ = ["RunRow", "compare", "find_runs", "is_sweep_dir", "learning_curves", "report_sweep"]
+
+log = logging.getLogger(__name__)
+
+CSV_NAME: Final = "comparison.csv"
+CURVES_NAME: Final = "learning_curves.png"
+CURVE_TAGS: Final = ("eval/success_rate", "eval/mean_reward")
+DEFAULT_OBJECTIVE: Final = "eval/success_rate"
+#: Objectives where less is better; every other eval/* metric is maximised.
+LOWER_IS_BETTER: Final = frozenset({"eval/collisions", "eval/falls", "eval/timeouts", "eval/time_to_goal"})
+
+
+@dataclass
+class RunRow:
+    """One run as the comparison shows it; `final`/`best` are empty for a run without metrics.json."""
+
+    run_dir: Path
+    overrides: list[str]
+    objective: str
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    num_timesteps: int | None = None
+
+    @property
+    def value(self) -> float:
+        return float(self.final.get(self.objective, math.nan))
+
+    def to_csv(self, root: Path | None) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "run": _relative(self.run_dir, root),
+            "overrides": " ".join(self.overrides),
+            "objective": self.objective,
+            "value": self.value,
+            "num_timesteps": self.num_timesteps,
+        }
+        for kind, metrics in (("final", self.final), ("best", self.best)):
+            row |= {f"{kind}/{key}": metrics.get(key) for key in EVAL_METRICS}
+        return row
+
+
+def is_sweep_dir(path: Path) -> bool:
+    """An Optuna sweep directory (the sweeper keeps its study under `optuna/`)."""
+    return (path / "optuna").exists()
+
+
+def report_sweep(sweep_dir: Path, out_dir: Path) -> None:
+    """Hook for Optuna sweep directories: the study report (trials.csv, best_config.yaml).
+
+    The sweeps module provides it; until then a sweep directory gets the per-run comparison only.
+    """
+    log.info("%s is an Optuna sweep; its study report is not available yet", sweep_dir)
+
+
+def find_runs(paths: Sequence[Path]) -> list[Path]:
+    """Run directories among `paths`: each path is a run directory or holds run directories below it."""
+    runs: list[Path] = []
+    for path in paths:
+        if (path / RUN_CONFIG).is_file():
+            runs.append(path)
+        else:
+            runs.extend(sorted((p.parent.parent for p in path.rglob(str(RUN_CONFIG))), key=_natural))
+    return list(dict.fromkeys(runs))
+
+
+def read_run(run_dir: Path, objective: str | None) -> RunRow:
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    name = objective or metrics.get("objective", {}).get("name") or DEFAULT_OBJECTIVE
+    return RunRow(
+        run_dir=run_dir,
+        overrides=[o for o in load_overrides(run_dir) if not o.startswith("hydra.")],
+        objective=name,
+        final=metrics.get("final", {}),
+        best=metrics.get("best", {}),
+        num_timesteps=metrics.get("num_timesteps"),
+    )
+
+
+def sort_rows(rows: list[RunRow]) -> list[RunRow]:
+    """Best first by each row's objective; runs without a value last."""
+
+    def key(row: RunRow) -> tuple[bool, float]:
+        value = row.value
+        if math.isnan(value):
+            return (True, 0.0)
+        return (False, value if row.objective in LOWER_IS_BETTER else -value)
+
+    return sorted(rows, key=key)
+
+
+def learning_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """`CURVE_TAGS` scalars of a run's TensorBoard events (every PPO_<n> of it), by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, dict[int, float]] = {tag: {} for tag in CURVE_TAGS}
+    for events_dir in sorted({p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}):
+        events = EventAccumulator(str(events_dir))
+        events.Reload()
+        available = set(events.Tags()["scalars"])
+        for tag in CURVE_TAGS:
+            if tag in available:
+                curves[tag] |= {e.step: e.value for e in events.Scalars(tag)}
+    return {tag: sorted(points.items()) for tag, points in curves.items()}
+
+
+def plot_learning_curves(rows: Sequence[RunRow], labels: Sequence[str], path: Path) -> Path:
+    figure = Figure(figsize=(6.0 * len(CURVE_TAGS), 4.5))
+    axes = figure.subplots(1, len(CURVE_TAGS), squeeze=False)[0]
+    for row, label in zip(rows, labels, strict=True):
+        curves = learning_curves(row.run_dir)
+        for ax, tag in zip(axes, CURVE_TAGS, strict=True):
+            if curves[tag]:
+                steps, values = zip(*curves[tag], strict=True)
+                ax.plot(steps, values, marker=".", label=label)
+    for ax, tag in zip(axes, CURVE_TAGS, strict=True):
+        ax.set_title(tag)
+        ax.set_xlabel("timesteps")
+        ax.grid(alpha=0.3)
+    if axes[0].lines:
+        axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    return path
+
+
+def compare(paths: Sequence[Path], out_dir: Path | None = None, objective: str | None = None) -> list[RunRow]:
+    """Compare the runs under `paths`; write the CSV and the learning curves; return the sorted rows."""
+    if out_dir is None:
+        out_dir = paths[0] if len(paths) == 1 and not (paths[0] / RUN_CONFIG).is_file() else Path.cwd()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if is_sweep_dir(path):
+            report_sweep(path, out_dir)
+    runs = find_runs(paths)
+    if not runs:
+        raise FileNotFoundError(
+            f"no training runs (a directory with {RUN_CONFIG}) under {', '.join(map(str, paths))}: "
+            "pass a multirun directory or run directories written by train.py"
+        )
+    rows = sort_rows([read_run(run, objective) for run in runs])
+    root = paths[0] if len(paths) == 1 else None
+    records = [row.to_csv(root) for row in rows]
+    with open(out_dir / CSV_NAME, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    labels = _labels(rows, root)
+    plot_learning_curves(rows, labels, out_dir / CURVES_NAME)
+    _print(rows, labels, root)
+    log.info("wrote %s and %s", out_dir / CSV_NAME, out_dir / CURVES_NAME)
+    return rows
+
+
+def _labels(rows: Sequence[RunRow], root: Path | None) -> list[str]:
+    """Each run's overrides that not every run shares (its directory when none differ)."""
+    shared = set.intersection(*(set(row.overrides) for row in rows)) if rows else set()
+    return [
+        " ".join(o for o in row.overrides if o not in shared) or _relative(row.run_dir, root) for row in rows
+    ]
+
+
+def _print(rows: Sequence[RunRow], labels: Sequence[str], root: Path | None) -> None:
+    table = Table(title=f"{len(rows)} runs, best first by {rows[0].objective}")
+    for column in ("run", "differs", "objective", "final", "best", "steps"):
+        table.add_column(column, justify="right" if column in ("final", "best", "steps") else "left")
+    for row, label in zip(rows, labels, strict=True):
+        best = row.best.get(row.objective)
+        table.add_row(
+            _relative(row.run_dir, root),
+            label,
+            row.objective,
+            "-" if math.isnan(row.value) else f"{row.value:.3f}",
+            "-" if best is None else f"{best:.3f}",
+            str(row.num_timesteps or "-"),
+        )
+    Console().print(table)
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+
+
+def _natural(path: Path) -> tuple[Any, ...]:
+    """Multirun job folders in numeric order (2 before 10)."""
+    return tuple(int(part) if part.isdigit() else part for part in path.parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spacetime_rl.compare",
+        description="Compare training runs: overrides, final and best metrics, learning curves.",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="a multirun directory, or run directories")
+    parser.add_argument("--out", type=Path, default=None, help="directory for comparison.csv and the PNG")
+    parser.add_argument(
+        "--objective", default=None, help="metric to sort by (default: each run's training.objective)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    missing = [str(p) for p in args.paths if not p.is_dir()]
+    if missing:
+        log.error(
+            "not a directory: %s; pass multirun or run directories written by train.py", ", ".join(missing)
+        )
+        return 1
+    if args.objective is not None and args.objective not in EVAL_METRICS:
+        log.error("--objective %s is invalid: use one of %s", args.objective, ", ".join(EVAL_METRICS))
+        return 1
+    try:
+        compare(args.paths, args.out, args.objective)
+    except FileNotFoundError as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Export a trained policy to ONNX for Godot's `RLPolicy`, with the JSON sidecar it reads.
+
+python -m spacetime_rl.export outputs/2024-01-01/12-00-00 policy.onnx        # a run's best model
+python -m spacetime_rl.export outputs/.../final_model.zip policy.onnx
+
+The graph takes the *preprocessed* observation (`envs/preprocessing.py`: camera x/z zeroed,
+controllers relative to the camera, the heading frame) and does the rest of what training's env
+stack does: VecNormalize's `clip((obs - mean) / sqrt(var + eps), -clip, clip)`, the policy's
+deterministic action (the Gaussian's mean) and SB3's clip to [-1, 1]. Preprocessing stays out of the
+graph because `RLPolicy` already applies it, driven by the sidecar's `heading_frame` (see
+godot/README.md); the sidecar therefore carries no `observation_normalization`.
+
+Tensors use godot_rl_agents' names: inputs `obs` [B, 48] float32 and `state_ins` [B], outputs
+`output` [B, 3] and `state_outs` [B] (`state_ins` passed through; the policy has no memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+import sys
+import warnings
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
+
+from spacetime_rl.errors import ConfigError, SpaceTimeError
+from spacetime_rl.evaluation.runs import ModelSource, config_hash, resolve_model, run_env_config
+from spacetime_rl.godot import wire
+from spacetime_rl.training.artifacts import write_json
+
+__all__ = ["ACTION_FIELDS", "OnnxPolicy", "export_onnx", "sidecar_path"]
+
+log = logging.getLogger(__name__)
+
+OPSET: Final = 17
+#: The action vector's components, in order (protocol v1).
+ACTION_FIELDS: Final = (
+    {"name": "h", "meaning": "strafe right"},
+    {"name": "v", "meaning": "move forward"},
+    {"name": "r", "meaning": "turn right"},
+)
+INPUT_NAMES: Final = ["obs", "state_ins"]
+OUTPUT_NAMES: Final = ["output", "state_outs"]
+
+
+class OnnxPolicy(nn.Module):
+    """Preprocessed observation -> VecNormalize -> deterministic action clipped to [-1, 1]."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, policy: ActorCriticPolicy, normalization: VecNormalize | None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.normalize = normalization is not None and bool(normalization.norm_obs)
+        mean, scale, clip = np.zeros(wire.OBSERVATION_SIZE), np.ones(wire.OBSERVATION_SIZE), np.inf
+        if normalization is not None and self.normalize:
+            statistics = normalization.obs_rms
+            if not isinstance(statistics, RunningMeanStd):
+                raise ConfigError(
+                    "the model's VecNormalize statistics are per key (a dict observation space)"
+                )
+            mean = statistics.mean
+            scale = np.sqrt(statistics.var + normalization.epsilon)
+            clip = float(normalization.clip_obs)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.clip = clip
+
+    def forward(self, obs: torch.Tensor, state_ins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalize:
+            obs = torch.clamp((obs - self.mean) / self.scale, -self.clip, self.clip)
+        latent = self.policy.mlp_extractor.forward_actor(self.policy.pi_features_extractor(obs))
+        return torch.clamp(self.policy.action_net(latent), -1.0, 1.0), state_ins
+
+
+def sidecar_path(onnx_path: Path) -> Path:
+    """`<model>.json` next to `<model>.onnx`, where RLPolicy looks for it."""
+    return onnx_path.with_suffix(".json")
+
+
+def export_onnx(source: ModelSource, out: Path) -> Path:
+    """Write the ONNX graph of `source` to `out` and its sidecar next to it; return the sidecar path."""
+    run_config = source.run_config
+    if run_config is None:
+        raise ConfigError(
+            f"{source.model} is not inside a training run directory (no .hydra/config.yaml above it): "
+            "the sidecar needs the run's env.heading_frame, env.action_smoothing and env.action_repeat. "
+            "Export from the run directory or a model zip inside it"
+        )
+    env = run_env_config(run_config)
+    model = PPO.load(str(source.model), device="cpu")
+    if not isinstance(model.policy, ActorCriticPolicy) or model.observation_space.shape != (
+        wire.OBSERVATION_SIZE,
+    ):
+        raise ConfigError(f"{source.model} is not a spacetime_rl PPO MlpPolicy with 48 observations")
+    with open(source.stats, "rb") as file:
+        normalization = pickle.load(file)
+    module = OnnxPolicy(model.policy, normalization).eval()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batch = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, wire.OBSERVATION_SIZE), torch.zeros(1)),
+            str(out),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=dict.fromkeys(INPUT_NAMES + OUTPUT_NAMES, batch),
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    sidecar = sidecar_path(out)
+    write_json(
+        sidecar,
+        {
+            "protocol": wire.PROTOCOL_VERSION,
+            "observation_fields": [{"name": name, "size": size} for name, size in wire.OBSERVATION_FIELDS],
+            "action_fields": list(ACTION_FIELDS),
+            "action_repeat": env.action_repeat,
+            "action_smoothing": env.action_smoothing,
+            "heading_frame": env.heading_frame,
+            "physics_hz": wire.PHYSICS_HZ,
+            "inputs": {"obs": ["batch", wire.OBSERVATION_SIZE], "state_ins": ["batch"]},
+            "outputs": {"output": ["batch", wire.ACTION_SIZE], "state_outs": ["batch"]},
+            "observation_input": "preprocessed (envs/preprocessing.py), not normalised",
+            "normalization_in_graph": module.normalize,
+            "action_clip": [-1.0, 1.0],
+            "config_hash": config_hash(run_config),
+            "model": str(source.model),
+            "num_timesteps": int(model.num_timesteps),
+        },
+    )
+    return sidecar
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spacetime_rl.export", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("model", help="a training run directory (its best model) or a model zip inside one")
+    parser.add_argument("out", type=Path, help="the .onnx file to write; the sidecar goes next to it (.json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.out.suffix != ".onnx":
+        log.error(
+            "out=%r must end in .onnx: RLPolicy finds the sidecar by swapping .onnx for .json", str(args.out)
+        )
+        return 1
+    try:
+        sidecar = export_onnx(resolve_model(args.model, key="model"), args.out)
+    except SpaceTimeError as err:
+        log.error("%s", err)
+        return 1
+    log.info("wrote %s and %s", args.out, sidecar)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
