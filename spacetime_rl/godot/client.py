@@ -36,6 +36,12 @@ __all__ = ["Events", "GodotClient", "RLSpec", "ResetResult", "StepResult", "Time
 _MAX_CONNECTIONS: Final = 4
 _ERROR_BODY_CHARS: Final = 200
 _JSON_HEADERS: Final = {"Content-Type": "application/json"}
+# Binary preferred, JSON accepted: a server without the extension answers JSON and that is fine.
+_BINARY_STEP_HEADERS: Final = {
+    **_JSON_HEADERS,
+    "Accept": f"{wire.STEP_BINARY_CONTENT_TYPE}, application/json;q=0.5",
+}
+_TERMINAL_RECORD: Final = np.dtype(list(wire.STEP_BINARY_TERMINAL_RECORD))
 _NUMBER_KINDS: Final = frozenset("iuf")
 _INT32_MAX: Final = np.iinfo(np.int32).max
 
@@ -112,11 +118,19 @@ class GodotClient:
     """Async client for one server; use as `async with GodotClient(url) as client:`.
 
     `name` is the config key the URL came from; messages quote it and its sibling keys
-    (`env.token`, `env.request_timeout`, ...) so a user knows what to change.
+    (`env.token`, `env.request_timeout`, ...) so a user knows what to change. `binary_step` asks
+    `/rl/step` for the binary body (docs/protocol.md, "Binary step body"); a server that does not
+    offer it answers JSON, which the client reads as usual.
     """
 
     def __init__(
-        self, url: str, *, token: str | None = None, timeouts: Timeouts = Timeouts(), name: str = "env.url"
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeouts: Timeouts = Timeouts(),
+        name: str = "env.url",
+        binary_step: bool = True,
     ) -> None:
         try:
             parsed: URL | None = URL(url)
@@ -131,6 +145,7 @@ class GodotClient:
         self.name = name
         self._prefix = name.rpartition(".")[0] + "." if "." in name else ""
         self._timeouts = timeouts
+        self._binary_step = binary_step
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -286,9 +301,16 @@ class GodotClient:
 
     async def step(self, actions: np.ndarray, auto_reset: bool = False) -> StepResult:
         """Act for every agent and advance `action_repeat` physics frames, in one round trip."""
-        body = await self._request(
-            "POST", "/rl/step", {"actions": self._actions(actions), "auto_reset": bool(auto_reset)}
-        )
+        request = {"actions": self._actions(actions), "auto_reset": bool(auto_reset)}
+        if self._binary_step:
+            status, content_type, raw = await self._exchange(
+                "POST", "/rl/step", request, _BINARY_STEP_HEADERS
+            )
+            if content_type == wire.STEP_BINARY_CONTENT_TYPE:
+                return _Check(self, "/rl/step", {}).binary_step(raw, self._num_agents)
+            body = self._decode_json("/rl/step", status, raw)
+        else:
+            body = await self._request("POST", "/rl/step", request)
         check = _Check(self, "/rl/step", body)
         observations = check.observations(body, "observations", self._num_agents)
         num_agents = len(observations)
@@ -344,13 +366,24 @@ class GodotClient:
     async def _request(
         self, method: str, endpoint: str, body: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """The one place transport failures become `GodotError`s; returns the decoded JSON object."""
+        """One call answered with a JSON object; returns the decoded object."""
+        status, _, raw = await self._exchange(method, endpoint, body, None if body is None else _JSON_HEADERS)
+        return self._decode_json(endpoint, status, raw)
+
+    async def _exchange(
+        self,
+        method: str,
+        endpoint: str,
+        body: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[int, str, bytes]:
+        """The one place transport failures become `GodotError`s; returns a 2xx answer's status, type and body."""
         session = self._open_session()
         data = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        headers = None if data is None else _JSON_HEADERS
         try:
             async with session.request(method, self.url + endpoint, data=data, headers=headers) as response:
                 status = response.status
+                content_type = response.content_type
                 raw = await response.read()
         except aiohttp.ConnectionTimeoutError as exc:
             raise self._timeout_error(endpoint, "connect", "reaching the server") from exc
@@ -372,6 +405,9 @@ class GodotClient:
             ) from exc
         if not 200 <= status < 300:
             raise self._http_error(method, endpoint, status, raw)
+        return status, content_type, raw
+
+    def _decode_json(self, endpoint: str, status: int, raw: bytes) -> dict[str, Any]:
         try:
             decoded = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -544,3 +580,69 @@ class _Check:
             self._diagnose_row(f"field 'terminal_observations' key {key!r}", row)
             terminal[agent] = np.asarray(row, dtype=np.float32)
         return terminal
+
+    def binary_step(self, raw: bytes, rows: int | None) -> StepResult:
+        """A binary `/rl/step` answer, checked as strictly as the JSON one; rows=None takes N from the header."""
+        header = wire.STEP_BINARY_HEADER
+        if len(raw) < header.size:
+            self.fail(f"binary body is {len(raw)} bytes, shorter than its {header.size}-byte header")
+        magic, version, header_size, n, observation_size, tick, num_terminal, _flags = header.unpack_from(raw)
+        for field, value, expected in (
+            ("magic", magic, wire.STEP_BINARY_MAGIC),
+            ("version", version, wire.STEP_BINARY_VERSION),
+            ("header_size", header_size, header.size),
+            ("observation_size", observation_size, wire.OBSERVATION_SIZE),
+            ("num_agents", n, n if rows is None else rows),
+        ):
+            if value != expected:
+                self.fail(f"binary header field '{field}' is {value!r}, expected {expected!r}")
+        size = wire.step_binary_size(n, num_terminal)
+        if len(raw) != size:
+            self.fail(
+                f"binary body is {len(raw)} bytes; its header (num_agents={n}, "
+                f"terminal_count={num_terminal}) needs exactly {size}"
+            )
+        offsets, terminal_at = wire.step_binary_offsets(n)
+        blocks = {
+            name: np.frombuffer(raw, dtype, n * per_agent, offsets[name])
+            for name, dtype, per_agent in wire.STEP_BINARY_BLOCKS
+        }
+        observations = self._finite_rows("observations", blocks["observations"].reshape(n, -1))
+        flags = {}
+        for name in ("done", "fell", "goal_reached"):
+            bad = np.flatnonzero(blocks[name] > 1)
+            if bad.size:
+                self.fail(f"field '{name}' entry {bad[0]} is {blocks[name][bad[0]]}, expected 0 or 1")
+            flags[name] = blocks[name].astype(bool)
+        for name in ("collisions", "teleports"):
+            bad = np.flatnonzero(blocks[name] > _INT32_MAX)
+            if bad.size:
+                self.fail(f"field 'events' key '{name}' entry {bad[0]} is {blocks[name][bad[0]]}, too large")
+        records = np.frombuffer(raw, _TERMINAL_RECORD, num_terminal, terminal_at)
+        agents = records["agent"]
+        bad = np.flatnonzero(
+            (agents >= n) | ~flags["done"][np.minimum(agents, n - 1)] | (np.diff(agents, prepend=-1) <= 0)
+        )
+        if bad.size:
+            self.fail(
+                f"field 'terminal_observations' record {bad[0]} names agent {agents[bad[0]]}, which is not "
+                "an agent done this step listed once in ascending order"
+            )
+        terminal = self._finite_rows("terminal_observations", records["observation"])
+        events = Events(
+            collisions=blocks["collisions"].astype(np.int32),
+            fell=flags["fell"],
+            goal_reached=flags["goal_reached"],
+            teleports=blocks["teleports"].astype(np.int32),
+        )
+        return StepResult(
+            observations, flags["done"], events, tick, dict(zip(agents.tolist(), terminal, strict=True))
+        )
+
+    def _finite_rows(self, field: str, rows: np.ndarray) -> np.ndarray:
+        """A writable float32 copy of `rows`, or a failure naming the first non-finite value."""
+        finite = np.isfinite(rows)
+        if not finite.all():
+            i, j = np.argwhere(~finite)[0]
+            self.fail(f"field '{field}' row {i} value {j} is {rows[i, j]}, expected a finite number")
+        return rows.astype(np.float32)

@@ -6,6 +6,7 @@ Axes follow Godot: +Y up, -Z forward. Units: metres, seconds, radians.
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 PROTOCOL_VERSION: Final = 1
@@ -60,3 +61,41 @@ RESET_OPTION_DEFAULTS: Final[dict[str, float | None]] = {
 EVENT_FIELDS: Final = ("collisions", "fell", "goal_reached", "teleports")
 
 assert OBSERVATION_SIZE == 48, "the observation layout is fixed by protocol v1"
+
+# --- binary /rl/step answer: an optional v1 extension (docs/protocol.md, "Binary step body") -------
+#: A client asks for it with `Accept: application/octet-stream`; without that header the answer is JSON.
+STEP_BINARY_CONTENT_TYPE: Final = "application/octet-stream"
+STEP_BINARY_MAGIC: Final = b"STRL"
+STEP_BINARY_VERSION: Final = 1
+#: Little-endian header: magic, version, header size, num_agents N, observation size, tick,
+#: terminal count T, flags (0; a reader ignores bits it does not know).
+STEP_BINARY_HEADER: Final = struct.Struct("<4sHHIIQII")
+#: Per-agent blocks after the header, in order: (name, little-endian dtype, values per agent).
+#: Observations lead so they start 4-byte aligned; the u8 blocks are padded with zeros to a
+#: multiple of 4 bytes before the terminal observations.
+STEP_BINARY_BLOCKS: Final[tuple[tuple[str, str, int], ...]] = (
+    ("observations", "<f4", OBSERVATION_SIZE),
+    ("collisions", "<u4", 1),
+    ("teleports", "<u4", 1),
+    ("done", "u1", 1),
+    ("fell", "u1", 1),
+    ("goal_reached", "u1", 1),
+)
+#: Then T records of the agents done in this step with auto_reset, agents ascending: the index and
+#: the last observation of the ended episode (a NumPy structured dtype description).
+STEP_BINARY_TERMINAL_RECORD: Final = (("agent", "<u4"), ("observation", "<f4", (OBSERVATION_SIZE,)))
+STEP_BINARY_TERMINAL_SIZE: Final = 4 + 4 * OBSERVATION_SIZE
+
+
+def step_binary_offsets(num_agents: int) -> tuple[dict[str, int], int]:
+    """Byte offset of each block of a binary step answer for N agents, and where the terminal records start."""
+    offsets, offset = {}, STEP_BINARY_HEADER.size
+    for name, dtype, per_agent in STEP_BINARY_BLOCKS:
+        offsets[name] = offset
+        offset += num_agents * per_agent * int(dtype[-1])
+    return offsets, offset + (-offset) % 4
+
+
+def step_binary_size(num_agents: int, num_terminal: int) -> int:
+    """Exact length in bytes of a binary step answer."""
+    return step_binary_offsets(num_agents)[1] + num_terminal * STEP_BINARY_TERMINAL_SIZE

@@ -47,7 +47,13 @@ class RequestError(Exception):
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    # NumPy arrays serialise directly; float32 ones as their shortest float32 repr, which a reader
+    # parsing doubles and rounding to float32 recovers bit for bit.
+    return web.Response(
+        body=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+    )
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -181,14 +187,72 @@ def _rows(array: np.ndarray) -> list[list[float]]:
     return array.astype(np.float64).tolist()
 
 
+_NO_EVENTS: Final = {"collisions": 0, "fell": False, "goal_reached": False, "teleports": 0}
+
+
 def _events(outcome: StepOutcome) -> list[dict[str, Any]]:
-    collisions, fell, reached, teleports = (
-        a.tolist() for a in (outcome.collisions, outcome.fell, outcome.goal_reached, outcome.teleports)
+    """One event object per agent; only the agents something happened to cost a Python object."""
+    columns = (outcome.collisions, outcome.fell, outcome.goal_reached, outcome.teleports)
+    events = [_NO_EVENTS] * len(outcome.done)
+    eventful = np.flatnonzero(np.logical_or.reduce([column != 0 for column in columns]))
+    for i, *values in zip(eventful.tolist(), *(column[eventful].tolist() for column in columns), strict=True):
+        events[i] = dict(zip(wire.EVENT_FIELDS, values, strict=True))
+    return events
+
+
+def _accepts_binary(accept: str) -> bool:
+    """True when an Accept header lists the binary step type with a non-zero quality."""
+    for media_range in accept.split(","):
+        kind, *params = (part.strip() for part in media_range.split(";"))
+        if kind.lower() == wire.STEP_BINARY_CONTENT_TYPE:
+            quality = 1.0
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        quality = float(value)
+                    except ValueError:
+                        quality = 0.0
+            return quality > 0
+    return False
+
+
+_TERMINAL_RECORD: Final = np.dtype(list(wire.STEP_BINARY_TERMINAL_RECORD))
+
+
+def _binary_step(
+    observations: np.ndarray, outcome: StepOutcome, finished: np.ndarray, terminal: np.ndarray
+) -> web.Response:
+    """The binary `/rl/step` answer (docs/protocol.md, "Binary step body"): `terminal` rows of `finished` agents."""
+    n = len(observations)
+    body = bytearray(wire.step_binary_size(n, len(finished)))
+    wire.STEP_BINARY_HEADER.pack_into(
+        body,
+        0,
+        wire.STEP_BINARY_MAGIC,
+        wire.STEP_BINARY_VERSION,
+        wire.STEP_BINARY_HEADER.size,
+        n,
+        wire.OBSERVATION_SIZE,
+        outcome.tick,
+        len(finished),
+        0,
     )
-    return [
-        {"collisions": c, "fell": f, "goal_reached": g, "teleports": t}
-        for c, f, g, t in zip(collisions, fell, reached, teleports, strict=True)
-    ]
+    offsets, terminal_at = wire.step_binary_offsets(n)
+    blocks = {
+        "observations": observations,
+        "collisions": outcome.collisions,
+        "teleports": outcome.teleports,
+        "done": outcome.done,
+        "fell": outcome.fell,
+        "goal_reached": outcome.goal_reached,
+    }
+    for name, dtype, per_agent in wire.STEP_BINARY_BLOCKS:
+        np.frombuffer(body, dtype, n * per_agent, offsets[name])[:] = blocks[name].ravel()
+    records = np.frombuffer(body, _TERMINAL_RECORD, len(finished), terminal_at)
+    records["agent"] = finished
+    records["observation"] = terminal
+    return web.Response(body=body, content_type=wire.STEP_BINARY_CONTENT_TYPE)
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -269,7 +333,7 @@ async def rl_reset(request: web.Request) -> web.Response:
         raise RequestError(400, f"field 'options' is {options!r}; expected an object of reset options")
     async with sim.lock:
         observations = world.reset(agents, seed, options)
-    return _json({"observations": _rows(observations), "ignored_options": ignored_options(options)})
+    return _json({"observations": observations, "ignored_options": ignored_options(options)})
 
 
 async def rl_action(request: web.Request) -> web.Response:
@@ -284,7 +348,7 @@ async def rl_action(request: web.Request) -> web.Response:
 
 async def rl_observation(request: web.Request) -> web.Response:
     world = request.app[_SIM].rl_world()
-    return _json({"observations": _rows(world.observe())})
+    return _json({"observations": world.observe()})
 
 
 async def rl_state(request: web.Request) -> web.Response:
@@ -292,7 +356,7 @@ async def rl_state(request: web.Request) -> web.Response:
     outcome = world.last_outcome
     return _json(
         {
-            "done": outcome.done.tolist(),
+            "done": outcome.done,
             "events": _events(outcome),
             "tick": outcome.tick,
         }
@@ -307,25 +371,21 @@ async def rl_step(request: web.Request) -> web.Response:
     auto_reset = body.get("auto_reset", False)
     if type(auto_reset) is not bool:
         raise RequestError(400, f"field 'auto_reset' is {auto_reset!r}; expected true or false")
+    # every done agent starts over, including any left frozen by an earlier step without auto_reset
     async with sim.lock:
         outcome = world.step(actions)
         sim.record_step()
         observations = world.observe()
-        answer: dict[str, Any] = {}
-        if auto_reset:
-            # every done agent starts over, including any left frozen by an earlier step without auto_reset
-            finished = np.flatnonzero(outcome.done)
-            answer["terminal_observations"] = {
-                str(i): row for i, row in zip(finished.tolist(), _rows(observations[finished]), strict=True)
-            }
-            if finished.size:
-                observations[finished] = world.reset(finished)
-    answer.update(
-        observations=_rows(observations),
-        done=outcome.done.tolist(),
-        events=_events(outcome),
-        tick=outcome.tick,
-    )
+        finished = np.flatnonzero(outcome.done) if auto_reset else np.zeros(0, np.int64)
+        terminal = observations[finished]
+        if finished.size:
+            observations[finished] = world.reset(finished)
+    if _accepts_binary(request.headers.get("Accept", "")):
+        return _binary_step(observations, outcome, finished, terminal)
+    answer: dict[str, Any] = {}
+    if auto_reset:
+        answer["terminal_observations"] = dict(zip(map(str, finished.tolist()), terminal, strict=True))
+    answer.update(observations=observations, done=outcome.done, events=_events(outcome), tick=outcome.tick)
     return _json(answer)
 
 
