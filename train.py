@@ -3,6 +3,7 @@
 python train.py                              # quick_test on the embedded simulator
 python train.py preset=full_training
 python train.py -m ppo.learning_rate=1e-4,3e-4
+python train.py -m sweep=ppo                 # an Optuna search from sweeps/ppo.yaml; rerun to resume
 python train.py --cfg job                    # show the composed config
 """
 
@@ -19,9 +20,9 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     def job() -> float:
         config, output_dir = job_config(cfg)
-        from spacetime_rl.training import train  # torch loads only once the config is known good
+        from spacetime_rl.sweeps import run_trial  # torch loads only once the config is known good
 
-        return train(config, output_dir)
+        return run_trial(config, output_dir)  # train(), or a sweep trial's seeds (docs/sweeps.md)
 
     return run_reporting_errors(job)
 

@@ -1,0 +1,140 @@
+"""The report of a sweep folder: trials.csv, best_config.yaml and two figures, read from its Optuna study.
+
+    trials.csv                   one row per trial: number, state, value, params_*, duration, folder
+    best_config.yaml             the best trial's full config; `python train.py --config-dir <sweep dir>
+                                 --config-name best_config` trains it again
+    optimization_history.png     each completed trial's objective and the best so far
+    param_importances.png        the share of the objective's variance each parameter explains alone
+
+Parameter importance is the correlation ratio (eta squared) over completed trials, numeric parameters
+binned by rank: Optuna's fANOVA evaluators need scikit-learn, which this project does not install.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import optuna
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from spacetime_rl.sweeps.study import default_storage, open_storage
+
+log = logging.getLogger(__name__)
+
+SWEEPER_TARGET: Final = "hydra_plugins.spacetime_rl_sweeps.spacetime_optuna_sweeper.SpacetimeOptunaSweeper"
+BEST_CONFIG: Final = "best_config"
+#: The sweeper's per-trial settings: a rerun of the best config is an ordinary run.
+TRIAL_KEYS: Final = ("trial", "study_name", "storage")
+MAX_BINS: Final = 5
+
+
+def is_sweep_dir(path: Path) -> bool:
+    """True for a folder written by `python train.py -m sweep=<name>` (the spacetime_optuna sweeper)."""
+    multirun = Path(path) / "multirun.yaml"
+    if not multirun.is_file():
+        return False
+    return OmegaConf.select(OmegaConf.load(multirun), "hydra.sweeper._target_") == SWEEPER_TARGET
+
+
+def load_sweep_study(sweep_dir: Path) -> optuna.Study:
+    """The study of a sweep folder, found through the config its sweep ran with (multirun.yaml)."""
+    sweep_dir = Path(sweep_dir)
+    cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
+    study_name = OmegaConf.select(cfg, "sweep.study_name", default=None) or sweep_dir.resolve().name
+    storage = OmegaConf.select(cfg, "sweep.storage", default=None) or default_storage(sweep_dir)
+    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+
+
+def write_sweep_report(sweep_dir: Path) -> list[Path]:
+    """Write the report files into `sweep_dir` and return their paths (the figures need completed trials)."""
+    sweep_dir = Path(sweep_dir)
+    study = load_sweep_study(sweep_dir)
+    trials = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
+    trials["folder"] = [str(n) if (sweep_dir / str(n)).is_dir() else "" for n in trials["number"]]
+    written = [sweep_dir / "trials.csv"]
+    trials.to_csv(written[0], index=False)
+
+    complete = trials[trials["state"] == "COMPLETE"]
+    if complete.empty:
+        log.warning("%s: no completed trial yet, so no best config or figures", sweep_dir)
+        return written
+    best = study.best_trial
+    best_config = _write_best_config(sweep_dir, best.number)
+    if best_config is not None:
+        written.append(best_config)
+    written.append(_plot_history(study, sweep_dir / "optimization_history.png"))
+    if len(complete) >= 2:
+        written.append(_plot_importances(complete, study, sweep_dir / "param_importances.png"))
+    return written
+
+
+def _write_best_config(sweep_dir: Path, number: int) -> Path | None:
+    job_config = sweep_dir / str(number) / ".hydra" / "config.yaml"
+    if not job_config.is_file():
+        log.warning("%s is missing: cannot write %s.yaml", job_config, BEST_CONFIG)
+        return None
+    cfg = OmegaConf.load(job_config)
+    assert isinstance(cfg, DictConfig)
+    for key in TRIAL_KEYS:
+        if OmegaConf.select(cfg, f"sweep.{key}", default=None) is not None:
+            cfg.sweep[key] = None
+    body = OmegaConf.to_yaml(OmegaConf.merge({"defaults": ["train_schema", "_self_"]}, cfg))
+    path = sweep_dir / f"{BEST_CONFIG}.yaml"
+    path.write_text(
+        f"# The best trial ({number}) of this sweep. Train it again with\n"
+        f"#   python train.py --config-dir {sweep_dir} --config-name {BEST_CONFIG}\n{body}"
+    )
+    return path
+
+
+def _plot_history(study: optuna.Study, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = plot_optimization_history(study)
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(ax.figure)
+    return path
+
+
+def param_importances(complete: pd.DataFrame) -> dict[str, float]:
+    """Eta squared of the objective per `params_*` column, largest first; numeric values binned by rank."""
+    values = complete["value"].to_numpy(dtype=float)
+    total = float(((values - values.mean()) ** 2).sum())
+    importances: dict[str, float] = {}
+    for column in (c for c in complete.columns if c.startswith("params_")):
+        groups = _groups(complete[column])
+        explained = sum(len(g) * (values[g].mean() - values.mean()) ** 2 for g in groups if len(g))
+        importances[column.removeprefix("params_")] = float(explained / total) if total > 0 else 0.0
+    return dict(sorted(importances.items(), key=lambda item: item[1], reverse=True))
+
+
+def _groups(column: pd.Series) -> list[np.ndarray]:
+    positions = np.arange(len(column))
+    if pd.api.types.is_numeric_dtype(column) and column.nunique() > MAX_BINS:
+        order = np.argsort(column.to_numpy(), kind="stable")
+        return list(np.array_split(order, MAX_BINS))
+    codes: Any = pd.factorize(column.astype(str))[0]
+    return [positions[codes == code] for code in np.unique(codes)]
+
+
+def _plot_importances(complete: pd.DataFrame, study: optuna.Study, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    importances = param_importances(complete)
+    names = list(importances)[::-1]
+    figure = Figure(figsize=(7, 0.5 * len(names) + 1.5))
+    ax = figure.subplots()
+    ax.barh(names, [importances[name] for name in names])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of objective variance explained (eta squared)")
+    ax.set_title(f"Parameter importance, {len(complete)} completed trials of {study.study_name}")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return path

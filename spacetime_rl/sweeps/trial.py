@@ -1,0 +1,124 @@
+"""One sweep trial, run in its Hydra job: train `sweep.seeds_per_trial` seeds, average, report for pruning.
+
+Trial folder layout (`<sweep dir>/<trial number>/`):
+
+    seed_<k>/      a full `train()` output folder (model, checkpoints, metrics.json) for seed training.seed + k
+    trial.json     the objective per seed and their mean, or where the trial was pruned
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import optuna
+from hydra.utils import instantiate
+
+from spacetime_rl.config import SweepConfig, TrainConfig
+from spacetime_rl.errors import ConfigError
+from spacetime_rl.sweeps.study import open_storage
+
+if TYPE_CHECKING:
+    from spacetime_rl.training.callbacks import EvalHook
+
+log = logging.getLogger(__name__)
+
+
+class TrainFn(Protocol):
+    def __call__(self, config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None) -> float: ...
+
+
+class PruningReporter:
+    """Reports every evaluation to the Optuna trial and says stop once its pruner prunes the trial.
+
+    Seed k's evaluation at agent-step t is reported as step k * steps_per_seed + t: trials are then
+    compared seed for seed at equal budgets, and no two evaluations of a trial share a step.
+    """
+
+    def __init__(self, trial: optuna.trial.Trial, objective: str, steps_per_seed: int) -> None:
+        self.trial = trial
+        self.objective = objective
+        self.steps_per_seed = steps_per_seed
+        self.pruned_at: int | None = None
+
+    def hook(self, seed_index: int) -> EvalHook:
+        def on_eval(timesteps: int, metrics: dict[str, float]) -> bool:
+            step = seed_index * self.steps_per_seed + timesteps
+            self.trial.report(metrics[self.objective], step)
+            if self.trial.should_prune():
+                self.pruned_at = step
+                return False
+            return True
+
+        return on_eval
+
+
+def open_trial(sweep: SweepConfig) -> optuna.trial.Trial:
+    """The running trial `sweep.trial` of the study, with `sweep.pruner` as the study's pruner."""
+    if sweep.study_name is None or sweep.storage is None:
+        raise ConfigError(
+            f"sweep.trial={sweep.trial} needs sweep.study_name and sweep.storage: run trials through the "
+            "spacetime_optuna sweeper (python train.py -m sweep=<name>), which sets all three"
+        )
+    pruner = instantiate(sweep.pruner) if sweep.pruner else optuna.pruners.NopPruner()
+    storage = open_storage(sweep.storage)
+    study = optuna.load_study(study_name=sweep.study_name, storage=storage, pruner=pruner)
+    study_id = storage.get_study_id_from_name(sweep.study_name)
+    return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, sweep.trial))
+
+
+def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn | None = None) -> float:
+    """Train each seed of the trial into `output_dir/seed_<k>/` and return the mean objective.
+
+    Outside a sweep (no `sweep.trial`, one seed) this is `train(config, output_dir)`. A pruned trial
+    is told PRUNED here and returns NaN; so does a seed whose objective is not finite. Any other
+    error is logged with its traceback (in the job's log) and re-raised: the sweeper records FAIL.
+    """
+    if train is None:
+        from spacetime_rl.training import train  # torch loads only once the config is known good
+    sweep = config.sweep
+    if sweep.trial is None and sweep.seeds_per_trial == 1:
+        return train(config, output_dir)
+
+    trial = open_trial(sweep) if sweep.trial is not None else None
+    reporter = (
+        PruningReporter(trial, config.training.objective, config.training.total_timesteps)
+        if trial is not None
+        else None
+    )
+    values: list[float] = []
+    summary: dict[str, Any] = {"trial": sweep.trial, "objective": config.training.objective, "seeds": []}
+    for k in range(sweep.seeds_per_trial):
+        seed = config.training.seed + k
+        seed_config = replace(config, training=replace(config.training, seed=seed))
+        try:
+            value = train(seed_config, Path(output_dir) / f"seed_{k}", reporter.hook(k) if reporter else None)
+        except Exception:
+            log.exception("trial %s: seed %d failed", sweep.trial, seed)
+            raise
+        summary["seeds"].append({"seed": seed, "value": value})
+        if reporter is not None and reporter.pruned_at is not None:
+            assert trial is not None
+            trial.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+            log.info("trial %d pruned at step %d", trial.number, reporter.pruned_at)
+            _write_summary(output_dir, summary | {"pruned_at": reporter.pruned_at, "value": None})
+            return math.nan
+        if not math.isfinite(value):
+            log.error(
+                "trial %s: seed %d ended with %s = %s", sweep.trial, seed, config.training.objective, value
+            )
+            _write_summary(output_dir, summary | {"value": None})
+            return math.nan
+        values.append(value)
+    mean = sum(values) / len(values)
+    _write_summary(output_dir, summary | {"value": mean})
+    return mean
+
+
+def _write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "trial.json").write_text(json.dumps(summary, indent=2) + "\n")
