@@ -43,6 +43,7 @@ class EnvConfig:
     max_episode_steps: int = 200  # client-side time limit, in actions
     connect_timeout: float = 10.0  # seconds to reach a server before giving up
     request_timeout: float = 30.0
+    binary_step: bool = True  # ask /rl/step for the binary body (docs/protocol.md); JSON if unsupported
     max_restarts: int = 3  # launched servers: restarts allowed within restart_window before giving up
     restart_window: float = 600.0  # seconds
     retries: int = 5  # attached server (env.url): health checks before saving and stopping

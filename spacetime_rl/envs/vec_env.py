@@ -95,7 +95,12 @@ def make_clients(urls: Sequence[str], config: EnvConfig) -> list[Any]:
     from spacetime_rl.godot.client import GodotClient, Timeouts
 
     timeouts = Timeouts(connect=config.connect_timeout, request=config.request_timeout)
-    return [GodotClient(url, token=config.token, timeouts=timeouts, name="env.url") for url in urls]
+    return [
+        GodotClient(
+            url, token=config.token, timeouts=timeouts, name="env.url", binary_step=config.binary_step
+        )
+        for url in urls
+    ]
 
 
 async def _close_quietly(transport: AgentTransport) -> None:
