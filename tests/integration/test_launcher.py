@@ -96,6 +96,7 @@ def test_train_py_trains_on_launched_instances_and_leaves_no_orphans(godot: Path
             f"env.project={project}",
             "env.num_environments=2",
             "env.agents_per_environment=2",
+            "env.max_episode_steps=20",
             "ppo.n_steps=64",
             "ppo.batch_size=64",
             "ppo.n_epochs=1",
