@@ -74,6 +74,7 @@ class RLSpec:
     observation_fields: tuple[tuple[str, int], ...]
     physics_hz: float
     action_repeat: int  # physics frames per action
+    scenarios: tuple[str, ...] = ()  # values of the `scenario` reset option; () when the server has none
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,9 @@ class GodotClient:
                     f"field 'observation_fields' entry {i} is {entry!r}, expected {{name: str, size: int}}"
                 )
             observation_fields.append((entry["name"], entry["size"]))
+        scenarios = check.typed(body, "scenarios", list) if "scenarios" in body else []
+        if not all(isinstance(name, str) for name in scenarios):
+            check.fail(f"field 'scenarios' is {scenarios!r}, expected a list of strings")
         spec = RLSpec(
             protocol=check.count(body, "protocol"),
             num_agents=check.count(body, "num_agents"),
@@ -251,6 +255,7 @@ class GodotClient:
             observation_fields=tuple(observation_fields),
             physics_hz=float(check.number(body, "physics_hz")),
             action_repeat=check.count(body, "action_repeat"),
+            scenarios=tuple(scenarios),
         )
         expected = {
             "protocol": wire.PROTOCOL_VERSION,

@@ -57,6 +57,11 @@ RESET_OPTION_DEFAULTS: Final[dict[str, float | None]] = {
     "max_rotation_speed": 90.0,  # deg/s
 }
 
+#: Values of the optional reset option `scenario` (the arena's layout generator); a server lists the
+#: ones it has in `/rl/spec` `scenarios`. The first is the default and the seed's world.
+SCENARIOS: Final = ("open_field", "obstacle_course", "maze")
+DEFAULT_SCENARIO: Final = SCENARIOS[0]
+
 #: Keys of one per-agent event record, counted since the previous action.
 EVENT_FIELDS: Final = ("collisions", "fell", "goal_reached", "teleports")
 

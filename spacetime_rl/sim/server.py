@@ -315,6 +315,7 @@ async def rl_spec(request: web.Request) -> web.Response:
             "observation_fields": [{"name": name, "size": size} for name, size in wire.OBSERVATION_FIELDS],
             "physics_hz": wire.PHYSICS_HZ,
             "action_repeat": world.action_repeat,
+            "scenarios": list(wire.SCENARIOS),
         }
     )
 

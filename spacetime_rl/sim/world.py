@@ -22,14 +22,15 @@ import numpy as np
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.godot import wire
+from spacetime_rl.sim import scenarios
+from spacetime_rl.sim.scenarios import MAX_BOXES, MAX_PILLARS, MAX_PITS, PLATFORM_HALF_SIZE
 
 __all__ = ["Layout", "StepOutcome", "World", "ignored_options"]
 
 # --- arena -------------------------------------------------------------------------------------
-PLATFORM_HALF_SIZE: Final = 24.0  # m; the floor is the square |x|, |z| <= 24 at y = 0
-NUM_BOXES: Final = 10  # axis-aligned boxes per arena, 2.5 m tall
-NUM_PILLARS: Final = 10  # round pillars per arena, 2.5 m tall
-NUM_PITS: Final = 4  # rectangular holes in the floor per arena
+NUM_BOXES: Final = 10  # axis-aligned boxes per open-field arena, 2.5 m tall
+NUM_PILLARS: Final = 10  # round pillars per open-field arena, 2.5 m tall
+NUM_PITS: Final = 4  # rectangular holes in the floor per open-field arena
 BOX_HALF_EXTENT: Final = (0.25, 1.5)  # m, range of each half side
 PILLAR_RADIUS: Final = (0.15, 0.5)  # m
 PIT_HALF_EXTENT: Final = (0.75, 2.0)  # m
@@ -67,14 +68,14 @@ MAX_LAYOUT_ATTEMPTS: Final = 16  # then fall back to an empty arena (never neede
 CANDIDATES: Final = 64  # start/goal pairs tried per layout attempt
 
 DT: Final = 1.0 / wire.PHYSICS_HZ
-_SENTINEL: Final = 1e6  # where unused obstacle slots live: far from everything, never near
+_SENTINEL: Final = scenarios.UNUSED  # where unused obstacle slots live: far from everything, never near
 _BORDER_WIDTH: Final = 100.0  # m; the void around the platform is four wide "pits"
 # Obstacle columns of the (N, K) layout arrays. A pillar is a zero-size rectangle with a radius, so
 # one "distance to the nearest point, minus the radius" covers every kind.
-_BOXES: Final = slice(0, NUM_BOXES)
-_PILLARS: Final = slice(NUM_BOXES, NUM_BOXES + NUM_PILLARS)
-_SOLIDS: Final = slice(0, NUM_BOXES + NUM_PILLARS)
-_PITS: Final = slice(_SOLIDS.stop, _SOLIDS.stop + NUM_PITS)
+_BOXES: Final = slice(0, MAX_BOXES)
+_PILLARS: Final = slice(MAX_BOXES, MAX_BOXES + MAX_PILLARS)
+_SOLIDS: Final = slice(0, MAX_BOXES + MAX_PILLARS)
+_PITS: Final = slice(_SOLIDS.stop, _SOLIDS.stop + MAX_PITS)
 _DROPS: Final = slice(_SOLIDS.stop, None)  # pits, then the four border "pits" around the platform
 _NUM_OBSTACLES: Final = _PITS.stop + 4
 _GRID_SIZE: Final = int(2 * PLATFORM_HALF_SIZE / GRID_CELL)
@@ -98,7 +99,7 @@ _DEFAULTS: Final = {
     "max_rotation_speed": _wire_default("max_rotation_speed"),
     "snap_angle": DEFAULT_SNAP_ANGLE,
 }
-_SIM_OPTIONS: Final = ("turn_mode", "snap_angle")
+_SIM_OPTIONS: Final = ("turn_mode", "snap_angle", "scenario")
 _KNOWN_OPTIONS: Final = (*wire.RESET_OPTION_DEFAULTS, *_SIM_OPTIONS)
 
 
@@ -173,6 +174,7 @@ class World:
         self._max_rotation = np.full(n, math.radians(_DEFAULTS["max_rotation_speed"]))
         self._snap = np.zeros(n, bool)
         self._snap_angle = np.full(n, math.radians(DEFAULT_SNAP_ANGLE))
+        self._scenario = np.zeros(n, np.int64)  # index into wire.SCENARIOS
 
         # layout, one column per obstacle (see _BOXES...): rectangle x0, z0, x1, z1 and a radius;
         # unused slots hold the sentinel
@@ -204,7 +206,7 @@ class World:
         self._roll_rate = np.zeros(n)
         self._pitch_rate = np.zeros(n)
         self._cooldown = np.zeros(n, np.int64)  # frames until the next snap turn is allowed
-        self._contact = np.zeros((n, NUM_BOXES + NUM_PILLARS), bool)
+        self._contact = np.zeros((n, _SOLIDS.stop), bool)
         self._done = np.zeros(n, bool)
         self._events = self._no_events()
         self._obs = np.zeros((n, wire.OBSERVATION_SIZE), np.float32)
@@ -392,9 +394,9 @@ class World:
         """
         i = int(self._agent_indices([agent])[0])
         for name, rows, limit, width in (
-            ("boxes", boxes, NUM_BOXES, 4),
-            ("pillars", pillars, NUM_PILLARS, 3),
-            ("pits", pits, NUM_PITS, 4),
+            ("boxes", boxes, MAX_BOXES, 4),
+            ("pillars", pillars, MAX_PILLARS, 3),
+            ("pits", pits, MAX_PITS, 4),
         ):
             if np.asarray(rows, float).reshape(-1, width).shape[0] > limit:
                 raise ConfigError(f"{name}: at most {limit} rows of {width} numbers, got {len(rows)}")
@@ -467,6 +469,9 @@ class World:
             updates["snap_angle"] = value
         if "turn_mode" in known and known["turn_mode"] not in (None, "smooth", "snap"):
             raise _option_error("turn_mode", known["turn_mode"], '"smooth" or "snap"')
+        if "scenario" in known and known["scenario"] not in (None, *wire.SCENARIOS):
+            choices = ", ".join(map(repr, wire.SCENARIOS))
+            raise _option_error("scenario", known["scenario"], f"one of {choices}")
         low = self._min_goal[idx].copy()
         high = self._max_goal[idx].copy()
         if "min_goal_distance" in updates:
@@ -491,6 +496,8 @@ class World:
                 target[idx] = (_DEFAULTS[key] if value is None else value) * scale
         if "turn_mode" in known:
             self._snap[idx] = known["turn_mode"] == "snap"
+        if "scenario" in known:
+            self._scenario[idx] = wire.SCENARIOS.index(known["scenario"] or wire.DEFAULT_SCENARIO)
 
     def _goal_range(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Effective goal distance bounds: an unset bound defaults without crossing the other."""
@@ -509,12 +516,18 @@ class World:
         for _ in range(MAX_LAYOUT_ATTEMPTS):
             if not pending.size:
                 break
-            draws = np.stack([self._rngs[i].random(_DRAWS_PER_ATTEMPT) for i in idx[pending]])
-            ok, sample = _sample_arenas(draws, low[pending], high[pending])
-            for j, agent_row in zip(np.flatnonzero(ok), pending[ok], strict=True):
-                self._store_arena(int(idx[agent_row]), sample, int(j))
-            yaw[pending[ok]] = sample["yaw"][ok]
-            pending = pending[~ok]
+            solved = np.zeros(pending.size, bool)
+            for scenario in np.unique(self._scenario[idx[pending]]):  # one batch per scenario
+                rows = np.flatnonzero(self._scenario[idx[pending]] == scenario)
+                batch = pending[rows]
+                generator = _GENERATORS[wire.SCENARIOS[scenario]]
+                draws = np.stack([self._rngs[i].random(generator.draws) for i in idx[batch]])
+                ok, sample = _pick_reachable(generator.generate(draws, low[batch], high[batch]))
+                for j, agent_row in zip(np.flatnonzero(ok), batch[ok], strict=True):
+                    self._store_arena(int(idx[agent_row]), sample, int(j))
+                yaw[batch[ok]] = sample["yaw"][ok]
+                solved[rows] = ok
+            pending = pending[~solved]
         for agent_row in pending:  # fallback: an empty arena, start and goal along the diagonal
             i = int(idx[agent_row])
             start = -(PLATFORM_HALF_SIZE - 2.0) * (1 + 1j)
@@ -741,12 +754,10 @@ def _uniform(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
     return bounds[0] + u * (bounds[1] - bounds[0])
 
 
-def _sample_arenas(
-    draws: np.ndarray, low: np.ndarray, high: np.ndarray
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One layout attempt per row of uniform `draws`: (ok, arrays), ok False where no goal was reachable.
+def _open_field(draws: np.ndarray, low: np.ndarray, high: np.ndarray) -> scenarios.Arenas:
+    """The seed's arena for each row of uniform `draws`: scattered obstacles, CANDIDATES start/goal pairs.
 
-    Rows are independent of each other, so an agent's result depends only on its own draws.
+    Rows are independent of each other, so an agent's arena depends only on its own draws.
     """
     k = draws.shape[0]
     half = PLATFORM_HALF_SIZE
@@ -761,8 +772,6 @@ def _sample_arenas(
     pillars = np.stack(
         [(2 * c[..., 0] - 1) * (half - radius), (2 * c[..., 1] - 1) * (half - radius), radius], -1
     )
-
-    free = _free_cells(boxes, pillars, pits)
     g = _GRID_SIZE
     cell = np.minimum((draws[:, _DRAW["start"]].reshape(k, CANDIDATES, 2) * g).astype(np.int64), g - 1)
     jitter = (draws[:, _DRAW["jitter"]].reshape(k, CANDIDATES, 2) - 0.5) * 0.5
@@ -771,25 +780,45 @@ def _sample_arenas(
     distance = low[:, None] + draws[:, _DRAW["distance"]] * (high - low)[:, None]
     angle = 2 * np.pi * draws[:, _DRAW["angle"]]
     goal = start + distance * (np.cos(angle) + 1j * np.sin(angle))
-    goal_cell = np.floor((np.stack([goal.real, goal.imag], -1) + half) / GRID_CELL).astype(np.int64)
-    on_grid = ((goal_cell >= 0) & (goal_cell < g)).all(-1)
-    goal_cell = np.clip(goal_cell, 0, g - 1)
+    yaw = 2 * np.pi * draws[:, _DRAW["yaw"]][:, 0] - np.pi
+    return scenarios.Arenas(boxes, pillars, pits, start, goal, yaw)
+
+
+_GENERATORS: Final = {wire.DEFAULT_SCENARIO: scenarios.Generator(_DRAWS_PER_ATTEMPT, _open_field)}
+_GENERATORS.update(scenarios.GENERATORS)
+
+
+def _pick_reachable(arenas: scenarios.Arenas) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each arena's first start/goal candidate in walkable cells: (ok, arrays), ok False where that
+    candidate's goal is not reachable or no candidate lies in walkable cells."""
+    boxes, pillars, pits = arenas.boxes, arenas.pillars, arenas.pits
+    k = boxes.shape[0]
+    free = _free_cells(boxes, pillars, pits)
+    g = _GRID_SIZE
+
+    def cells(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xz = np.stack([points.real, points.imag], -1)
+        cell = np.floor((xz + PLATFORM_HALF_SIZE) / GRID_CELL).astype(np.int64)
+        return np.clip(cell, 0, g - 1), np.all((cell >= 0) & (cell < g), axis=-1)
+
+    (start_cell, start_on), (goal_cell, goal_on) = cells(arenas.start), cells(arenas.goal)
     rows = np.arange(k)[:, None]
     valid = (
-        free[rows, cell[..., 0], cell[..., 1]] & on_grid & free[rows, goal_cell[..., 0], goal_cell[..., 1]]
+        start_on
+        & goal_on
+        & free[rows, start_cell[..., 0], start_cell[..., 1]]
+        & free[rows, goal_cell[..., 0], goal_cell[..., 1]]
     )
     pick = valid.argmax(1)
     ok = valid[np.arange(k), pick]
-    chosen_start = cell[np.arange(k), pick]
-    chosen_goal = goal_cell[np.arange(k), pick]
-    ok &= _reachable(free, chosen_start, chosen_goal)
+    ok &= _reachable(free, start_cell[np.arange(k), pick], goal_cell[np.arange(k), pick])
     sample = {
         "boxes": boxes,
         "pillars": pillars,
         "pits": pits,
-        "start": start[np.arange(k), pick],
-        "goal": goal[np.arange(k), pick],
-        "yaw": 2 * np.pi * draws[:, _DRAW["yaw"]][:, 0] - np.pi,
+        "start": arenas.start[np.arange(k), pick],
+        "goal": arenas.goal[np.arange(k), pick],
+        "yaw": arenas.yaw,
     }
     return ok, sample
 

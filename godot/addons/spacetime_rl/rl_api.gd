@@ -127,6 +127,7 @@ func _rl_spec(_body: PackedByteArray) -> Array:
 			"observation_fields": RLProtocol.observation_fields_json(),
 			"physics_hz": RLProtocol.PHYSICS_HZ,
 			"action_repeat": environment.action_repeat,
+			"scenarios": environment.scenarios(),
 		}
 	)
 

@@ -10,7 +10,10 @@ extends Node3D
 ## actions give the same trajectory. Dynamic scene content (rigid bodies, animations) stays frozen.
 ##
 ## Agents spawn at the Node3D markers in group "spacetime_rl_spawn", else at the scene's own
-## XROrigin3D (whose player colliders the agents then ignore), else at this node.
+## XROrigin3D (whose player colliders the agents then ignore), else at this node. An agent whose
+## reset option `scenario` is another of RLProtocol.SCENARIOS spawns at the markers in group
+## "spacetime_rl_spawn_<scenario>" (an obstacle course or a maze built in the level around them);
+## a scenario is offered, in /rl/spec, when the scene has such markers.
 
 const GROUP := "spacetime_rl_environment"
 const SPAWN_GROUP := "spacetime_rl_spawn"
@@ -19,7 +22,7 @@ const DEFAULT_GOAL_DISTANCE := Vector2(3.0, 15.0)
 const MAX_GOAL_DISTANCE := 40.0
 const MAX_SPEED_LIMIT := 10.0
 const MAX_ROTATION_SPEED_LIMIT := 720.0
-## Reset options this server understands: protocol v1's four and the simulator's two.
+## Reset options this server understands: protocol v1's four and the simulator's three.
 const KNOWN_OPTIONS := [
 	"min_goal_distance",
 	"max_goal_distance",
@@ -27,6 +30,7 @@ const KNOWN_OPTIONS := [
 	"max_rotation_speed",
 	"turn_mode",
 	"snap_angle",
+	"scenario",
 ]
 const TURN_MODES := ["smooth", "snap"]
 
@@ -48,6 +52,8 @@ var tick := 0
 var _rngs: Array[RandomNumberGenerator] = []
 var _options: Array[Dictionary] = []
 var _spawns: Array[Vector3] = []
+## Spawn points of the scenarios other than the open field that the scene has markers for.
+var _scenario_spawns := {}
 var _excluded: Array[CollisionObject3D] = []
 
 
@@ -116,6 +122,14 @@ func configure(indices: Array[int], options: Dictionary) -> String:
 			var seen := JSON.stringify(mode)
 			return "reset option 'turn_mode' is %s; expected smooth or snap, or null" % seen
 		updates["turn_mode"] = mode
+	if options.has("scenario"):
+		var scenario: Variant = options["scenario"]
+		if scenario != null and not (typeof(scenario) == TYPE_STRING and scenario in scenarios()):
+			return (
+				"reset option 'scenario' is %s; expected one of %s, or null"
+				% [JSON.stringify(scenario), ", ".join(scenarios())]
+			)
+		updates["scenario"] = scenario
 	for i in indices:
 		var merged := _options[i].merged(updates, true)
 		var low: Variant = merged.get("min_goal_distance")
@@ -133,6 +147,13 @@ func configure(indices: Array[int], options: Dictionary) -> String:
 			else:
 				_options[i][key] = updates[key]
 	return ""
+
+
+## The values the `scenario` reset option accepts in this scene, the default first.
+func scenarios() -> Array:
+	var names := [RLProtocol.DEFAULT_SCENARIO]
+	names.append_array(_scenario_spawns.keys())
+	return names
 
 
 ## Option keys this server does not know, sorted (they are reported, not refused).
@@ -201,10 +222,9 @@ func state() -> Dictionary:
 
 func _reset_agent(i: int) -> void:
 	var rng := _rngs[i]
-	var spawn := (
-		_spawns[rng.randi_range(0, _spawns.size() - 1)] if _spawns.size() > 1 else _spawns[0]
-	)
 	var options := _options[i]
+	var spawns: Array[Vector3] = _scenario_spawns.get(options.get("scenario"), _spawns)
+	var spawn := spawns[rng.randi_range(0, spawns.size() - 1)] if spawns.size() > 1 else spawns[0]
 	# An unset bound defaults without crossing the other one (as in the simulator).
 	var high_set: float = options.get("max_goal_distance", INF)
 	var low: float = options.get("min_goal_distance", minf(DEFAULT_GOAL_DISTANCE.x, high_set))
@@ -215,6 +235,14 @@ func _reset_agent(i: int) -> void:
 func _find_spawns() -> void:
 	_spawns.clear()
 	_excluded.clear()
+	_scenario_spawns.clear()
+	for scenario: String in RLProtocol.SCENARIOS.slice(1):
+		var points: Array[Vector3] = []
+		for marker in get_tree().get_nodes_in_group("%s_%s" % [SPAWN_GROUP, scenario]):
+			if marker is Node3D:
+				points.append((marker as Node3D).global_position)
+		if not points.is_empty():
+			_scenario_spawns[scenario] = points
 	for marker in get_tree().get_nodes_in_group(SPAWN_GROUP):
 		if marker is Node3D:
 			_spawns.append((marker as Node3D).global_position)

@@ -38,6 +38,10 @@ const DEFAULT_MAX_ROTATION_SPEED := 90.0
 
 const EVENT_FIELDS := ["collisions", "fell", "goal_reached", "teleports"]
 
+## Values of the optional `scenario` reset option; the first is the default (the scene as built).
+const SCENARIOS := ["open_field", "obstacle_course", "maze"]
+const DEFAULT_SCENARIO := "open_field"
+
 
 ## Start index of the named observation field.
 static func offset_of(field_name: String) -> int:
