@@ -176,27 +176,14 @@ def test_an_attached_server_that_stays_away_gives_up_after_its_retries(attached_
 # ---------------------------------------------------------------- train.py refuses bad servers cleanly
 
 
-def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def start_train(*overrides: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={cwd}"],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-
-
-def test_an_unreachable_url_fails_fast_with_the_url_and_the_fix(tmp_path):
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    result = run_train("env=godot", f"env.url={url}", "env.connect_timeout=5", cwd=tmp_path)
-    assert result.returncode == 1
-    output = result.stdout + result.stderr
-    assert f"Cannot connect to Godot HTTP API at {url} (env.url)" in output
-    assert f"curl {url}/health" in output
-    assert "Traceback" not in result.stderr
 
 
 class _WrongSpecServer(http.server.BaseHTTPRequestHandler):
@@ -232,18 +219,31 @@ class _WrongSpecServer(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_server_of_another_protocol_is_refused_with_both_sides_values(tmp_path):
+def test_train_py_refuses_unreachable_and_mismatched_servers_cleanly(tmp_path):
+    """Both runs at once (start-up dominates): each exits 1 with the URL, the values and the fix."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WrongSpecServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        result = run_train("env=godot", f"env.url=http://127.0.0.1:{server.server_port}", cwd=tmp_path)
+        unreachable = start_train(
+            "env=godot", f"env.url={closed}", "env.connect_timeout=5", cwd=tmp_path / "a"
+        )
+        mismatched = start_train(
+            "env=godot", f"env.url=http://127.0.0.1:{server.server_port}", cwd=tmp_path / "b"
+        )
+        outputs = [process.communicate(timeout=300) for process in (unreachable, mismatched)]
     finally:
         server.shutdown()
-    assert result.returncode == 1
-    output = result.stdout + result.stderr
-    assert "protocol is 2, client expects 1" in output
-    assert "observation_size is 50, client expects 48" in output
-    assert "Traceback" not in result.stderr
+    for process, (_, stderr) in zip((unreachable, mismatched), outputs, strict=True):
+        assert process.returncode == 1, stderr
+        assert "Traceback" not in stderr
+    unreachable_output, mismatched_output = ("".join(output) for output in outputs)
+    assert f"Cannot connect to Godot HTTP API at {closed} (env.url)" in unreachable_output
+    assert f"curl {closed}/health" in unreachable_output
+    assert "protocol is 2, client expects 1" in mismatched_output
+    assert "observation_size is 50, client expects 48" in mismatched_output
 
 
 # ---------------------------------------------------------------- saves and resume
