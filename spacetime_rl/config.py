@@ -270,8 +270,15 @@ class SweepConfig:
     study_name: str | None = None  # default: the sweep folder's name
     storage: str | None = None  # an Optuna storage URL; default: sqlite:///<sweep folder>/study.db
     seeds_per_trial: int = 1  # a trial trains seeds training.seed + 0..n-1 and averages the objective
-    # Stops unpromising trials from their intermediate evaluations; null disables pruning.
-    pruner: dict[str, Any] | None = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
+    # Stops trials whose evaluation is below the median of earlier trials' at the same step, once
+    # n_startup_trials have finished; any optuna.pruners class by _target_, or null for no pruning.
+    pruner: dict[str, Any] | None = field(
+        default_factory=lambda: {
+            "_target_": "optuna.pruners.MedianPruner",
+            "n_startup_trials": 5,
+            "n_warmup_steps": 0,
+        }
+    )
     trial: int | None = None  # set by the sweeper: the number of the Optuna trial this job runs
 
     def __post_init__(self) -> None:

@@ -37,12 +37,20 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
 
-def tell_result(study: optuna.Study, trial: optuna.trial.Trial, result: Callable[[], Any]) -> TrialState:
+def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def tell_result(
+    study: optuna.Study, storage: BaseStorage, trial: optuna.trial.Trial, result: Callable[[], Any]
+) -> TrialState:
     """Record a job's outcome: COMPLETE with a finite value, else FAIL; a trial the job pruned stays PRUNED.
 
     `result` returns the job's value or raises the job's exception (Hydra's `JobReturn.return_value`).
+    The state is read from `storage` itself (the study's own storage): the study caches the trials it
+    asked for and does not see what their jobs wrote.
     """
-    state = study.get_trials(deepcopy=False)[trial.number].state
+    state = storage.get_trial(trial_id(storage, study.study_name, trial.number)).state
     if state.is_finished():  # the job told the study itself: pruned
         log.info("trial %d: %s", trial.number, state.name)
         return state

@@ -74,9 +74,10 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
         Path(self.sweep_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, Path(self.sweep_dir) / "multirun.yaml")  # as the basic sweeper does
+        storage = open_storage(self.storage)
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=open_storage(self.storage),
+            storage=storage,
             sampler=self.sampler,
             directions=directions,
             load_if_exists=True,
@@ -104,7 +105,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             # Folders are named after trial numbers, so a resumed sweep never reuses one.
             returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
             for trial, ret in zip(trials, returns, strict=True):
-                tell_result(study, trial, lambda ret=ret: ret.return_value)
+                tell_result(study, storage, trial, lambda ret=ret: ret.return_value)
             to_go -= len(trials)
 
         self._write_results(study, directions)

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 
 from spacetime_rl.config import SweepConfig, TrainConfig
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.sweeps.study import open_storage
+from spacetime_rl.sweeps.study import open_storage, trial_id
 
 if TYPE_CHECKING:
     from spacetime_rl.training.callbacks import EvalHook
@@ -67,8 +67,7 @@ def open_trial(sweep: SweepConfig) -> optuna.trial.Trial:
     pruner = instantiate(sweep.pruner) if sweep.pruner else optuna.pruners.NopPruner()
     storage = open_storage(sweep.storage)
     study = optuna.load_study(study_name=sweep.study_name, storage=storage, pruner=pruner)
-    study_id = storage.get_study_id_from_name(sweep.study_name)
-    return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, sweep.trial))
+    return optuna.trial.Trial(study, trial_id(storage, sweep.study_name, sweep.trial))
 
 
 def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn | None = None) -> float:

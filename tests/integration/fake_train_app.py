@@ -1,0 +1,53 @@
+"""train.py with a fake `train()`: the sweep machinery (config group, sweeper, study, trial jobs,
+pruning, report) end to end at a second per trial instead of a real training run.
+
+The fake objective peaks at ppo.learning_rate = 3e-4. Its evaluations are that value at steps
+1..4 (scaled by `FAKE_SCALE` per trial number, so tests can make a trial look bad), and the trial
+whose number is in `FAKE_CRASH` raises, like a diverged run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from spacetime_rl.app import job_config, run_reporting_errors
+from spacetime_rl.config import TrainConfig, register_configs
+from spacetime_rl.sweeps import run_trial
+
+ROOT = Path(__file__).resolve().parents[2]
+EVALUATIONS = 4
+
+register_configs()
+
+
+def fake_train(config: TrainConfig, output_dir: Path, on_eval=None) -> float:  # type: ignore[no-untyped-def]
+    trial = config.sweep.trial
+    if str(trial) in os.environ.get("FAKE_CRASH", "").split(","):
+        raise RuntimeError(f"trial {trial} diverged")
+    scale = json.loads(os.environ.get("FAKE_SCALE", "{}")).get(str(trial), 1.0)
+    value = scale * (1 - abs(math.log10(config.ppo.learning_rate / 3e-4)) / 3)
+    output_dir.mkdir(parents=True)
+    for step in range(1, EVALUATIONS + 1):
+        (output_dir / f"eval_{step}").touch()
+        if on_eval is not None and not on_eval(step, {config.training.objective: value}):
+            break
+    return value
+
+
+@hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="train")
+def main(cfg: DictConfig) -> float:
+    def job() -> float:
+        config, output_dir = job_config(cfg)
+        return run_trial(config, output_dir, fake_train)
+
+    return run_reporting_errors(job)
+
+
+if __name__ == "__main__":
+    main()
