@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Final
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
@@ -140,6 +141,9 @@ def _policy(config: EvaluateConfig, venv: SpaceTimeVecEnv, source: ModelSource |
     if config.policy == "heuristic":
         return venv, heuristic_policy()
     assert source is not None
+    # A forward pass over a few dozen rows is fastest on one thread; more threads only spin
+    # against the simulator for the same cores.
+    torch.set_num_threads(1)
     model = PPO.load(str(source.model), device="cpu")
     if model.observation_space.shape != venv.observation_space.shape:
         raise ConfigError(

@@ -1,0 +1,81 @@
+"""evaluate.py, `python -m spacetime_rl.compare` and `python -m spacetime_rl.export` as users run them,
+on a two-run multirun of train.py with tiny settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "env.agents_per_environment=4",
+    "ppo.n_steps=64",
+    "ppo.batch_size=64",
+    "ppo.n_epochs=2",
+    "network=small",
+    "training.eval_freq=500",
+    "training.eval_episodes=4",
+    "training.progress_bar=false",
+    "training.torch_threads=1",  # the machine is shared: spinning torch threads cost more than they give
+]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("multirun")
+    result = run(
+        "train.py", "-m", "training.total_timesteps=1000,1500", *TINY, f"hydra.sweep.dir={sweep_dir}"
+    )
+    assert result.returncode == 0, result.stderr
+    return sweep_dir
+
+
+def test_compare_writes_sorted_csv_and_learning_curves(multirun: Path) -> None:
+    result = run("-m", "spacetime_rl.compare", str(multirun))
+    assert result.returncode == 0, result.stderr
+    with open(multirun / "comparison.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(row["run"] for row in rows) == ["0", "1"]
+    values = [float(row["value"]) for row in rows]
+    assert values == sorted(values, reverse=True)
+    assert {row["num_timesteps"] for row in rows} == {"1024", "1536"}
+    assert all("training.total_timesteps=" in row["overrides"] for row in rows)
+    assert all(row["best/eval/success_rate"] != "" for row in rows)
+    with Image.open(multirun / "learning_curves.png") as image:
+        assert image.format == "PNG" and 500 <= image.width <= 2000
+
+
+def test_evaluate_a_run_directory_with_its_own_settings(multirun: Path, tmp_path: Path) -> None:
+    result = run(
+        "evaluate.py", f"model={multirun / '0'}", "episodes=4", "plot_episodes=2", f"hydra.run.dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "eval/success_rate" in result.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["run_dir"] == str(multirun / "0")
+    assert metrics["env"]["agents_per_environment"] == 4  # the run's, not conf/env/sim.yaml's 16
+    assert len(metrics["per_episode"]) == 4
+    assert (tmp_path / "eval" / "paths.png").stat().st_size > 1000
+
+
+def test_evaluate_reports_a_bad_model_cleanly(tmp_path: Path) -> None:
+    result = run("evaluate.py", f"model={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    assert "model=" in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+def test_export_cli(multirun: Path, tmp_path: Path) -> None:
+    out = tmp_path / "policy.onnx"
+    result = run("-m", "spacetime_rl.export", str(multirun / "1"), str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 0 and json.loads(out.with_suffix(".json").read_text())["protocol"] == 1

@@ -1,0 +1,101 @@
+"""ONNX export: the graph matches SB3's deterministic action; the sidecar is what RLPolicy reads."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from omegaconf import OmegaConf
+from stable_baselines3 import PPO
+
+from spacetime_rl.config import EnvConfig, NetworkConfig, PPOConfig, TrainConfig, TrainingConfig
+from spacetime_rl.envs.preprocessing import preprocess_observations
+from spacetime_rl.errors import ConfigError
+from spacetime_rl.evaluation.runs import RUN_CONFIG, resolve_model
+from spacetime_rl.export import export_onnx, main, sidecar_path
+from spacetime_rl.godot import wire
+
+SMOOTHING = 0.3
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run with its composed config in .hydra/, as train.py leaves it."""
+    from spacetime_rl.training import train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    config = TrainConfig(
+        env=EnvConfig(agents_per_environment=8, max_episode_steps=40, action_smoothing=SMOOTHING),
+        network=NetworkConfig(net_arch=[32, 32]),
+        ppo=PPOConfig(n_steps=32, batch_size=128, n_epochs=1),
+        training=TrainingConfig(
+            total_timesteps=512, eval_freq=10_000, eval_episodes=4, progress_bar=False, torch_threads=1
+        ),
+    )
+    train(config, run_dir)
+    (run_dir / RUN_CONFIG).parent.mkdir()
+    OmegaConf.save(OmegaConf.structured(config), run_dir / RUN_CONFIG)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "policy.onnx"
+    assert main([str(run_dir), str(out)]) == 0
+    return out
+
+
+def test_onnx_matches_sb3_deterministic_action(run_dir: Path, exported: Path) -> None:
+    model_path = run_dir / "best_models" / "best_model.zip"
+    model = PPO.load(str(model_path), device="cpu")
+    with open(model_path.with_name("best_model_vecnormalize.pkl"), "rb") as file:
+        normalization = pickle.load(file)
+    rng = np.random.default_rng(0)
+    raw = rng.normal(scale=3.0, size=(1000, wire.OBSERVATION_SIZE))
+    obs = preprocess_observations(raw, heading_frame=True)
+    expected, _ = model.predict(normalization.normalize_obs(obs), deterministic=True)
+
+    session = ort.InferenceSession(str(exported))
+    state = np.arange(1000, dtype=np.float32)
+    actions, state_outs = session.run(["output", "state_outs"], {"obs": obs, "state_ins": state})
+    np.testing.assert_allclose(actions, expected, atol=1e-5)
+    assert np.abs(actions).max() <= 1.0
+    np.testing.assert_array_equal(state_outs, state)
+    (single,) = session.run(["output"], {"obs": obs[:1], "state_ins": state[:1]})  # dynamic batch
+    np.testing.assert_allclose(single, expected[:1], atol=1e-5)
+
+
+def test_graph_names_and_shapes(exported: Path) -> None:
+    graph = onnx.load(str(exported)).graph
+    onnx.checker.check_model(onnx.load(str(exported)))
+
+    def shapes(values: list[onnx.ValueInfoProto]) -> dict[str, list[int | str]]:
+        return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+    assert shapes(graph.input) == {"obs": ["batch", 48], "state_ins": ["batch"]}
+    assert shapes(graph.output) == {"output": ["batch", 3], "state_outs": ["batch"]}
+
+
+def test_sidecar_is_what_rl_policy_reads(exported: Path) -> None:
+    sidecar = json.loads(sidecar_path(exported).read_text())
+    assert sidecar["protocol"] == wire.PROTOCOL_VERSION
+    assert [(f["name"], f["size"]) for f in sidecar["observation_fields"]] == list(wire.OBSERVATION_FIELDS)
+    assert sidecar["action_smoothing"] == SMOOTHING
+    assert sidecar["heading_frame"] is True
+    assert sidecar["action_repeat"] == wire.DEFAULT_ACTION_REPEAT
+    assert sidecar["normalization_in_graph"] is True
+    assert "observation_normalization" not in sidecar  # RLPolicy would normalise a second time
+    assert len(sidecar["config_hash"]) == 16
+
+
+def test_a_model_outside_its_run_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    for name in ("final_model.zip", "final_model_vecnormalize.pkl"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+    with pytest.raises(ConfigError, match=r"not inside a training run directory"):
+        export_onnx(resolve_model(str(tmp_path / "final_model.zip")), tmp_path / "p.onnx")
+    assert main([str(run_dir), str(tmp_path / "p.bin")]) == 1
