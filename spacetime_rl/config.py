@@ -8,7 +8,7 @@ path (``Key 'prot' not in 'EnvConfig'``) and `TrainConfig.__post_init__` checks 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -140,6 +140,80 @@ class RewardConfig:
         for key in ("collision_penalty", "fall_penalty", "timeout_penalty", "teleport_penalty"):
             value = getattr(self, key)
             _require(value <= 0, f"reward.{key}", value, "a penalty must be <= 0")
+
+
+@dataclass
+class TaskConfig:
+    """One task of the `task` group: the arenas its episodes are drawn in and how they are scored."""
+
+    scenario: str = wire.DEFAULT_SCENARIO  # the simulator's `scenario` reset option (wire.SCENARIOS)
+    probability: float = 1.0  # weight of the task per episode when several are configured
+    reward: dict[str, float] = field(default_factory=dict)  # overrides of the reward group's weights
+    # The task's curriculum: its goal distances, null to follow env.*_goal_distance and the
+    # curriculum group's stages.
+    min_goal_distance: float | None = None
+    max_goal_distance: float | None = None
+
+
+@dataclass
+class TasksConfig:
+    """The `task` group: the tasks episodes are drawn from; one policy serves them all.
+
+    With several tasks each episode draws one (probabilities normalised) and the policy sees the
+    task as a one-hot block after the 48 observation floats (docs/training.md).
+    """
+
+    name: str = "navigate"
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # empty: navigate on the open field
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            self.tasks = {"navigate": TaskConfig()}
+        rewards = {f.name for f in fields(RewardConfig)}
+        for name, task in self.tasks.items():
+            key = f"task.tasks.{name}"
+            _require(
+                task.scenario in wire.SCENARIOS,
+                f"{key}.scenario",
+                task.scenario,
+                f"use one of {wire.SCENARIOS}",
+            )
+            _require(
+                math.isfinite(task.probability) and task.probability >= 0,
+                f"{key}.probability",
+                task.probability,
+                "use a weight >= 0",
+            )
+            unknown = sorted(set(task.reward) - rewards)
+            fix = f"unknown terms {unknown}; use {sorted(rewards)}"
+            _require(not unknown, f"{key}.reward", dict(task.reward), fix)
+            low, high = task.min_goal_distance, task.max_goal_distance
+            _require(
+                (low is None or low >= 0) and (high is None or high > 0) and (low or 0) <= (high or math.inf),
+                f"{key}.min_goal_distance",
+                low,
+                f"use 0 <= min_goal_distance <= max_goal_distance ({high}), or null",
+            )
+        total = sum(task.probability for task in self.tasks.values())
+        _require(total > 0, "task.tasks", "probabilities", "at least one task needs a probability > 0")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.tasks)
+
+    @property
+    def probabilities(self) -> list[float]:
+        total = sum(task.probability for task in self.tasks.values())
+        return [task.probability / total for task in self.tasks.values()]
+
+    @property
+    def multi(self) -> bool:
+        """True with more than one task: the observation then carries the task's one-hot block."""
+        return len(self.tasks) > 1
+
+    def reward_configs(self, base: RewardConfig) -> list[RewardConfig]:
+        """Each task's reward weights: the reward group's, with the task's overrides (checked)."""
+        return [replace(base, **task.reward) for task in self.tasks.values()]
 
 
 @dataclass
@@ -296,6 +370,7 @@ class TrainConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    task: TasksConfig = field(default_factory=TasksConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     preset: str = "quick_test"  # set by the chosen conf/preset file, recorded for comparisons

@@ -7,6 +7,7 @@ standing still, circling or oscillating. docs/rewards.md gives the reasoning.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Final, Protocol
 
@@ -84,10 +85,19 @@ def smoothness(previous_velocities: np.ndarray, velocities: np.ndarray, max_spee
 
 
 class RewardCalculator:
-    """Vectorised rewards over N agents, keeping each agent's closest approach since its reset."""
+    """Vectorised rewards over N agents, keeping each agent's closest approach since its reset.
 
-    def __init__(self, config: RewardConfig, num_agents: int, max_speed: float) -> None:
-        self.config = config
+    With a sequence of configs (one per task), agent i is scored with `configs[task[i]]`.
+    """
+
+    def __init__(
+        self, config: RewardConfig | Sequence[RewardConfig], num_agents: int, max_speed: float
+    ) -> None:
+        configs = [config] if isinstance(config, RewardConfig) else list(config)
+        self.config = configs[0]
+        #: term -> (tasks,) weights; indexed by `task` each step, so every agent has its own weights.
+        self.weights = {name: np.array([getattr(c, name) for c in configs]) for name in REWARD_TERMS}
+        self.task = np.zeros(num_agents, dtype=np.int64)
         self.max_speed = max_speed
         self.best_distance = np.zeros(num_agents)
         self.previous_velocity = np.zeros((num_agents, 3))
@@ -109,7 +119,7 @@ class RewardCalculator:
         `observations` are the last observations of the step (the terminal one for finished agents),
         `truncated` flags agents cut by the time limit without finishing.
         """
-        weights = self.config
+        w = {name: values[self.task] for name, values in self.weights.items()}  # (N,) each
         distance = observations[:, OBS["goal_distance"]][:, 0]
         new_progress = np.maximum(self.best_distance - distance, 0.0)
         np.minimum(self.best_distance, distance, out=self.best_distance)
@@ -120,14 +130,14 @@ class RewardCalculator:
         self.previous_velocity[:] = velocity
 
         terms = {
-            "goal_reached": weights.goal_reached * events.goal_reached,
-            "progress": weights.progress * new_progress,
-            "smooth_movement": weights.smooth_movement * smooth * new_progress,
-            "comfort_bonus": weights.comfort_bonus * comfort * new_progress,
-            "collision_penalty": weights.collision_penalty * events.collisions,
-            "fall_penalty": weights.fall_penalty * events.fell,
-            "timeout_penalty": weights.timeout_penalty * truncated,
-            "teleport_penalty": weights.teleport_penalty * events.teleports,
+            "goal_reached": w["goal_reached"] * events.goal_reached,
+            "progress": w["progress"] * new_progress,
+            "smooth_movement": w["smooth_movement"] * smooth * new_progress,
+            "comfort_bonus": w["comfort_bonus"] * comfort * new_progress,
+            "collision_penalty": w["collision_penalty"] * events.collisions,
+            "fall_penalty": w["fall_penalty"] * events.fell,
+            "timeout_penalty": w["timeout_penalty"] * truncated,
+            "teleport_penalty": w["teleport_penalty"] * events.teleports,
         }
         terms = {name: np.asarray(value, dtype=np.float64) for name, value in terms.items()}
         total = np.sum(list(terms.values()), axis=0)

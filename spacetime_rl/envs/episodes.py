@@ -7,6 +7,7 @@ that end up in `info["episode"]` (Monitor's r and l) and `info["episode_stats"]`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,9 @@ class StepRecord:
 
 
 class EpisodeTracker:
-    def __init__(self, num_agents: int, env: EnvConfig, reward: RewardConfig) -> None:
+    def __init__(
+        self, num_agents: int, env: EnvConfig, reward: RewardConfig | Sequence[RewardConfig]
+    ) -> None:
         self.num_agents = num_agents
         self.max_episode_steps = env.max_episode_steps
         self.smoother = ActionSmoother(num_agents, env.action_smoothing)

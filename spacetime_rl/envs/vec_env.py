@@ -26,9 +26,10 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
-from spacetime_rl.config import EnvConfig, RewardConfig
+from spacetime_rl.config import EnvConfig, RewardConfig, TasksConfig
 from spacetime_rl.envs.episodes import EpisodeTracker
 from spacetime_rl.envs.preprocessing import preprocess_observations
+from spacetime_rl.envs.tasks import TaskSchedule
 from spacetime_rl.errors import ConfigError, GodotError, SpecMismatchError
 from spacetime_rl.godot import wire
 
@@ -70,8 +71,15 @@ class _Events:
     teleports: np.ndarray
 
 
-def observation_space() -> spaces.Box:
-    return spaces.Box(-np.inf, np.inf, shape=(wire.OBSERVATION_SIZE,), dtype=np.float32)
+def observation_space(task_block: int = 0) -> spaces.Box:
+    """The policy's observations: the 48 wire floats, then `task_block` task one-hot floats."""
+    return spaces.Box(-np.inf, np.inf, shape=(wire.OBSERVATION_SIZE + task_block,), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Reset:
+    observations: np.ndarray
+    ignored_options: tuple[str, ...]
 
 
 def action_space() -> spaces.Box:
@@ -133,6 +141,7 @@ class SpaceTimeVecEnv(VecEnv):
         *,
         seed: int | None = None,
         recover: Recovery | None = None,
+        tasks: TasksConfig | None = None,
     ) -> None:
         self.config = env_config
         self._transports = list(transports)
@@ -152,23 +161,30 @@ class SpaceTimeVecEnv(VecEnv):
             slice(int(a), int(b)) for a, b in zip(self._offsets[:-1], self._offsets[1:], strict=True)
         ]
         num_agents = int(self._offsets[-1])
-        self._tracker = EpisodeTracker(num_agents, env_config, reward_config)
+        tasks = tasks or TasksConfig()
+        self._tasks = TaskSchedule(tasks, num_agents, seed)
+        self._tasks.check_servers(specs)
+        self._tracker = EpisodeTracker(num_agents, env_config, tasks.reward_configs(reward_config))
+        self._tracker.rewards.task = self._tasks.ids  # the same array: rewards follow each episode's task
         self._server_options = reset_options(env_config)
         self._stale_options = np.zeros(num_agents, dtype=bool)
         self._seed = seed
         self._warned_ignored = False
         self._actions = np.zeros((num_agents, wire.ACTION_SIZE))
         self._last_raw = np.zeros((num_agents, wire.OBSERVATION_SIZE), dtype=np.float32)
-        super().__init__(num_agents, observation_space(), action_space())
+        super().__init__(num_agents, observation_space(self._tasks.size), action_space())
 
     # ---------------------------------------------------------------- VecEnv API
 
     def reset(self) -> np.ndarray:
         seeds = [None if self._seed is None else self._seed + s for s in range(len(self._transports))]
+        if self._seed is not None:
+            self._tasks.reseed(self._seed)
         self._seed = None
+        self._tasks.draw(np.ones(self.num_envs, dtype=bool))
         results, faults = self._settle(
-            t.reset(seed=seed, options=self._server_options)
-            for t, seed in zip(self._transports, seeds, strict=True)
+            self._reset_server(s, t, seed=seed)
+            for s, (t, seed) in enumerate(zip(self._transports, seeds, strict=True))
         )
         fresh = self._recover_all(faults)
         ignored = sorted({key for r in results if r is not None for key in r.ignored_options})
@@ -182,7 +198,7 @@ class SpaceTimeVecEnv(VecEnv):
         self._last_raw = raw
         self._tracker.start(raw)
         self.reset_infos = [{} for _ in range(self.num_envs)]
-        return preprocess_observations(raw, heading_frame=self.config.heading_frame)
+        return self._observe(raw, self._tasks.ids)
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions).reshape(self.num_envs, wire.ACTION_SIZE)
@@ -216,23 +232,26 @@ class SpaceTimeVecEnv(VecEnv):
             for agent, row in result.terminal_observations.items() if result is not None else ():
                 final[offset + agent] = row
         record = self._tracker.record(final, applied, events, done)
-        client_reset = (record.truncated | (done & self._stale_options)) & ~faulted
+        finished_tasks = self._tasks.ids.copy()
+        new_task = self._tasks.draw((record.truncated | done) & ~faulted)
+        client_reset = (record.truncated | (done & (self._stale_options | new_task))) & ~faulted
         faulted |= self._reset_agents(raw, client_reset) & ~done
         truncated = record.truncated | faulted
         ended = done | truncated
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if ended.any():
             agents = np.flatnonzero(ended)
-            terminal = preprocess_observations(final[agents], heading_frame=self.config.heading_frame)
+            terminal = self._observe(final[agents], finished_tasks[agents])
             for row, agent in enumerate(agents.tolist()):
                 info = self._tracker.episode_info(agent, final[agent], events, bool(truncated[agent]))
                 info["terminal_observation"] = terminal[row]
+                info["task"] = self._tasks.names[finished_tasks[agent]]
                 if faulted[agent]:
                     info["server_fault"] = True
                 infos[agent] = info
             self._tracker.start(raw[ended], ended)
         self._last_raw = raw
-        obs = preprocess_observations(raw, heading_frame=self.config.heading_frame)
+        obs = self._observe(raw, self._tasks.ids)
         return obs, record.rewards, ended, infos
 
     def close(self) -> None:
@@ -350,7 +369,7 @@ class SpaceTimeVecEnv(VecEnv):
                         f"server {server} came back with {spec.num_agents} agents instead of {agents}: "
                         "restart training with env.agents_per_environment matching the server"
                     )
-                result = await transport.reset(options=self._server_options)
+                result = await self._reset_server(server, transport)
             except GodotError as error:
                 if not self._recoverable(error):
                     raise
@@ -384,9 +403,7 @@ class SpaceTimeVecEnv(VecEnv):
         servers = np.searchsorted(self._offsets, agents, side="right") - 1
         batches = [(s, agents[servers == s]) for s in np.unique(servers).tolist()]
         results, faults = self._settle(
-            self._transports[s].reset(
-                agents=(batch - self._offsets[s]).tolist(), options=self._server_options
-            )
+            self._reset_server(s, self._transports[s], agents=batch - self._offsets[s])
             for s, batch in batches
         )
         for (_, batch), result in zip(batches, results, strict=True):
@@ -397,6 +414,40 @@ class SpaceTimeVecEnv(VecEnv):
         for server, observations in self._recover_all(faulted_servers).items():
             raw[self._slices[server]] = observations
         return self._agents_of(faulted_servers)
+
+    async def _reset_server(
+        self,
+        server: int,
+        transport: AgentTransport,
+        seed: int | None = None,
+        agents: np.ndarray | None = None,
+    ) -> Any:
+        """`/rl/reset` a server's `agents` (its own indices; all when None) with their tasks' options:
+        one call per task among them, in the agents' order (a seed applies per agent, so the split
+        changes nothing)."""
+        size = self._slices[server].stop - self._slices[server].start
+        local = np.arange(size) if agents is None else agents
+        tasks = self._tasks.ids[self._offsets[server] + local]
+        groups = np.unique(tasks).tolist()
+        if len(groups) <= 1:  # one call, exactly as without tasks
+            options = self._tasks.options(groups[0] if groups else 0, self._server_options)
+            return await transport.reset(
+                seed=seed, agents=None if agents is None else local.tolist(), options=options
+            )
+        observations = np.empty((local.size, wire.OBSERVATION_SIZE), dtype=np.float32)
+        ignored: set[str] = set()
+        for task in groups:
+            rows = np.flatnonzero(tasks == task)
+            options = self._tasks.options(task, self._server_options)
+            result = await transport.reset(seed=seed, agents=local[rows].tolist(), options=options)
+            observations[rows] = result.observations
+            ignored.update(result.ignored_options)
+        return _Reset(observations, tuple(sorted(ignored)))
+
+    def _observe(self, raw: np.ndarray, tasks: np.ndarray) -> np.ndarray:
+        """Policy observations of raw rows: preprocessed, then the task block of `tasks` (rows')."""
+        obs = preprocess_observations(raw, heading_frame=self.config.heading_frame)
+        return np.concatenate([obs, self._tasks.one_hot(tasks)], axis=1) if self._tasks.size else obs
 
     def _indices(self, indices: VecEnvIndices) -> Sequence[int]:
         if indices is None:

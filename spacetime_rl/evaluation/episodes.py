@@ -124,12 +124,13 @@ def play_episodes(
 def summarize(results: Sequence[EpisodeResult], step_seconds: float | None = None) -> dict[str, float]:
     """Every metric of `METRICS` over `results`, with actions lasting `step_seconds` (None: unknown).
 
-    A metric of no episode (no success, no recorded path, unknown step duration) is NaN.
+    A metric of no episode (no success, no recorded path, unknown step duration) is NaN. Episodes
+    of several tasks (multi-task training) add every metric per task: `eval/<task>/success_rate`...
     """
     stats = [r.info["episode_stats"] for r in results]
     rewards = [r.reward for r in results]
     successes = [r for r in results if r.success]
-    return {
+    metrics = {
         "eval/success_rate": float(np.mean([r.success for r in results])),
         "eval/mean_reward": float(np.mean(rewards)),
         "eval/std_reward": float(np.std(rewards)),
@@ -141,6 +142,11 @@ def summarize(results: Sequence[EpisodeResult], step_seconds: float | None = Non
         "eval/path_efficiency": _mean([_efficiency(r) for r in successes]),
         "eval/time_to_goal": _mean([r.length * (step_seconds or math.nan) for r in successes]),
     }
+    tasks = sorted({str(r.info["task"]) for r in results if "task" in r.info})
+    for task in tasks if len(tasks) > 1 else ():
+        own = summarize([r for r in results if r.info.get("task") == task], step_seconds)
+        metrics |= {key.replace("eval/", f"eval/{task}/", 1): value for key, value in own.items()}
+    return metrics
 
 
 def seconds_per_step(action_repeat: int) -> float:

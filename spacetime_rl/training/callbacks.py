@@ -36,13 +36,17 @@ EVAL_METRICS: Final = (
 
 
 def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int, seed: int) -> dict[str, float]:
-    """The `EVAL_METRICS` of the deterministic policy over `episodes` episodes (`play_episodes`)."""
+    """The `EVAL_METRICS` of the deterministic policy over `episodes` episodes (`play_episodes`),
+    and with several tasks the same per task (`eval/<task>/success_rate`, ...)."""
 
     def act(obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
     metrics = summarize(play_episodes(env, act, episodes, seed))
-    return {key: metrics[key] for key in EVAL_METRICS}
+    names = {key.removeprefix("eval/") for key in EVAL_METRICS}
+    return {
+        key: value for key, value in metrics.items() if key in EVAL_METRICS or key.split("/")[-1] in names
+    }
 
 
 @dataclass
@@ -87,12 +91,12 @@ class Evaluator:
         assert train_env is not None
         sync_envs_normalization(train_env, self.eval_env)
         metrics = evaluate(model, self.eval_env, self.episodes, self.seed)
+        for key, value in metrics.items():
+            logger.record(key, value)
         metrics |= {
             "curriculum/stage": float(self.curriculum.stage),
             "time/total_timesteps": model.num_timesteps,
         }
-        for key in EVAL_METRICS:
-            logger.record(key, metrics[key])
         self.record.last = metrics
         if self.record.improves(metrics):
             self.record.best = metrics
@@ -203,7 +207,8 @@ class EpisodeMetricsCallback(BaseCallback):
     Logs `reward/<term>` (mean per-episode sum of each term), `rollout/collisions`, `rollout/falls`,
     `rollout/comfort_score`, `rollout/goal_distance` (final), `rollout/ep_len`, and every
     `engine_every` rollouts `engine/fps` and `engine/physics_fps` (means over servers).
-    SB3 itself logs `rollout/success_rate` from `is_success`.
+    SB3 itself logs `rollout/success_rate` from `is_success`. Episodes of several tasks add
+    `rollout/<task>/{success_rate,ep_rew_mean,ep_len,collisions,falls}` over this rollout's episodes.
     """
 
     def __init__(self, engine_every: int = 5) -> None:
@@ -231,6 +236,7 @@ class EpisodeMetricsCallback(BaseCallback):
             ):
                 self.logger.record(f"rollout/{key}", float(np.mean([s[name] for s in stats])))
             self.logger.record("rollout/ep_len", float(np.mean([i["episode"]["l"] for i in self._episodes])))
+            self._record_per_task()
             self._episodes.clear()
         if self._rollouts % self.engine_every == 0:
             reports = self.training_env.unwrapped.performance()  # type: ignore[attr-defined]
@@ -238,3 +244,16 @@ class EpisodeMetricsCallback(BaseCallback):
                 for key in ("fps", "physics_fps"):
                     self.logger.record(f"engine/{key}", float(np.mean([r["engine"][key] for r in reports])))
         self._rollouts += 1
+
+    def _record_per_task(self) -> None:
+        tasks = sorted({str(info["task"]) for info in self._episodes if "task" in info})
+        for task in tasks if len(tasks) > 1 else ():
+            own = [info for info in self._episodes if info.get("task") == task]
+            for key, values in (
+                ("success_rate", [info["is_success"] for info in own]),
+                ("ep_rew_mean", [info["episode"]["r"] for info in own]),
+                ("ep_len", [info["episode"]["l"] for info in own]),
+                ("collisions", [info["episode_stats"]["collisions"] for info in own]),
+                ("falls", [info["episode_stats"]["falls"] for info in own]),
+            ):
+                self.logger.record(f"rollout/{task}/{key}", float(np.mean(values)))

@@ -127,6 +127,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             config.reward,
             seed=training.seed,
             recover=train_pool.recovery(connect),
+            tasks=config.task,
         )
         stack.callback(train_venv.close)
         eval_venv = SpaceTimeVecEnv(
@@ -134,6 +135,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             env_config,
             config.reward,
             recover=eval_pool.recovery(connect),
+            tasks=config.task,
         )
         stack.callback(eval_venv.close)
         for venv in (train_venv, eval_venv):

@@ -126,6 +126,7 @@ class TestRLEndpoints:
             "observation_fields": [{"name": n, "size": s} for n, s in wire.OBSERVATION_FIELDS],
             "physics_hz": wire.PHYSICS_HZ,
             "action_repeat": wire.DEFAULT_ACTION_REPEAT,
+            "scenarios": list(wire.SCENARIOS),
         }
 
     async def test_reset(self, http: aiohttp.ClientSession, url: str) -> None:

@@ -1,0 +1,152 @@
+"""Tasks over real simulator servers on port 0: the spec, the scenario option, task draws, observations
+and per-task metrics of a tiny multi-task training run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from spacetime_rl.config import (
+    EnvConfig,
+    NetworkConfig,
+    PPOConfig,
+    RewardConfig,
+    TaskConfig,
+    TasksConfig,
+    TrainConfig,
+    TrainingConfig,
+    register_configs,
+    to_train_config,
+)
+from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
+from spacetime_rl.envs.tasks import TaskSchedule
+from spacetime_rl.errors import ConfigError, GodotError
+from spacetime_rl.godot import wire
+from spacetime_rl.godot.client import GodotClient
+from spacetime_rl.sim.server import create_app, serve
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+THREE = TasksConfig(
+    name="multi",
+    tasks={
+        "navigate": TaskConfig(probability=2.0),
+        "obstacle_course": TaskConfig(scenario="obstacle_course", reward={"collision_penalty": -2.0}),
+        "maze": TaskConfig(scenario="maze", probability=1.0, max_goal_distance=8.0),
+    },
+)
+
+
+@pytest.fixture
+async def server():
+    runner, port = await serve(create_app(num_agents=8, scene=wire.DEFAULT_SCENE, seed=0), "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_spec_lists_scenarios_and_unknown_scenario_is_400(server):
+    async with GodotClient(server) as client:
+        spec = await client.spec()
+        assert spec.scenarios == wire.SCENARIOS
+        result = await client.reset(seed=1, agents=[0], options={"scenario": "maze"})
+        assert result.ignored_options == ()
+        with pytest.raises(GodotError) as raised:
+            await client.reset(options={"scenario": "labyrinth"})
+    assert raised.value.status == 400
+    assert "'scenario'" in str(raised.value) and "'maze'" in str(raised.value)
+
+
+def test_task_draws_follow_the_probabilities():
+    schedule = TaskSchedule(THREE, 3000, seed=0)
+    schedule.draw(np.ones(3000, bool))
+    counts = Counter(schedule.ids.tolist())
+    expected = np.array([0.5, 0.25, 0.25]) * 3000
+    chi2 = sum((counts[i] - e) ** 2 / e for i, e in enumerate(expected))
+    assert chi2 < 13.8  # p = 0.001 for 2 degrees of freedom
+    again = TaskSchedule(THREE, 3000, seed=0)
+    again.draw(np.ones(3000, bool))
+    np.testing.assert_array_equal(again.ids, schedule.ids)
+
+
+def test_task_config_validation():
+    with pytest.raises(ConfigError, match=r"task.tasks.x.scenario='mazes'"):
+        TasksConfig(tasks={"x": TaskConfig(scenario="mazes")})
+    with pytest.raises(ConfigError, match="probability"):
+        TasksConfig(tasks={"x": TaskConfig(probability=-1.0)})
+    with pytest.raises(ConfigError, match="probability > 0"):
+        TasksConfig(tasks={"x": TaskConfig(probability=0.0)})
+    with pytest.raises(ConfigError, match="unknown terms"):
+        TasksConfig(tasks={"x": TaskConfig(reward={"colision_penalty": -1.0})})
+
+
+def test_task_group_composes():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        default = to_train_config(compose("train"))
+        multi = to_train_config(compose("train", overrides=["task=multi"]))
+    assert default.task.names == ("navigate",) and not default.task.multi
+    assert multi.task.names == ("navigate", "obstacle_course", "maze")
+    assert [t.scenario for t in multi.task.tasks.values()] == ["open_field", "obstacle_course", "maze"]
+    assert multi.task.probabilities == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize("tasks", [None, THREE], ids=["single", "multi"])
+def test_observation_has_a_task_block_only_with_several_tasks(tasks):
+    config = EnvConfig(agents_per_environment=8, max_episode_steps=4)
+    with launch_servers(config, seed=0) as urls:
+        env = SpaceTimeVecEnv(make_clients(urls, config), config, RewardConfig(), seed=3, tasks=tasks)
+        try:
+            size = wire.OBSERVATION_SIZE + (3 if tasks else 0)
+            assert env.observation_space.shape == (size,)
+            obs = env.reset()
+            seen = []
+            for _ in range(12):  # three episodes per agent
+                assert obs.shape == (8, size)
+                if tasks:
+                    np.testing.assert_array_equal(obs[:, 48:].sum(1), 1.0)
+                obs, _, dones, infos = env.step(np.zeros((8, 3)))
+                for i in np.flatnonzero(dones):
+                    assert infos[i]["terminal_observation"].shape == (size,)
+                    seen.append(infos[i]["task"])
+        finally:
+            env.close()
+    assert set(seen) == (set(THREE.names) if tasks else {"navigate"})
+
+
+def test_tiny_multitask_run_reports_metrics_per_task(tmp_path):
+    from spacetime_rl.training import train
+
+    config = TrainConfig(
+        env=EnvConfig(
+            agents_per_environment=12, max_episode_steps=30, min_goal_distance=1.0, max_goal_distance=3.0
+        ),
+        network=NetworkConfig(net_arch=[16, 16]),
+        ppo=PPOConfig(n_steps=32, batch_size=128, n_epochs=1),
+        task=THREE,
+        training=TrainingConfig(
+            total_timesteps=768,
+            save_freq=10_000,
+            eval_freq=10_000,
+            eval_episodes=24,
+            progress_bar=False,
+            torch_threads=1,
+        ),
+    )
+    train(config, tmp_path)
+    final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    (run_dir,) = (tmp_path / "tensorboard").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for task in THREE.names:
+        assert f"eval/{task}/success_rate" in final
+        assert f"eval/{task}/success_rate" in tags
+    assert "eval/success_rate" in tags
+    assert any(
+        tag.startswith("rollout/") and tag.endswith("/success_rate") and tag.count("/") == 2 for tag in tags
+    )
