@@ -1,0 +1,101 @@
+"""`python train.py -m sweep=<name>` as users run it: real training on the embedded simulator, tiny budgets.
+
+Run from a temporary working directory, so the `sweep` group must be found from anywhere and the
+sweep folder (multirun/sweeps/<study>) lands under it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "env.agents_per_environment=4",
+    "env.max_episode_steps=50",
+    "ppo.n_steps=64",
+    "ppo.batch_size=64",
+    "ppo.n_epochs=2",
+    "training.total_timesteps=256",
+    "training.eval_freq=256",
+    "training.save_freq=256",
+    "training.eval_episodes=4",
+]
+
+
+def sweep_command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), "-m", *args, *TINY]
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(sweep_command(*args), cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+def states(sweep_dir: Path, study_name: str) -> list[str]:
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    return [trial.state.name for trial in study.trials]
+
+
+def test_two_trial_sweep_trains_reports_and_its_best_config_runs(tmp_path: Path) -> None:
+    result = run(tmp_path, "sweep=ppo", "hydra.sweeper.n_trials=2")
+    assert result.returncode == 0, result.stderr
+
+    sweep_dir = tmp_path / "multirun" / "sweeps" / "ppo"
+    assert states(sweep_dir, "ppo") == ["COMPLETE", "COMPLETE"]
+    for trial in ("0", "1"):
+        assert (sweep_dir / trial / "seed_0" / "metrics.json").is_file()
+        assert (sweep_dir / trial / "trial.json").is_file()
+    for name in ("trials.csv", "best_config.yaml", "optimization_history.png", "param_importances.png"):
+        assert (sweep_dir / name).is_file(), name
+
+    best = [
+        "--config-dir",
+        str(sweep_dir),
+        "--config-name",
+        "best_config",
+        f"hydra.run.dir={tmp_path / 'best'}",
+    ]
+    rerun = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *best],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert (tmp_path / "best" / "final_model.zip").is_file()
+
+
+@pytest.mark.slow
+def test_running_the_command_again_resumes_the_study(tmp_path: Path) -> None:
+    assert run(tmp_path, "sweep=network", "hydra.sweeper.n_trials=2").returncode == 0
+    again = run(tmp_path, "sweep=network", "hydra.sweeper.n_trials=3")
+    assert again.returncode == 0, again.stderr
+    assert "2 of 3 trials finished, 1 to run" in again.stdout
+    sweep_dir = tmp_path / "multirun" / "sweeps" / "network"
+    assert states(sweep_dir, "network") == ["COMPLETE"] * 3
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_keep_their_own_folders_and_ports(tmp_path: Path) -> None:
+    processes = [
+        subprocess.Popen(
+            sweep_command("sweep=reward", f"sweep.study_name={name}", "hydra.sweeper.n_trials=1"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
+    outputs = [process.communicate(timeout=900) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    for name in ("first", "second"):
+        sweep_dir = tmp_path / "multirun" / "sweeps" / name
+        assert states(sweep_dir, name) == ["COMPLETE"]
+        assert (sweep_dir / "0" / "seed_0" / "final_model.zip").is_file()
