@@ -22,6 +22,7 @@ TINY = [
     "training.eval_freq=512",
     "training.eval_episodes=4",
     "training.progress_bar=false",
+    "training.torch_threads=1",  # tests run beside other jobs: torch's thread pool would thrash
 ]
 
 
