@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from spacetime_rl import sweeps
 from spacetime_rl.evaluation.runs import RUN_CONFIG, load_overrides
 from spacetime_rl.training.callbacks import EVAL_METRICS
 
@@ -71,16 +72,14 @@ class RunRow:
 
 
 def is_sweep_dir(path: Path) -> bool:
-    """An Optuna sweep directory (the sweeper keeps its study under `optuna/`)."""
-    return (path / "optuna").exists()
+    """An Optuna sweep directory (`python train.py -m sweep=<name>`)."""
+    return sweeps.is_sweep_dir(path)
 
 
 def report_sweep(sweep_dir: Path, out_dir: Path) -> None:
-    """Hook for Optuna sweep directories: the study report (trials.csv, best_config.yaml).
-
-    The sweeps module provides it; until then a sweep directory gets the per-run comparison only.
-    """
-    log.info("%s is an Optuna sweep; its study report is not available yet", sweep_dir)
+    """The study report of an Optuna sweep: trials.csv, best_config.yaml and figures (docs/sweeps.md)."""
+    for path in sweeps.write_sweep_report(sweep_dir, out_dir):
+        log.info("wrote %s", path)
 
 
 def find_runs(paths: Sequence[Path]) -> list[Path]:

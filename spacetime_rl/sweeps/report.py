@@ -50,13 +50,18 @@ def load_sweep_study(sweep_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=open_storage(storage))
 
 
-def write_sweep_report(sweep_dir: Path) -> list[Path]:
-    """Write the report files into `sweep_dir` and return their paths (the figures need completed trials)."""
+def write_sweep_report(sweep_dir: Path, out_dir: Path | None = None) -> list[Path]:
+    """Write the report files into `out_dir` (default `sweep_dir`) and return their paths.
+
+    The best config and the figures need a completed trial; the importance figure two.
+    """
     sweep_dir = Path(sweep_dir)
+    out_dir = sweep_dir if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     study = load_sweep_study(sweep_dir)
     trials = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
     trials["folder"] = [str(n) if (sweep_dir / str(n)).is_dir() else "" for n in trials["number"]]
-    written = [sweep_dir / "trials.csv"]
+    written = [out_dir / "trials.csv"]
     trials.to_csv(written[0], index=False)
 
     complete = trials[trials["state"] == "COMPLETE"]
@@ -64,16 +69,16 @@ def write_sweep_report(sweep_dir: Path) -> list[Path]:
         log.warning("%s: no completed trial yet, so no best config or figures", sweep_dir)
         return written
     best = study.best_trial
-    best_config = _write_best_config(sweep_dir, best.number)
+    best_config = _write_best_config(sweep_dir, best.number, out_dir)
     if best_config is not None:
         written.append(best_config)
-    written.append(_plot_history(study, sweep_dir / "optimization_history.png"))
+    written.append(_plot_history(study, out_dir / "optimization_history.png"))
     if len(complete) >= 2:
-        written.append(_plot_importances(complete, study, sweep_dir / "param_importances.png"))
+        written.append(_plot_importances(complete, study, out_dir / "param_importances.png"))
     return written
 
 
-def _write_best_config(sweep_dir: Path, number: int) -> Path | None:
+def _write_best_config(sweep_dir: Path, number: int, out_dir: Path) -> Path | None:
     job_config = sweep_dir / str(number) / ".hydra" / "config.yaml"
     if not job_config.is_file():
         log.warning("%s is missing: cannot write %s.yaml", job_config, BEST_CONFIG)
@@ -84,10 +89,10 @@ def _write_best_config(sweep_dir: Path, number: int) -> Path | None:
         if OmegaConf.select(cfg, f"sweep.{key}", default=None) is not None:
             cfg.sweep[key] = None
     body = OmegaConf.to_yaml(OmegaConf.merge({"defaults": ["train_schema", "_self_"]}, cfg))
-    path = sweep_dir / f"{BEST_CONFIG}.yaml"
+    path = out_dir / f"{BEST_CONFIG}.yaml"
     path.write_text(
-        f"# The best trial ({number}) of this sweep. Train it again with\n"
-        f"#   python train.py --config-dir {sweep_dir} --config-name {BEST_CONFIG}\n{body}"
+        f"# The best trial ({number}) of the sweep in {sweep_dir}. Train it again with\n"
+        f"#   python train.py --config-dir {out_dir} --config-name {BEST_CONFIG}\n{body}"
     )
     return path
 

@@ -3,7 +3,8 @@
 Trial folder layout (`<sweep dir>/<trial number>/`):
 
     seed_<k>/      a full `train()` output folder (model, checkpoints, metrics.json) for seed training.seed + k
-    trial.json     the objective per seed and their mean, or where the trial was pruned
+    metrics.json   as train() writes it, over the seeds: the mean objective, the mean final evaluation,
+                   and each seed's objective (or the step where the trial was pruned)
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn | None = Non
         else None
     )
     values: list[float] = []
-    summary: dict[str, Any] = {"trial": sweep.trial, "objective": config.training.objective, "seeds": []}
+    summary: dict[str, Any] = {"trial": sweep.trial, "seeds": []}
     for k in range(sweep.seeds_per_trial):
         seed = config.training.seed + k
         seed_config = replace(config, training=replace(config.training, seed=seed))
@@ -104,20 +105,35 @@ def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn | None = Non
             assert trial is not None
             trial.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
             log.info("trial %d pruned at step %d", trial.number, reporter.pruned_at)
-            _write_summary(output_dir, summary | {"pruned_at": reporter.pruned_at, "value": None})
+            _write_summary(output_dir, config, summary | {"pruned_at": reporter.pruned_at}, None)
             return math.nan
         if not math.isfinite(value):
             log.error(
                 "trial %s: seed %d ended with %s = %s", sweep.trial, seed, config.training.objective, value
             )
-            _write_summary(output_dir, summary | {"value": None})
+            _write_summary(output_dir, config, summary, None)
             return math.nan
         values.append(value)
     mean = sum(values) / len(values)
-    _write_summary(output_dir, summary | {"value": mean})
+    _write_summary(output_dir, config, summary, mean)
     return mean
 
 
-def _write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
+def _write_summary(
+    output_dir: Path, config: TrainConfig, summary: dict[str, Any], value: float | None
+) -> None:
+    """The trial's metrics.json, in train()'s layout so `spacetime_rl.compare` reads a trial like a run."""
+    finals = []
+    for k in range(len(summary["seeds"])):
+        seed_metrics = Path(output_dir) / f"seed_{k}" / "metrics.json"
+        if seed_metrics.is_file():
+            finals.append(json.loads(seed_metrics.read_text()).get("final", {}))
+    shared = set.intersection(*(set(final) for final in finals)) if finals else set()
+    metrics = {
+        "objective": {"name": config.training.objective, "value": value},
+        "final": {key: sum(final[key] for final in finals) / len(finals) for key in sorted(shared)},
+        "num_timesteps": config.training.total_timesteps,
+        **summary,
+    }
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "trial.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -6,6 +6,7 @@ sweep folder (multirun/sweeps/<study>) lands under it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,8 @@ def test_two_trial_sweep_trains_reports_and_its_best_config_runs(tmp_path: Path)
     assert states(sweep_dir, "ppo") == ["COMPLETE", "COMPLETE"]
     for trial in ("0", "1"):
         assert (sweep_dir / trial / "seed_0" / "metrics.json").is_file()
-        assert (sweep_dir / trial / "trial.json").is_file()
+        metrics = json.loads((sweep_dir / trial / "metrics.json").read_text())
+        assert metrics["final"]["eval/success_rate"] == metrics["objective"]["value"]
     for name in ("trials.csv", "best_config.yaml", "optimization_history.png", "param_importances.png"):
         assert (sweep_dir / name).is_file(), name
 

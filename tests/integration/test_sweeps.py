@@ -118,9 +118,9 @@ def test_a_trial_averages_its_seeds_in_seed_folders(storage: str, tmp_path: Path
 
     assert value == pytest.approx(0.15)
     assert [(seed, out.name, n) for seed, out, n in fake.calls] == [(7, "seed_0", 4), (8, "seed_1", 4)]
-    summary = json.loads((tmp_path / "t" / "trial.json").read_text())
+    summary = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert [s["seed"] for s in summary["seeds"]] == [7, 8]
-    assert summary["value"] == pytest.approx(0.15)
+    assert summary["objective"]["value"] == pytest.approx(0.15)
     assert stored_trials(storage)[trial.number].intermediate_values[4 + 3] == pytest.approx(0.2)
 
 
@@ -134,7 +134,7 @@ def test_a_pruned_trial_stops_training_and_is_told_pruned(storage: str, tmp_path
     assert math.isnan(value)
     assert fake.calls == [(7, tmp_path / "t" / "seed_0", 1)]  # one evaluation, no further seeds
     assert stored_trials(storage)[trial.number].state == TrialState.PRUNED
-    assert json.loads((tmp_path / "t" / "trial.json").read_text())["pruned_at"] == 1
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pruned_at"] == 1
 
 
 def test_outside_a_sweep_a_run_is_plain_train(tmp_path: Path) -> None:
