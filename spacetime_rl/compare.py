@@ -68,6 +68,7 @@ class RunRow:
         }
         for kind, metrics in (("final", self.final), ("best", self.best)):
             row |= {f"{kind}/{key}": metrics.get(key) for key in EVAL_METRICS}
+        row |= {f"final/{key}": value for key, value in self.final.items() if key.count("/") == 2}  # per task
         return row
 
 
@@ -172,7 +173,7 @@ def compare(paths: Sequence[Path], out_dir: Path | None = None, objective: str |
     root = paths[0] if len(paths) == 1 else None
     records = [row.to_csv(root) for row in rows]
     with open(out_dir / CSV_NAME, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(records[0]))
+        writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
         writer.writeheader()
         writer.writerows(records)
     labels = _labels(rows, root)
@@ -194,8 +195,13 @@ def _print(rows: Sequence[RunRow], labels: Sequence[str], root: Path | None) -> 
     table = Table(title=f"{len(rows)} runs, best first by {rows[0].objective}")
     for column in ("run", "differs", "objective", "final", "best", "steps"):
         table.add_column(column, justify="right" if column in ("final", "best", "steps") else "left")
+    # multi-task runs: each task's final success rate (eval/<task>/success_rate)
+    tasks = sorted({key.split("/")[1] for row in rows for key in row.final if key.count("/") == 2})
+    for task in tasks:
+        table.add_column(f"{task} success", justify="right")
     for row, label in zip(rows, labels, strict=True):
         best = row.best.get(row.objective)
+        per_task = [row.final.get(f"eval/{task}/success_rate") for task in tasks]
         table.add_row(
             _relative(row.run_dir, root),
             label,
@@ -203,6 +209,7 @@ def _print(rows: Sequence[RunRow], labels: Sequence[str], root: Path | None) -> 
             "-" if math.isnan(row.value) else f"{row.value:.3f}",
             "-" if best is None else f"{best:.3f}",
             str(row.num_timesteps or "-"),
+            *("-" if value is None else f"{value:.3f}" for value in per_task),
         )
     Console().print(table)
 

@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from spacetime_rl.compare import compare
 from spacetime_rl.config import (
     EnvConfig,
     NetworkConfig,
@@ -147,6 +148,12 @@ def test_tiny_multitask_run_reports_metrics_per_task(tmp_path):
         assert f"eval/{task}/success_rate" in final
         assert f"eval/{task}/success_rate" in tags
     assert "eval/success_rate" in tags
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("task: {name: multi}\n")  # what train.py writes
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- task=multi\n")
+    compare([tmp_path], tmp_path / "comparison")
+    header = (tmp_path / "comparison" / "comparison.csv").read_text().splitlines()[0]
+    assert all(f"final/eval/{task}/success_rate" in header for task in THREE.names)
     assert any(
         tag.startswith("rollout/") and tag.endswith("/success_rate") and tag.count("/") == 2 for tag in tags
     )
