@@ -41,39 +41,43 @@ def states(sweep_dir: Path, study_name: str) -> list[str]:
     return [trial.state.name for trial in study.trials]
 
 
-def test_two_trial_sweep_trains_reports_and_its_best_config_runs(tmp_path: Path) -> None:
+def run_best_config(sweep_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--config-dir",
+            str(sweep_dir),
+            "--config-name",
+            "best_config",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_two_trial_sweep_trains_and_reports(tmp_path: Path) -> None:
     result = run(tmp_path, "sweep=ppo", "hydra.sweeper.n_trials=2")
     assert result.returncode == 0, result.stderr
 
     sweep_dir = tmp_path / "multirun" / "sweeps" / "ppo"
     assert states(sweep_dir, "ppo") == ["COMPLETE", "COMPLETE"]
     for trial in ("0", "1"):
-        assert (sweep_dir / trial / "seed_0" / "metrics.json").is_file()
+        assert (sweep_dir / trial / "seed_0" / "final_model.zip").is_file()
         metrics = json.loads((sweep_dir / trial / "metrics.json").read_text())
         assert metrics["final"]["eval/success_rate"] == metrics["objective"]["value"]
     for name in ("trials.csv", "best_config.yaml", "optimization_history.png", "param_importances.png"):
         assert (sweep_dir / name).is_file(), name
-
-    best = [
-        "--config-dir",
-        str(sweep_dir),
-        "--config-name",
-        "best_config",
-        f"hydra.run.dir={tmp_path / 'best'}",
-    ]
-    rerun = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *best],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert rerun.returncode == 0, rerun.stderr
-    assert (tmp_path / "best" / "final_model.zip").is_file()
+    shown = run_best_config(sweep_dir, tmp_path, "--cfg", "job")  # training it is the slow test's job
+    assert shown.returncode == 0, shown.stderr
+    assert "trial: null" in shown.stdout
 
 
 @pytest.mark.slow
-def test_running_the_command_again_resumes_the_study(tmp_path: Path) -> None:
+def test_running_the_command_again_resumes_and_the_best_config_trains(tmp_path: Path) -> None:
     assert run(tmp_path, "sweep=network", "hydra.sweeper.n_trials=2").returncode == 0
     again = run(tmp_path, "sweep=network", "hydra.sweeper.n_trials=3")
     assert again.returncode == 0, again.stderr
@@ -81,6 +85,10 @@ def test_running_the_command_again_resumes_the_study(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "multirun" / "sweeps" / "network"
     assert states(sweep_dir, "network") == ["COMPLETE"] * 3
     assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+
+    best = run_best_config(sweep_dir, tmp_path, f"hydra.run.dir={tmp_path / 'best'}")
+    assert best.returncode == 0, best.stderr
+    assert (tmp_path / "best" / "final_model.zip").is_file()
 
 
 @pytest.mark.slow
