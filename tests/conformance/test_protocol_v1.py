@@ -119,7 +119,9 @@ def test_openapi_repeats_wire_constants_faithfully(openapi: OpenAPI) -> None:
         assert openapi.schemas[name]["minItems"] == openapi.schemas[name]["maxItems"] == size
     assert sorted(openapi.schemas["Event"]["required"]) == sorted(wire.EVENT_FIELDS)
     options = openapi.schemas["ResetOptions"]["properties"]
-    assert set(options) == set(wire.RESET_OPTION_DEFAULTS)
+    assert set(options) == {*wire.RESET_OPTION_DEFAULTS, "scenario"}  # scenario: optional
+    assert options["scenario"]["default"] == wire.DEFAULT_SCENARIO
+    assert tuple(spec["scenarios"]["items"]["enum"]) == wire.SCENARIOS
     assert all(options[key].get("default") == value for key, value in wire.RESET_OPTION_DEFAULTS.items())
     paths = {(method.upper(), path) for path, ops in openapi.document["paths"].items() for method in ops}
     assert set(RL_ENDPOINTS) <= paths
