@@ -82,6 +82,7 @@ _GRID_SIZE: Final = int(2 * PLATFORM_HALF_SIZE / GRID_CELL)
 _RAY_ROTATIONS: Final = -1j * np.exp(1j * np.arange(wire.NUM_RAYS) * (2 * np.pi / wire.NUM_RAYS))
 _IS_RECT: Final = np.ones(_NUM_OBSTACLES, bool)
 _IS_RECT[_PILLARS] = False
+_RECT_COLUMNS: Final = np.flatnonzero(_IS_RECT)
 _Selection = slice | np.ndarray  # agents to compute for: a slice or an index array
 _ALL: Final = slice(None)
 
@@ -275,7 +276,7 @@ class World:
         are done stay frozen with zero events until reset.
         """
         actions = np.asarray(actions, dtype=np.float64)
-        if actions.shape != (self.num_agents, wire.ACTION_SIZE) or not np.isfinite(actions).all():
+        if actions.shape != (self.num_agents, wire.ACTION_SIZE) or np.count_nonzero(~np.isfinite(actions)):
             raise ConfigError(
                 f"actions have shape {actions.shape}; expected ({self.num_agents}, {wire.ACTION_SIZE}) finite numbers"
             )
@@ -309,11 +310,12 @@ class World:
         dv = np.empty(self.num_agents, complex)
         gain = np.empty(self.num_agents)
         step_gain = MAX_ACCELERATION * DT
-        snap_any = bool(snapping.any())
+        snap_any = np.count_nonzero(snapping) > 0
+        goal_at = self._goal[goal_idx]  # goals do not move during an action
         for _ in range(self.action_repeat):
             if snap_any:
                 fire = snapping & (self._cooldown <= 0)
-                if fire.any():
+                if np.count_nonzero(fire):
                     u[fire] *= snap_turn[fire]
                     teleports += fire
                     self._cooldown[fire] = SNAP_COOLDOWN_FRAMES
@@ -332,13 +334,13 @@ class World:
             if near_idx.size:
                 new_contacts, over_drop = sub.collide(pos, vel)
                 collisions[near_idx] += new_contacts
-                if over_drop.any():
+                if np.count_nonzero(over_drop):
                     falling = near_idx[over_drop]
                     falling = falling[~(fell[falling] | reached[falling])]
                     fell[falling] = True
                     ended.append(falling)
             if goal_idx.size:
-                at_goal = goal_idx[np.abs(pos[goal_idx] - self._goal[goal_idx]) < GOAL_RADIUS]
+                at_goal = goal_idx[np.abs(pos[goal_idx] - goal_at) < GOAL_RADIUS]
                 if at_goal.size:
                     at_goal = at_goal[~(fell[at_goal] | reached[at_goal])]
                     reached[at_goal] = True
@@ -360,7 +362,8 @@ class World:
         self._events = (collisions, fell, reached, teleports)
         self._tick += self.action_repeat
         obs = self._observations()
-        obs[frozen] = self._obs[frozen]
+        if np.count_nonzero(frozen):
+            obs[frozen] = self._obs[frozen]
         self._obs = obs
         return self.last_outcome
 
@@ -644,7 +647,7 @@ class World:
         fields["goal_distance"] = [distance]
         fields["goal_direction"] = [direction.real, zero, direction.imag]
         rows = [row for name, _ in wire.OBSERVATION_FIELDS for row in fields[name]]
-        return np.ascontiguousarray(np.array(rows, dtype=np.float32).T)
+        return np.concatenate(rows).reshape(len(rows), n).T.astype(np.float32, order="C")
 
     def _ray_distances(self, sel: _Selection = _ALL) -> np.ndarray:
         """(k, 16) distance along each horizontal ray to the first obstacle surface or drop-off edge.
@@ -657,38 +660,46 @@ class World:
         x0, z0, x1, z1 = (column[sel] for column in self._rects)
         out = np.full((len(pos), wire.NUM_RAYS), wire.RAY_RANGE)
         gap = self._gap[sel] = self._gaps(sel)  # kept: the next step starts from these positions
-        agent, obstacle = np.nonzero(gap <= wire.RAY_RANGE)  # sorted by agent
-        if not agent.size:
+        near = gap <= wire.RAY_RANGE
+        if not np.count_nonzero(near):
             return out
-        d = self._u[sel][agent, None] * _RAY_ROTATIONS  # (P, 16) unit directions
-        o = pos[agent, None]
-        t = np.empty(d.shape)
-        rect = _IS_RECT[obstacle]
-        if rect.any():  # slab test against the rectangle
-            a, k, dr = agent[rect], obstacle[rect], d[rect]
-            ddx = np.where(np.abs(dr.real) < 1e-12, 1e-12, dr.real)
-            ddz = np.where(np.abs(dr.imag) < 1e-12, 1e-12, dr.imag)
-            ox, oz = o[rect].real, o[rect].imag
-            tx0, tx1 = (x0[a, k, None] - ox) / ddx, (x1[a, k, None] - ox) / ddx
-            tz0, tz1 = (z0[a, k, None] - oz) / ddz, (z1[a, k, None] - oz) / ddz
+        # Directions once per agent, not per pair; rectangles and circles are gathered separately
+        # (each sorted by agent) so no pair array is masked or scattered.
+        d = self._u[sel][:, None] * _RAY_ROTATIONS  # (k, 16) unit directions
+        ox, oz = pos.real[:, None], pos.imag[:, None]
+        agent, column = np.nonzero(near[:, _RECT_COLUMNS])
+        if agent.size:  # slab test against the rectangle
+            k = _RECT_COLUMNS[column]
+            ddx = np.where(np.abs(d.real) < 1e-12, 1e-12, d.real)[agent]
+            ddz = np.where(np.abs(d.imag) < 1e-12, 1e-12, d.imag)[agent]
+            oxa, oza = ox[agent], oz[agent]
+            tx0, tx1 = (x0[agent, k, None] - oxa) / ddx, (x1[agent, k, None] - oxa) / ddx
+            tz0, tz1 = (z0[agent, k, None] - oza) / ddz, (z1[agent, k, None] - oza) / ddz
             enter = np.maximum(np.minimum(tx0, tx1), np.minimum(tz0, tz1))
             leave = np.minimum(np.maximum(tx0, tx1), np.maximum(tz0, tz1))
-            t[rect] = np.where((enter <= leave) & (leave >= 0), np.maximum(enter, 0.0), np.inf)
-        circle = ~rect
-        if circle.any():  # ray against the pillar's circle
-            a, k, dc = agent[circle], obstacle[circle], d[circle]
-            offset = x0[a, k, None] + 1j * z0[a, k, None] - o[circle]
+            t = np.where((enter <= leave) & (leave >= 0), np.maximum(enter, 0.0), np.inf)
+            _nearest_per_agent(out, agent, t)
+        agent, column = np.nonzero(near[:, _PILLARS])
+        if agent.size:  # ray against the pillar's circle
+            k = column + _PILLARS.start
+            dc = d[agent]
+            offset = x0[agent, k, None] + 1j * z0[agent, k, None] - pos[agent, None]
             b = dc.real * offset.real + dc.imag * offset.imag  # along the ray to the closest approach
-            disc = b * b - (offset.real**2 + offset.imag**2 - radius[a, k, None] ** 2)
+            disc = b * b - (offset.real**2 + offset.imag**2 - radius[agent, k, None] ** 2)
             root = np.sqrt(np.maximum(disc, 0.0))
-            t[circle] = np.where((disc >= 0) & (b + root >= 0), np.maximum(b - root, 0.0), np.inf)
-        starts = np.empty(agent.size, bool)  # where each agent's run of pairs begins
-        starts[0] = True
-        np.not_equal(agent[1:], agent[:-1], out=starts[1:])
-        first = np.flatnonzero(starts)
-        seen = agent[first]
-        out[seen] = np.minimum(out[seen], np.minimum.reduceat(t, first))
+            t = np.where((disc >= 0) & (b + root >= 0), np.maximum(b - root, 0.0), np.inf)
+            _nearest_per_agent(out, agent, t)
         return out
+
+
+def _nearest_per_agent(out: np.ndarray, agent: np.ndarray, t: np.ndarray) -> None:
+    """out[a] = min(out[a], every row of `t` whose pair belongs to agent a); `agent` is sorted."""
+    starts = np.empty(agent.size, bool)  # where each agent's run of pairs begins
+    starts[0] = True
+    np.not_equal(agent[1:], agent[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)
+    seen = agent[first]
+    out[seen] = np.minimum(out[seen], np.minimum.reduceat(t, first))
 
 
 class _Neighbourhood:
@@ -707,13 +718,14 @@ class _Neighbourhood:
         dx = x - np.minimum(np.maximum(x, self.x0), self.x1)
         dz = z - np.minimum(np.maximum(z, self.z0), self.z1)
         d2 = dx * dx + dz * dz
-        over_drop = (d2[:, _DROPS] == 0.0).any(1)  # centre inside a pit or the void (edge included)
+        # centre inside a pit or the void (edge included)
+        over_drop = np.logical_or.reduce(d2[:, _DROPS] == 0.0, axis=1)
         gap = np.sqrt(d2[:, _SOLIDS]) - self.radius
         contact = gap < PLAYER_RADIUS + CONTACT_SLOP
-        new_contacts = (contact > self.contact).sum(1)
+        new_contacts = np.add.reduce(contact > self.contact, axis=1)
         self.contact = contact
         hit = gap < PLAYER_RADIUS
-        if hit.any():
+        if np.count_nonzero(hit):
             # push out along each obstacle's outward normal by the penetration depth, then slide
             offset = dx[:, _SOLIDS] + 1j * dz[:, _SOLIDS]
             centre_gap = gap + self.radius
