@@ -55,12 +55,13 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         sweep = config.get("sweep") or {}
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        self.study_name = sweep.get("study_name") or sweep_dir.name
-        self.storage = sweep.get("storage") or default_storage(sweep_dir)
+        self.resolved_study_name: str = sweep.get("study_name") or sweep_dir.name
+        self.storage_url: str = sweep.get("storage") or default_storage(sweep_dir)
         self.n_jobs = self.requested_jobs or _launcher_jobs(config.hydra.launcher)
         self.pass_trial = "sweep" in config
 
     def sweep(self, arguments: list[str]) -> None:
+        assert self.launcher is not None, "setup() comes first"
         if isinstance(self.sampler, functools.partial):
             raise ConfigError(
                 "hydra/sweeper/sampler=grid is not supported by spacetime_optuna: run a grid with the basic "
@@ -74,9 +75,9 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
         Path(self.sweep_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, Path(self.sweep_dir) / "multirun.yaml")  # as the basic sweeper does
-        storage = open_storage(self.storage)
+        storage = open_storage(self.storage_url)
         study = optuna.create_study(
-            study_name=self.study_name,
+            study_name=self.resolved_study_name,
             storage=storage,
             sampler=self.sampler,
             directions=directions,
@@ -87,7 +88,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         log.info(
             "Study %s in %s: %d of %d trials finished, %d to run, %d at a time",
             study.study_name,
-            self.storage,
+            self.storage_url,
             done,
             self.n_trials,
             to_go,
@@ -105,7 +106,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             # Folders are named after trial numbers, so a resumed sweep never reuses one.
             returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
             for trial, ret in zip(trials, returns, strict=True):
-                tell_result(study, storage, trial, lambda ret=ret: ret.return_value)
+                tell_result(study, storage, trial, functools.partial(getattr, ret, "return_value"))
             to_go -= len(trials)
 
         self._write_results(study, directions)
@@ -121,8 +122,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             return ()
         return (
             f"sweep.trial={trial.number}",
-            f"sweep.study_name={_quote(self.study_name)}",
-            f"sweep.storage={_quote(self.storage)}",
+            f"sweep.study_name={_quote(self.resolved_study_name)}",
+            f"sweep.storage={_quote(self.storage_url)}",
         )
 
     def _write_results(self, study: optuna.Study, directions: list[str]) -> None:

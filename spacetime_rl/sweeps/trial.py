@@ -60,7 +60,7 @@ class PruningReporter:
 
 def open_trial(sweep: SweepConfig) -> optuna.trial.Trial:
     """The running trial `sweep.trial` of the study, with `sweep.pruner` as the study's pruner."""
-    if sweep.study_name is None or sweep.storage is None:
+    if sweep.trial is None or sweep.study_name is None or sweep.storage is None:
         raise ConfigError(
             f"sweep.trial={sweep.trial} needs sweep.study_name and sweep.storage: run trials through the "
             "spacetime_optuna sweeper (python train.py -m sweep=<name>), which sets all three"
@@ -79,7 +79,9 @@ def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn | None = Non
     error is logged with its traceback (in the job's log) and re-raised: the sweeper records FAIL.
     """
     if train is None:
-        from spacetime_rl.training import train  # torch loads only once the config is known good
+        from spacetime_rl.training import train as train_job  # torch loads only once the config is known good
+
+        train = train_job
     sweep = config.sweep
     if sweep.trial is None and sweep.seeds_per_trial == 1:
         return train(config, output_dir)
