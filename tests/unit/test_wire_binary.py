@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,3 +152,32 @@ def test_client_rejects_a_corrupt_body_naming_the_field(mutate, message) -> None
 )
 def test_server_answers_binary_only_when_asked(accept: str, binary: bool) -> None:
     assert _accepts_binary(accept) is binary
+
+
+def test_godot_addon_copies_the_layout_constants() -> None:
+    source = (Path(__file__).parents[2] / "godot" / "addons" / "spacetime_rl" / "rl_api.gd").read_text()
+
+    def constant(name: str) -> str:
+        match = re.search(rf"^const {name} := (.+)$", source, re.MULTILINE)
+        assert match, f"rl_api.gd lacks const {name}"
+        return match.group(1).strip()
+
+    assert json.loads(constant("STEP_BINARY_CONTENT_TYPE")) == wire.STEP_BINARY_CONTENT_TYPE
+    assert json.loads(constant("STEP_BINARY_MAGIC")).encode("ascii") == wire.STEP_BINARY_MAGIC
+    assert int(constant("STEP_BINARY_VERSION")) == wire.STEP_BINARY_VERSION
+    assert int(constant("STEP_BINARY_HEADER_SIZE")) == wire.STEP_BINARY_HEADER.size
+    # the encoder writes the blocks in wire order
+    encoder = source.split("static func encode_step")[1]
+    order = [
+        encoder.index(f'"{name}"') if name != "observations" else encoder.index("for row:")
+        for name in ("observations", "collisions", "teleports")
+    ]
+    assert order == sorted(order)
+    assert [name for name, _, _ in wire.STEP_BINARY_BLOCKS] == [
+        "observations",
+        "collisions",
+        "teleports",
+        "done",
+        "fell",
+        "goal_reached",
+    ]

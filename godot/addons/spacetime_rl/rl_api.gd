@@ -24,6 +24,12 @@ const ROUTES := {
 }
 const OPEN_PATHS := ["/health"]
 const JSON_TYPE := "application/json"
+## The binary /rl/step answer (docs/protocol.md, "Binary step body"), copied from wire.py's
+## STEP_BINARY_*; tests/unit/test_wire_binary.py checks them.
+const STEP_BINARY_CONTENT_TYPE := "application/octet-stream"
+const STEP_BINARY_MAGIC := "STRL"
+const STEP_BINARY_VERSION := 1
+const STEP_BINARY_HEADER_SIZE := 32
 ## Largest integer a JSON number (a double) carries exactly.
 const MAX_EXACT_INTEGER := 9007199254740992.0
 
@@ -49,7 +55,10 @@ func handle(method: String, path: String, headers: Dictionary, body: PackedByteA
 	if body.size() > limit or str(headers.get("content-length", "0")).to_int() > limit:
 		return _error(413, "the request body exceeds the limit of %d bytes; send less" % limit)
 	var route: Array = methods[method]
-	var response: Array = call(route[0], body)
+	var handler: String = route[0]
+	if handler == "_rl_step" and accepts_binary(str(headers.get("accept", ""))):
+		handler = "_rl_step_binary"
+	var response: Array = call(handler, body)
 	if response[0] not in route[1]:
 		push_error("spacetime-rl: %s %s answered %d, not in ROUTES" % [method, path, response[0]])
 	return response
@@ -189,14 +198,80 @@ func _rl_state(_body: PackedByteArray) -> Array:
 	return _ok(environment.state())
 
 
-## Answers JSON whatever the Accept header asks for: the binary step body is reserved for a later
-## protocol revision (docs/protocol.md, "Binary step body").
 func _rl_step(body: PackedByteArray) -> Array:
 	var parsed := _step_request(body)
 	if parsed.has("status"):
 		return parsed["response"]
 	var environment: RLEnvironment = service.get_environment()
 	return _ok(environment.step(parsed["actions"], parsed["auto_reset"]))
+
+
+## /rl/step for a client whose Accept header asks for the binary body; errors stay JSON.
+func _rl_step_binary(body: PackedByteArray) -> Array:
+	var parsed := _step_request(body)
+	if parsed.has("status"):
+		return parsed["response"]
+	var environment: RLEnvironment = service.get_environment()
+	var answer := environment.step(parsed["actions"], parsed["auto_reset"])
+	return [200, encode_step(answer), STEP_BINARY_CONTENT_TYPE]
+
+
+## True when an Accept header lists the binary step type with a non-zero quality.
+static func accepts_binary(accept: String) -> bool:
+	for media_range in accept.split(","):
+		var parts := media_range.split(";")
+		if parts[0].strip_edges().to_lower() != STEP_BINARY_CONTENT_TYPE:
+			continue
+		var quality := 1.0
+		for i in range(1, parts.size()):
+			var param := parts[i].strip_edges()
+			if param.to_lower().begins_with("q="):
+				var value := param.substr(2).strip_edges()
+				quality = value.to_float() if value.is_valid_float() else 0.0
+		return quality > 0.0
+	return false
+
+
+## A step answer (RLEnvironment.step) as the binary body, byte for byte as docs/protocol.md lays it
+## out: little-endian header, float32 observations, u32 collisions and teleports, u8 done, fell and
+## goal_reached, zero padding to 4 bytes, then (u32 agent, float32[48]) per terminal observation.
+static func encode_step(answer: Dictionary) -> PackedByteArray:
+	var rows: Array = answer["observations"]
+	var done: Array = answer["done"]
+	var events: Array = answer["events"]
+	var terminal: Dictionary = answer.get("terminal_observations", {})
+	var n := rows.size()
+	var out := StreamPeerBuffer.new()
+	out.big_endian = false
+	out.put_data(STEP_BINARY_MAGIC.to_ascii_buffer())
+	out.put_u16(STEP_BINARY_VERSION)
+	out.put_u16(STEP_BINARY_HEADER_SIZE)
+	out.put_u32(n)
+	out.put_u32(RLProtocol.OBSERVATION_SIZE)
+	out.put_u64(int(answer["tick"]))
+	out.put_u32(terminal.size())
+	out.put_u32(0)
+	for row: PackedFloat32Array in rows:
+		out.put_data(row.to_byte_array())
+	for key: String in ["collisions", "teleports"]:
+		for event: Dictionary in events:
+			out.put_u32(int(event[key]))
+	for flag: bool in done:
+		out.put_u8(1 if flag else 0)
+	for key: String in ["fell", "goal_reached"]:
+		for event: Dictionary in events:
+			out.put_u8(1 if event[key] else 0)
+	for _pad in posmod(-3 * n, 4):
+		out.put_u8(0)
+	var agents: Array[int] = []
+	for key: String in terminal:
+		agents.append(key.to_int())
+	agents.sort()
+	for agent in agents:
+		out.put_u32(agent)
+		var row: PackedFloat32Array = terminal[str(agent)]
+		out.put_data(row.to_byte_array())
+	return out.data_array
 
 
 # ---------------------------------------------------------------- validation
