@@ -11,6 +11,7 @@ by then): the slope of a line fitted through the second half of the samples, in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import subprocess
 import sys
@@ -55,10 +56,8 @@ def tree_rss(process: psutil.Process) -> tuple[float, float]:
         return 0.0, 0.0
     total = 0
     for child in children:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += child.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return own / MIB, total / MIB
 
 
@@ -73,10 +72,8 @@ def run_sampled(command: list[str], interval: float, cwd: Path) -> tuple[list[Sa
             trainer, servers = tree_rss(handle)
             if trainer:
                 samples.append(Sample(time.perf_counter() - start, trainer, servers))
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(interval)
-            except subprocess.TimeoutExpired:
-                pass
         wall = time.perf_counter() - start
         if process.returncode:
             log.seek(0)
@@ -117,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {s.seconds:.0f} | {s.trainer_mib:.0f} | {s.servers_mib:.0f} |")
     if samples:
         peak = max(s.trainer_mib + s.servers_mib for s in samples)
-        print(f"\npeak total RSS {peak:.0f} MiB; trainer growth over the second half {growth_mib_per_hour(samples):+.1f} MiB/h")
+        print(
+            f"\npeak total RSS {peak:.0f} MiB; trainer growth over the second half {growth_mib_per_hour(samples):+.1f} MiB/h"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,272 @@
+"""Run the benchmark suite and write its tables into docs/benchmarks.md.
+
+    python -m benchmarks [--repeats 3] [--seconds 0.5] [--only env,training,quick_test] [--no-write]
+
+Every comparison is measured in the same run, repeats interleaved, and reported as medians and
+ratios: on a shared machine absolute figures drift, ratios much less. Only the part of
+docs/benchmarks.md between the `results` markers is replaced; the rest of the page is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from benchmarks.memory import ROOT
+from benchmarks.throughput import AGENT_COUNTS, MAX_SERVERS, SEED_ENDPOINT_AGENTS, Samples, Throughput
+
+DOC: Final = ROOT / "docs" / "benchmarks.md"
+BEGIN: Final = "<!-- results:begin (written by python -m benchmarks; edit outside the markers) -->"
+END: Final = "<!-- results:end -->"
+SECTIONS: Final = ("env", "training", "quick_test")
+PACKAGES: Final = ("numpy", "torch", "stable-baselines3", "aiohttp", "orjson", "godot-rl")
+# targets on the 2-core machine (issue 7)
+TARGET_TRAINING_RATIO: Final = 0.9
+TARGET_STEP_64: Final = 100_000
+TARGET_WORLD_64: Final = 200_000
+TARGET_QUICK_TEST_SECONDS: Final = 60.0
+
+
+def machine() -> str:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = []
+    for package in PACKAGES:
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{package} (not installed)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{datetime.date.today()}: {os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}; {', '.join(versions)}. Load average at start: {load}."
+    )
+
+
+def _k(value: float) -> str:
+    return f"{value / 1000:,.1f}k" if value >= 1000 else f"{value:,.0f}"
+
+
+def env_tables(samples: Samples, godot_rl_client: str) -> tuple[str, dict[str, float]]:
+    m = samples.median
+    lines = [
+        "### 1. Environment throughput (agent-steps/s)",
+        "",
+        "In-process: `World.step` + `observe` + resetting finished agents, k worlds one after another "
+        "in one process. HTTP: `/rl/step` with `auto_reset` to k simulator subprocesses stepped "
+        "concurrently by one client process (`GodotClient`, keep-alive), as JSON and as the binary body.",
+        "",
+        "| agents/server | servers | in-process | /rl/step JSON | /rl/step binary | binary / in-process | binary / JSON |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in AGENT_COUNTS:
+        for k in range(1, MAX_SERVERS + 1):
+            world, json_, binary = (m(("env", n, k, t)) for t in ("in-process", "json", "binary"))
+            lines.append(
+                f"| {n} | {k} | {_k(world)} | {_k(json_)} | {_k(binary)} | {binary / world:.2f} | {binary / json_:.2f} |"
+            )
+    lines += [
+        "",
+        "### 2. The seed's three round trips vs `/rl/step` (one server)",
+        "",
+        "| agents | /rl/action + /rl/observation + /rl/state | /rl/step JSON | /rl/step binary | binary step / seed |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for n in SEED_ENDPOINT_AGENTS:
+        seed, json_, binary = (
+            m(("seed", n, 1, "seed endpoints")),
+            m(("env", n, 1, "json")),
+            m(("env", n, 1, "binary")),
+        )
+        lines.append(f"| {n} | {_k(seed)} | {_k(json_)} | {_k(binary)} | {binary / seed:.2f} |")
+    lines += [
+        "",
+        "### 3. godot_rl_agents' TCP protocol vs `/rl/step` (one server)",
+        "",
+        f"Client: {godot_rl_client}, stepping the same simulator behind their framing "
+        "(`benchmarks/godot_rl_peer.py`: 4-byte length + JSON, their handshake/env_info/reset/action/step messages).",
+        "",
+        "| agents | godot_rl TCP | /rl/step JSON | /rl/step binary | binary / godot_rl |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for n in AGENT_COUNTS:
+        peer, json_, binary = (
+            m(("godot_rl", n, 1, "godot_rl")),
+            m(("env", n, 1, "json")),
+            m(("env", n, 1, "binary")),
+        )
+        lines.append(f"| {n} | {_k(peer)} | {_k(json_)} | {_k(binary)} | {binary / peer:.2f} |")
+    key = {"world_64": m(("env", 64, 1, "in-process")), "step_64": m(("env", 64, 1, "binary"))}
+    key["step_64_json"] = m(("env", 64, 1, "json"))
+    return "\n".join(lines), key
+
+
+def training_table(repeats: int, rollouts: int) -> tuple[str, dict[str, float]]:
+    from benchmarks.training import TRANSPORTS, measure_training, train_config
+
+    lines = [
+        "### 4. PPO training over HTTP vs in-process",
+        "",
+        f"`preset=quick_test` hyperparameters, {rollouts} rollouts per run after set-up; the same VecEnv, "
+        "VecNormalize and `PPO` (`training.job._new_model`) over `GodotClient`s to simulator "
+        "subprocesses or `InProcessTransport`s (`benchmarks/inprocess.py`). Rollout = time in "
+        "`collect_rollouts` (policy + environment); training = the whole `learn()`.",
+        "",
+        "| env.num_environments | agents | HTTP steps/s | in-process steps/s | HTTP / in-process | rollout HTTP / in-process |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    key = {}
+    for environments in (1, 2):
+        config = train_config([f"env.num_environments={environments}"])
+        rates: dict[str, list[tuple[float, float]]] = {t: [] for t in TRANSPORTS}
+        for _ in range(repeats):
+            for transport in TRANSPORTS:
+                rate = measure_training(config, transport, rollouts)
+                rates[transport].append((rate.steps_per_second, rate.rollout_steps_per_second))
+        http = [r[0] for r in rates["http"]]
+        local = [r[0] for r in rates["in-process"]]
+        ratio = statistics.median(h / i for h, i in zip(http, local, strict=True))
+        rollout_ratio = statistics.median(
+            h[1] / i[1] for h, i in zip(rates["http"], rates["in-process"], strict=True)
+        )
+        key[f"training_ratio_{environments}"] = ratio
+        lines.append(
+            f"| {environments} | {config.env.num_agents} | {_k(statistics.median(http))} | "
+            f"{_k(statistics.median(local))} | {ratio:.2f} | {rollout_ratio:.2f} |"
+        )
+    lines.append("")
+    lines.append("Ratios are medians of the per-repeat ratios (each repeat runs HTTP, then in-process).")
+    return "\n".join(lines), key
+
+
+def quick_test_table(repeats: int) -> tuple[str, dict[str, float]]:
+    from benchmarks.training import quick_test_run
+
+    runs = [quick_test_run() for _ in range(repeats)]
+    failed = [r.status for r in runs if r.status]
+    seconds = [r.seconds for r in runs]
+    peak = max(r.peak_rss_mib for r in runs)
+    lines = [
+        "### 5. `python train.py preset=quick_test`",
+        "",
+        "From the command to the final checkpoint (a subprocess in a fresh output directory), 10,240 "
+        "steps; peak RSS of the trainer plus its simulators, sampled every 0.1 s.",
+        "",
+        "| runs | median wall (s) | min-max (s) | peak RSS (MiB) |",
+        "|---:|---:|---:|---:|",
+        f"| {len(runs)} | {statistics.median(seconds):.1f} | {min(seconds):.1f}-{max(seconds):.1f} | {peak:.0f} |",
+    ]
+    if failed:
+        lines.append(f"\n**{len(failed)} run(s) failed** (exit status {failed}).")
+    return "\n".join(lines), {"quick_test_seconds": statistics.median(seconds)}
+
+
+def targets_table(key: dict[str, float]) -> str:
+    rows = []
+
+    def row(name: str, measured: str, target: str, met: bool) -> None:
+        rows.append(f"| {name} | {measured} | {target} | {'yes' if met else '**no**'} |")
+
+    if "world_64" in key:
+        row(
+            "simulator in-process, 64 agents",
+            _k(key["world_64"]),
+            f">= {_k(TARGET_WORLD_64)}",
+            key["world_64"] >= TARGET_WORLD_64,
+        )
+        row(
+            "/rl/step binary, 64 agents, 1 server",
+            _k(key["step_64"]),
+            f">= {_k(TARGET_STEP_64)}",
+            key["step_64"] >= TARGET_STEP_64,
+        )
+        row("/rl/step JSON, 64 agents, 1 server", _k(key["step_64_json"]), "(for comparison)", True)
+    for environments in (1, 2):
+        name = f"training_ratio_{environments}"
+        if name in key:
+            row(
+                f"PPO HTTP / in-process, {environments} server(s)",
+                f"{key[name]:.2f}",
+                f">= {TARGET_TRAINING_RATIO}",
+                key[name] >= TARGET_TRAINING_RATIO,
+            )
+    if "quick_test_seconds" in key:
+        seconds = key["quick_test_seconds"]
+        row(
+            "quick_test wall time",
+            f"{seconds:.1f} s",
+            f"<= {TARGET_QUICK_TEST_SECONDS:.0f} s",
+            seconds <= TARGET_QUICK_TEST_SECONDS,
+        )
+    return "\n".join(["| target | measured (median) | goal | met |", "|---|---:|---:|---|", *rows])
+
+
+def write_results(text: str, path: Path = DOC) -> None:
+    """Replace the results block of the page (or create the page around it)."""
+    block = f"{BEGIN}\n{text}\n{END}"
+    page = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in page:
+        page = page.rstrip() + f"\n\n## Results\n\n{BEGIN}\n{END}\n"
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+    path.write_text(pattern.sub(lambda _: block, page, count=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every measurement")
+    parser.add_argument("--seconds", type=float, default=0.5, help="wall time of one throughput measurement")
+    parser.add_argument("--rollouts", type=int, default=3, help="PPO rollouts per training measurement")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--no-write", action="store_true", help=f"print only; leave {DOC.name} alone")
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--only {unknown} is not a section; use a subset of {','.join(SECTIONS)}")
+
+    parts = [
+        f"Machine: {machine()}",
+        f"Command: `python -m benchmarks {' '.join(argv or sys.argv[1:])}`".rstrip(),
+    ]
+    key: dict[str, float] = {}
+    runners: dict[str, Callable[[], tuple[str, dict[str, float]]]] = {
+        "env": lambda: _env(args.seconds, args.repeats),
+        "training": lambda: training_table(args.repeats, args.rollouts),
+        "quick_test": lambda: quick_test_table(args.repeats),
+    }
+    tables = []
+    for section in sections:
+        print(f"benchmarks: {section} ...", file=sys.stderr, flush=True)
+        table, values = runners[section]()
+        print(table + "\n", flush=True)
+        tables.append(table)
+        key |= values
+    summary = targets_table(key)
+    print(summary)
+    text = "\n\n".join([*parts, "### Targets", summary, *tables])
+    if not args.no_write:
+        write_results(text)
+        print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+
+
+def _env(seconds: float, repeats: int) -> tuple[str, dict[str, float]]:
+    throughput = Throughput(seconds)
+    samples = throughput.run(repeats)
+    return env_tables(samples, throughput.godot_rl_client)
+
+
+if __name__ == "__main__":
+    main()

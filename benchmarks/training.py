@@ -1,0 +1,123 @@
+"""PPO training speed over HTTP vs in-process, and the wall time and peak RSS of `train.py preset=quick_test`.
+
+Both PPO runs are built from the real config (`conf/`, quick_test preset) with the training job's own
+model constructor; only the VecEnv's transports differ: `GodotClient`s to simulator subprocesses, or
+`InProcessTransport`s over worlds in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from hydra import compose, initialize_config_dir
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecNormalize
+
+from benchmarks.inprocess import InProcessTransport
+from benchmarks.memory import ROOT, run_sampled
+from spacetime_rl.config import TrainConfig, register_configs, to_train_config
+from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
+from spacetime_rl.training.job import _new_model
+
+CONF: Final = ROOT / "conf"
+TRANSPORTS: Final = ("http", "in-process")
+
+
+class RolloutTimer(BaseCallback):
+    """Wall seconds spent collecting rollouts (policy and environment), the rest being PPO updates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def train_config(overrides: list[str]) -> TrainConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["preset=quick_test", *overrides])
+    return to_train_config(cfg)
+
+
+@contextlib.contextmanager
+def vec_env(config: TrainConfig, transport: str) -> Iterator[SpaceTimeVecEnv]:
+    env = config.env
+    seed = config.training.seed
+    with contextlib.ExitStack() as stack:
+        if transport == "http":
+            transports: list[Any] = make_clients(stack.enter_context(launch_servers(env, seed=seed)), env)
+        else:
+            transports = [
+                InProcessTransport(env.agents_per_environment, seed=seed + i, action_repeat=env.action_repeat)
+                for i in range(env.num_environments)
+            ]
+        venv = SpaceTimeVecEnv(transports, env, config.reward, seed=seed)
+        stack.callback(venv.close)
+        yield venv
+
+
+@dataclass(frozen=True)
+class TrainingRate:
+    steps_per_second: float  # whole learn(): rollouts and updates
+    rollout_steps_per_second: float  # rollout collection alone
+
+
+def measure_training(config: TrainConfig, transport: str, rollouts: int) -> TrainingRate:
+    """Steps per second of `model.learn` for `rollouts` rollouts, set-up excluded."""
+    with vec_env(config, transport) as venv:
+        env = VecNormalize(
+            venv,
+            norm_obs=config.env.normalize_observations,
+            norm_reward=config.env.normalize_reward,
+            clip_obs=config.env.clip_observations,
+            gamma=config.ppo.gamma,
+        )
+        model = _new_model(env, config, verbose=0)
+        steps = rollouts * config.ppo.n_steps * venv.num_envs
+        timer = RolloutTimer()
+        start = time.perf_counter()
+        model.learn(steps, callback=timer)
+        elapsed = time.perf_counter() - start
+    return TrainingRate(model.num_timesteps / elapsed, model.num_timesteps / timer.seconds)
+
+
+@dataclass(frozen=True)
+class CommandRun:
+    seconds: float
+    peak_rss_mib: float  # trainer plus its simulators, sampled
+    status: int
+
+
+def quick_test_run(interval: float = 0.1) -> CommandRun:
+    """`python train.py preset=quick_test` from command to final checkpoint, in a fresh output dir."""
+    with tempfile.TemporaryDirectory(prefix="bench-quick-test-") as out:
+        command = [
+            sys.executable,
+            "train.py",
+            "preset=quick_test",
+            "training.progress_bar=false",
+            f"hydra.run.dir={out}",
+        ]
+        start = time.perf_counter()
+        samples, _, status = run_sampled(command, interval, ROOT)
+        seconds = time.perf_counter() - start
+        if status == 0 and not (Path(out) / "final_model.zip").is_file():
+            status = -1
+    peak = max((s.trainer_mib + s.servers_mib for s in samples), default=0.0)
+    return CommandRun(seconds, peak, status)
