@@ -8,7 +8,7 @@ from typing import Final
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from spacetime_rl.config import EnvConfig, RewardConfig
+from spacetime_rl.config import EnvConfig, RewardConfig, TasksConfig
 from spacetime_rl.errors import ConfigError
 
 POLICIES: Final = ("trained", "random", "heuristic")
@@ -24,6 +24,7 @@ class EvaluateConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    task: TasksConfig = field(default_factory=TasksConfig)  # the run's; per-task metrics with several
     model: str | None = None  # a model zip or a training run directory; policy=trained needs it
     policy: str = "trained"
     episodes: int = 20

@@ -94,7 +94,7 @@ def evaluate(config: EvaluateConfig, output_dir: Path, source: ModelSource | Non
         )
         layout_rounds = math.ceil(config.plot_episodes / agents)
         recorders = [RecordingTransport(client, layout_rounds) for client in make_clients(urls, env_config)]
-        venv = SpaceTimeVecEnv(recorders, env_config, config.reward, seed=config.seed)
+        venv = SpaceTimeVecEnv(recorders, env_config, config.reward, seed=config.seed, tasks=config.task)
         stack.callback(venv.close)
         env, act = _policy(config, venv, source)
         results = attach_paths(play_episodes(env, act, config.episodes, config.seed), recorders)

@@ -28,7 +28,7 @@ BEST_MODEL: Final = Path("best_models") / "best_model.zip"
 RUN_CONFIG: Final = Path(".hydra") / "config.yaml"
 RUN_OVERRIDES: Final = Path(".hydra") / "overrides.yaml"
 #: The config groups a run directory's settings replace in evaluate.py.
-RUN_GROUPS: Final = ("env", "reward")
+RUN_GROUPS: Final = ("env", "reward", "task")
 
 
 @dataclass(frozen=True)
