@@ -615,39 +615,46 @@ class _Check:
         observations = self._finite_rows("observations", blocks["observations"].reshape(n, -1))
         flags = {}
         for name in ("done", "fell", "goal_reached"):
-            bad = np.flatnonzero(blocks[name] > 1)
-            if bad.size:
-                self.fail(f"field '{name}' entry {bad[0]} is {blocks[name][bad[0]]}, expected 0 or 1")
+            if np.count_nonzero(blocks[name] > 1):
+                bad = np.flatnonzero(blocks[name] > 1)[0]
+                self.fail(f"field '{name}' entry {bad} is {blocks[name][bad]}, expected 0 or 1")
             flags[name] = blocks[name].astype(bool)
         for name in ("collisions", "teleports"):
-            bad = np.flatnonzero(blocks[name] > _INT32_MAX)
-            if bad.size:
-                self.fail(f"field 'events' key '{name}' entry {bad[0]} is {blocks[name][bad[0]]}, too large")
-        records = np.frombuffer(raw, _TERMINAL_RECORD, num_terminal, terminal_at)
-        agents = records["agent"]
-        bad = np.flatnonzero(
-            (agents >= n) | ~flags["done"][np.minimum(agents, n - 1)] | (np.diff(agents, prepend=-1) <= 0)
-        )
-        if bad.size:
-            self.fail(
-                f"field 'terminal_observations' record {bad[0]} names agent {agents[bad[0]]}, which is not "
-                "an agent done this step listed once in ascending order"
-            )
-        terminal = self._finite_rows("terminal_observations", records["observation"])
+            if np.count_nonzero(blocks[name] > _INT32_MAX):
+                bad = np.flatnonzero(blocks[name] > _INT32_MAX)[0]
+                self.fail(f"field 'events' key '{name}' entry {bad} is {blocks[name][bad]}, too large")
+        terminal: dict[int, np.ndarray] = {}
+        if num_terminal:
+            terminal = self._terminal_records(raw, terminal_at, num_terminal, flags["done"])
         events = Events(
             collisions=blocks["collisions"].astype(np.int32),
             fell=flags["fell"],
             goal_reached=flags["goal_reached"],
             teleports=blocks["teleports"].astype(np.int32),
         )
-        return StepResult(
-            observations, flags["done"], events, tick, dict(zip(agents.tolist(), terminal, strict=True))
+        return StepResult(observations, flags["done"], events, tick, terminal)
+
+    def _terminal_records(
+        self, raw: bytes, offset: int, count: int, done: np.ndarray
+    ) -> dict[int, np.ndarray]:
+        records = np.frombuffer(raw, _TERMINAL_RECORD, count, offset)
+        agents = records["agent"]
+        n = len(done)
+        bad = np.flatnonzero(
+            (agents >= n) | ~done[np.minimum(agents, n - 1)] | (np.diff(agents, prepend=-1) <= 0)
         )
+        if bad.size:
+            self.fail(
+                f"field 'terminal_observations' record {bad[0]} names agent {agents[bad[0]]}, which is not "
+                "an agent done this step listed once in ascending order"
+            )
+        rows = self._finite_rows("terminal_observations", records["observation"])
+        return dict(zip(agents.tolist(), rows, strict=True))
 
     def _finite_rows(self, field: str, rows: np.ndarray) -> np.ndarray:
         """A writable float32 copy of `rows`, or a failure naming the first non-finite value."""
         finite = np.isfinite(rows)
-        if not finite.all():
+        if np.count_nonzero(finite) != finite.size:
             i, j = np.argwhere(~finite)[0]
             self.fail(f"field '{field}' row {i} value {j} is {rows[i, j]}, expected a finite number")
         return rows.astype(np.float32)

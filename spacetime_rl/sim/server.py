@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -140,8 +141,11 @@ async def _body(request: web.Request, *, empty_ok: bool = False) -> dict[str, An
     return body
 
 
+_NUMBER_TYPES: Final = frozenset((int, float))
+
+
 def _is_number(value: object) -> bool:
-    return type(value) in (int, float)
+    return type(value) in _NUMBER_TYPES
 
 
 def _actions(body: dict[str, Any], num_agents: int) -> np.ndarray:
@@ -154,12 +158,17 @@ def _actions(body: dict[str, Any], num_agents: int) -> np.ndarray:
         raise RequestError(
             400, f"field 'actions' has {seen}; expected {num_agents} rows of [h, v, r], one per agent"
         )
-    for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != wire.ACTION_SIZE:
-            seen = f"{len(row)} values" if isinstance(row, list) else f"a {type(row).__name__}"
-            raise RequestError(400, f"actions row {i} has {seen}; expected {wire.ACTION_SIZE} ([h, v, r])")
-        if not all(_is_number(v) for v in row):
-            raise RequestError(400, f"actions row {i} is {row!r}; expected 3 numbers ([h, v, r])")
+    # The usual well-formed body is checked with C-level iteration only; the row loop finds the fault.
+    well_formed = set(map(type, rows)) <= {list} and set(map(len, rows)) <= {wire.ACTION_SIZE}
+    if not (well_formed and set(map(type, itertools.chain.from_iterable(rows))) <= _NUMBER_TYPES):
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != wire.ACTION_SIZE:
+                seen = f"{len(row)} values" if isinstance(row, list) else f"a {type(row).__name__}"
+                raise RequestError(
+                    400, f"actions row {i} has {seen}; expected {wire.ACTION_SIZE} ([h, v, r])"
+                )
+            if not all(_is_number(v) for v in row):
+                raise RequestError(400, f"actions row {i} is {row!r}; expected 3 numbers ([h, v, r])")
     try:
         actions = np.array(rows, dtype=np.float64)
     except OverflowError:  # an integer beyond a double's range
