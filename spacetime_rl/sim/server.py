@@ -129,7 +129,13 @@ _SIM: Final = web.AppKey("simulator", _Simulator)
 
 # --- request parsing ---------------------------------------------------------------------------
 async def _body(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:
+        encoding = request.headers.get("Content-Encoding", "none")
+        raise RequestError(
+            400, f"request body cannot be decoded (Content-Encoding: {encoding}): {exc}; send plain JSON"
+        ) from exc
     if not raw.strip() and empty_ok:
         return {}
     try:

@@ -258,16 +258,9 @@ BROKEN_REQUESTS: Final = [
     b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n",
     b"GET /rl/spec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"x\r\n\r\n",
-    pytest.param(
-        b"POST /rl/step HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nAuthorization: Bearer "
-        + TOKEN.encode()
-        + b"\r\nContent-Encoding: gzip\r\n\r\nabcd",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="server bug, reported: request.read() raises RequestPayloadError on a body that is "
-            "not valid gzip, and sim/server.py's _body does not turn it into a 400",
-        ),
-    ),
+    b"POST /rl/step HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nAuthorization: Bearer "
+    + TOKEN.encode()
+    + b"\r\nContent-Encoding: gzip\r\n\r\nabcd",
 ]
 
 
