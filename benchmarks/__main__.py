@@ -114,13 +114,14 @@ def env_tables(samples: Samples, godot_rl_client: str) -> tuple[str, dict[str, f
     return "\n".join(lines), key
 
 
-def training_table(repeats: int, rollouts: int) -> tuple[str, dict[str, float]]:
+def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[str, dict[str, float]]:
     from benchmarks.training import TRANSPORTS, measure_training, train_config
 
     lines = [
         "### 4. PPO training over HTTP vs in-process",
         "",
-        f"`preset=quick_test` hyperparameters, {rollouts} rollouts per run after set-up; the same VecEnv, "
+        f"`{' '.join(['preset=quick_test', *overrides])}` hyperparameters, {rollouts} rollouts per run "
+        "after set-up; the same VecEnv, "
         "VecNormalize and `PPO` (`training.job._new_model`) over `GodotClient`s to simulator "
         "subprocesses or `InProcessTransport`s (`benchmarks/inprocess.py`). Rollout = time in "
         "`collect_rollouts` (policy + environment); training = the whole `learn()`.",
@@ -130,7 +131,7 @@ def training_table(repeats: int, rollouts: int) -> tuple[str, dict[str, float]]:
     ]
     key = {}
     for environments in (1, 2):
-        config = train_config([f"env.num_environments={environments}"])
+        config = train_config([f"env.num_environments={environments}", *overrides])
         rates: dict[str, list[tuple[float, float]]] = {t: [] for t in TRANSPORTS}
         for _ in range(repeats):
             for transport in TRANSPORTS:
@@ -229,6 +230,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every measurement")
     parser.add_argument("--seconds", type=float, default=0.5, help="wall time of one throughput measurement")
     parser.add_argument("--rollouts", type=int, default=3, help="PPO rollouts per training measurement")
+    parser.add_argument(
+        "--train-override",
+        action="append",
+        default=[],
+        help="a train.py override for the PPO comparison (repeatable), e.g. training.torch_threads=1",
+    )
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--no-write", action="store_true", help=f"print only; leave {DOC.name} alone")
     args = parser.parse_args(argv)
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     key: dict[str, float] = {}
     runners: dict[str, Callable[[], tuple[str, dict[str, float]]]] = {
         "env": lambda: _env(args.seconds, args.repeats),
-        "training": lambda: training_table(args.repeats, args.rollouts),
+        "training": lambda: training_table(args.repeats, args.rollouts, args.train_override),
         "quick_test": lambda: quick_test_table(args.repeats),
     }
     tables = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import torch
 from hydra import compose, initialize_config_dir
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
@@ -80,7 +81,12 @@ class TrainingRate:
 
 def measure_training(config: TrainConfig, transport: str, rollouts: int) -> TrainingRate:
     """Steps per second of `model.learn` for `rollouts` rollouts, set-up excluded."""
-    with vec_env(config, transport) as venv:
+    threads = torch.get_num_threads()
+    if config.training.torch_threads:  # as the training job does
+        torch.set_num_threads(config.training.torch_threads)
+    with contextlib.ExitStack() as stack:
+        stack.callback(torch.set_num_threads, threads)
+        venv = stack.enter_context(vec_env(config, transport))
         env = VecNormalize(
             venv,
             norm_obs=config.env.normalize_observations,
