@@ -35,7 +35,9 @@ def success_curve(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
-def run(seed: int, timesteps: int, eval_freq: int, overrides: list[str]) -> tuple[list[tuple[int, float]], float]:
+def run(
+    seed: int, timesteps: int, eval_freq: int, overrides: list[str]
+) -> tuple[list[tuple[int, float]], float]:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
