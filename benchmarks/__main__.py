@@ -63,7 +63,7 @@ def _k(value: float) -> str:
 def env_tables(samples: Samples, godot_rl_client: str) -> tuple[str, dict[str, float]]:
     m = samples.median
     lines = [
-        "### 1. Environment throughput (agent-steps/s)",
+        "#### 1. Environment throughput (agent-steps/s)",
         "",
         "In-process: `World.step` + `observe` + resetting finished agents, k worlds one after another "
         "in one process. HTTP: `/rl/step` with `auto_reset` to k simulator subprocesses stepped "
@@ -80,7 +80,7 @@ def env_tables(samples: Samples, godot_rl_client: str) -> tuple[str, dict[str, f
             )
     lines += [
         "",
-        "### 2. The seed's three round trips vs `/rl/step` (one server)",
+        "#### 2. The seed's three round trips vs `/rl/step` (one server)",
         "",
         "| agents | /rl/action + /rl/observation + /rl/state | /rl/step JSON | /rl/step binary | binary step / seed |",
         "|---:|---:|---:|---:|---:|",
@@ -94,7 +94,7 @@ def env_tables(samples: Samples, godot_rl_client: str) -> tuple[str, dict[str, f
         lines.append(f"| {n} | {_k(seed)} | {_k(json_)} | {_k(binary)} | {binary / seed:.2f} |")
     lines += [
         "",
-        "### 3. godot_rl_agents' TCP protocol vs `/rl/step` (one server)",
+        "#### 3. godot_rl_agents' TCP protocol vs `/rl/step` (one server)",
         "",
         f"Client: {godot_rl_client}, stepping the same simulator behind their framing "
         "(`benchmarks/godot_rl_peer.py`: 4-byte length + JSON, their handshake/env_info/reset/action/step messages).",
@@ -118,7 +118,7 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
     from benchmarks.training import TRANSPORTS, measure_training, train_config
 
     lines = [
-        "### 4. PPO training over HTTP vs in-process",
+        "#### 4. PPO training over HTTP vs in-process",
         "",
         f"`{' '.join(['preset=quick_test', *overrides])}` hyperparameters, {rollouts} rollouts per run "
         "after set-up; the same VecEnv, "
@@ -161,7 +161,7 @@ def quick_test_table(repeats: int) -> tuple[str, dict[str, float]]:
     seconds = [r.seconds for r in runs]
     peak = max(r.peak_rss_mib for r in runs)
     lines = [
-        "### 5. `python train.py preset=quick_test`",
+        "#### 5. `python train.py preset=quick_test`",
         "",
         "From the command to the final checkpoint (a subprocess in a fresh output directory), 10,240 "
         "steps; peak RSS of the trainer plus its simulators, sampled every 0.1 s.",
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         key |= values
     summary = targets_table(key)
     print(summary)
-    text = "\n\n".join([*parts, "### Targets", summary, *tables])
+    text = "\n\n".join([*parts, "#### Targets", summary, *tables])
     if not args.no_write:
         write_results(text)
         print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
