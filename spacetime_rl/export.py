@@ -10,8 +10,10 @@ deterministic action (the Gaussian's mean) and SB3's clip to [-1, 1]. Preprocess
 graph because `RLPolicy` already applies it, driven by the sidecar's `heading_frame` (see
 godot/README.md); the sidecar therefore carries no `observation_normalization`.
 
-Tensors use godot_rl_agents' names: inputs `obs` [B, 48] float32 and `state_ins` [B], outputs
-`output` [B, 3] and `state_outs` [B] (`state_ins` passed through; the policy has no memory).
+Tensors use godot_rl_agents' names: inputs `obs` [B, 48 + T] float32 and `state_ins` [B], outputs
+`output` [B, 3] and `state_outs` [B] (`state_ins` passed through; the policy has no memory). T is 0
+for a single-task run; a multi-task run's `obs` ends with the one-hot task block of training, in the
+order of the sidecar's `tasks`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from spacetime_rl.errors import ConfigError, SpaceTimeError
-from spacetime_rl.evaluation.runs import ModelSource, config_hash, resolve_model, run_env_config
+from spacetime_rl.evaluation.runs import (
+    ModelSource,
+    config_hash,
+    resolve_model,
+    run_env_config,
+    run_task_config,
+)
 from spacetime_rl.godot import wire
 from spacetime_rl.training.artifacts import write_json
 
@@ -58,11 +66,11 @@ class OnnxPolicy(nn.Module):
     mean: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, policy: ActorCriticPolicy, normalization: VecNormalize | None) -> None:
+    def __init__(self, policy: ActorCriticPolicy, normalization: VecNormalize | None, size: int) -> None:
         super().__init__()
         self.policy = policy
         self.normalize = normalization is not None and bool(normalization.norm_obs)
-        mean, scale, clip = np.zeros(wire.OBSERVATION_SIZE), np.ones(wire.OBSERVATION_SIZE), np.inf
+        mean, scale, clip = np.zeros(size), np.ones(size), np.inf
         if normalization is not None and self.normalize:
             statistics = normalization.obs_rms
             if not isinstance(statistics, RunningMeanStd):
@@ -98,14 +106,19 @@ def export_onnx(source: ModelSource, out: Path) -> Path:
             "Export from the run directory or a model zip inside it"
         )
     env = run_env_config(run_config)
+    tasks = run_task_config(run_config)
+    block = list(tasks.names) if tasks.multi else []  # the task one-hot's order, as TaskSchedule builds it
+    size = wire.OBSERVATION_SIZE + len(block)
     model = PPO.load(str(source.model), device="cpu")
-    if not isinstance(model.policy, ActorCriticPolicy) or model.observation_space.shape != (
-        wire.OBSERVATION_SIZE,
-    ):
-        raise ConfigError(f"{source.model} is not a spacetime_rl PPO MlpPolicy with 48 observations")
+    if not isinstance(model.policy, ActorCriticPolicy) or model.observation_space.shape != (size,):
+        raise ConfigError(
+            f"{source.model} is not a spacetime_rl PPO MlpPolicy with {size} observations "
+            f"({wire.OBSERVATION_SIZE} + one per task of its run's task.tasks {block}): "
+            f"its observation space is {model.observation_space.shape}"
+        )
     with open(source.stats, "rb") as file:
         normalization = pickle.load(file)
-    module = OnnxPolicy(model.policy, normalization).eval()
+    module = OnnxPolicy(model.policy, normalization, size).eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = {0: "batch"}
@@ -114,7 +127,7 @@ def export_onnx(source: ModelSource, out: Path) -> Path:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module,
-            (torch.zeros(1, wire.OBSERVATION_SIZE), torch.zeros(1)),
+            (torch.zeros(1, size), torch.zeros(1)),
             str(out),
             input_names=INPUT_NAMES,
             output_names=OUTPUT_NAMES,
@@ -133,7 +146,8 @@ def export_onnx(source: ModelSource, out: Path) -> Path:
             "action_smoothing": env.action_smoothing,
             "heading_frame": env.heading_frame,
             "physics_hz": wire.PHYSICS_HZ,
-            "inputs": {"obs": ["batch", wire.OBSERVATION_SIZE], "state_ins": ["batch"]},
+            "tasks": block,
+            "inputs": {"obs": ["batch", size], "state_ins": ["batch"]},
             "outputs": {"output": ["batch", wire.ACTION_SIZE], "state_outs": ["batch"]},
             "observation_input": "preprocessed (envs/preprocessing.py), not normalised",
             "normalization_in_graph": module.normalize,

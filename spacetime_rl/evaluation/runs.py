@@ -12,17 +12,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from spacetime_rl.config import EnvConfig
+from spacetime_rl.config import EnvConfig, TasksConfig
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.training.artifacts import stats_path
 
 __all__ = ["ModelSource", "apply_run_config", "config_hash", "load_run_config", "resolve_model"]
+
+_Group = TypeVar("_Group")
 
 BEST_MODEL: Final = Path("best_models") / "best_model.zip"
 RUN_CONFIG: Final = Path(".hydra") / "config.yaml"
@@ -92,14 +94,25 @@ def load_overrides(run_dir: Path) -> list[str]:
 
 def run_env_config(run_config: DictConfig | None) -> EnvConfig:
     """The checked env settings of a run (defaults for a model without its run)."""
-    if run_config is None:
-        return EnvConfig()
+    return _run_group(run_config, "env", EnvConfig)
+
+
+def run_task_config(run_config: DictConfig | None) -> TasksConfig:
+    """The checked tasks of a run (navigate alone for a run from before the task group)."""
+    return _run_group(run_config, "task", TasksConfig)
+
+
+def _run_group(run_config: DictConfig | None, group: str, schema: type[_Group]) -> _Group:
+    if run_config is None or group not in run_config:
+        return schema()
     try:
-        env = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EnvConfig), run_config.env))
+        checked = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), run_config[group]))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"the run's env settings do not fit this version's EnvConfig: {exc}") from exc
-    assert isinstance(env, EnvConfig)
-    return env
+        raise ConfigError(
+            f"the run's {group} settings do not fit this version's {schema.__name__}: {exc}"
+        ) from exc
+    assert isinstance(checked, schema)
+    return checked
 
 
 def apply_run_config(

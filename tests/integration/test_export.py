@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import onnx
@@ -13,7 +14,15 @@ import pytest
 from omegaconf import OmegaConf
 from stable_baselines3 import PPO
 
-from spacetime_rl.config import EnvConfig, NetworkConfig, PPOConfig, TrainConfig, TrainingConfig
+from spacetime_rl.config import (
+    EnvConfig,
+    NetworkConfig,
+    PPOConfig,
+    TaskConfig,
+    TasksConfig,
+    TrainConfig,
+    TrainingConfig,
+)
 from spacetime_rl.envs.preprocessing import preprocess_observations
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.evaluation.runs import RUN_CONFIG, resolve_model
@@ -23,12 +32,14 @@ from spacetime_rl.godot import wire
 SMOOTHING = 0.3
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+#: Not the order of conf/task/multi.yaml, so a block sorted by name or taken from there would fail.
+TASKS: Final = ("maze", "navigate", "obstacle_course")
+
+
+def _tiny_run(run_dir: Path, tasks: TasksConfig | None = None) -> Path:
     """A tiny run with its composed config in .hydra/, as train.py leaves it."""
     from spacetime_rl.training import train
 
-    run_dir = tmp_path_factory.mktemp("run")
     config = TrainConfig(
         env=EnvConfig(agents_per_environment=8, max_episode_steps=40, action_smoothing=SMOOTHING),
         network=NetworkConfig(net_arch=[32, 32]),
@@ -36,11 +47,27 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         training=TrainingConfig(
             total_timesteps=512, eval_freq=10_000, eval_episodes=4, progress_bar=False, torch_threads=1
         ),
+        task=tasks or TasksConfig(),
     )
     train(config, run_dir)
     (run_dir / RUN_CONFIG).parent.mkdir()
     OmegaConf.save(OmegaConf.structured(config), run_dir / RUN_CONFIG)
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_run(tmp_path_factory.mktemp("run"))
+
+
+def _sb3_actions(run_dir: Path, obs: np.ndarray) -> np.ndarray:
+    """SB3's deterministic actions for policy observations `obs`, through the run's VecNormalize."""
+    model_path = run_dir / "best_models" / "best_model.zip"
+    model = PPO.load(str(model_path), device="cpu")
+    with open(model_path.with_name("best_model_vecnormalize.pkl"), "rb") as file:
+        normalization = pickle.load(file)
+    actions, _ = model.predict(normalization.normalize_obs(obs), deterministic=True)
+    return actions
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +78,10 @@ def exported(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_onnx_matches_sb3_deterministic_action(run_dir: Path, exported: Path) -> None:
-    model_path = run_dir / "best_models" / "best_model.zip"
-    model = PPO.load(str(model_path), device="cpu")
-    with open(model_path.with_name("best_model_vecnormalize.pkl"), "rb") as file:
-        normalization = pickle.load(file)
     rng = np.random.default_rng(0)
     raw = rng.normal(scale=3.0, size=(1000, wire.OBSERVATION_SIZE))
     obs = preprocess_observations(raw, heading_frame=True)
-    expected, _ = model.predict(normalization.normalize_obs(obs), deterministic=True)
+    expected = _sb3_actions(run_dir, obs)
 
     session = ort.InferenceSession(str(exported))
     state = np.arange(1000, dtype=np.float32)
@@ -91,6 +114,8 @@ def test_sidecar_is_what_rl_policy_reads(exported: Path) -> None:
     assert sidecar["normalization_in_graph"] is True
     assert "observation_normalization" not in sidecar  # RLPolicy would normalise a second time
     assert len(sidecar["config_hash"]) == 16
+    assert sidecar["tasks"] == []
+    assert sidecar["inputs"]["obs"] == ["batch", wire.OBSERVATION_SIZE]
 
 
 def test_a_model_outside_its_run_is_refused(run_dir: Path, tmp_path: Path) -> None:
@@ -99,3 +124,28 @@ def test_a_model_outside_its_run_is_refused(run_dir: Path, tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"not inside a training run directory"):
         export_onnx(resolve_model(str(tmp_path / "final_model.zip")), tmp_path / "p.onnx")
     assert main([str(run_dir), str(tmp_path / "p.bin")]) == 1
+
+
+def test_a_multi_task_model_takes_the_task_block(tmp_path: Path) -> None:
+    tasks = TasksConfig(
+        name="multi",
+        tasks={name: TaskConfig(scenario="open_field" if name == "navigate" else name) for name in TASKS},
+    )
+    run_dir = _tiny_run(tmp_path / "run", tasks)
+    out = tmp_path / "policy.onnx"
+    assert main([str(run_dir), str(out)]) == 0
+    width = wire.OBSERVATION_SIZE + len(TASKS)
+
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["tasks"] == list(TASKS)
+    assert sidecar["inputs"]["obs"] == ["batch", width]
+    (obs_input, _) = onnx.load(str(out)).graph.input
+    assert [d.dim_param or d.dim_value for d in obs_input.type.tensor_type.shape.dim] == ["batch", width]
+
+    rng = np.random.default_rng(1)
+    raw = rng.normal(scale=3.0, size=(300, wire.OBSERVATION_SIZE))
+    block = np.eye(len(TASKS), dtype=np.float32)[rng.integers(len(TASKS), size=300)]
+    obs = np.concatenate([preprocess_observations(raw, heading_frame=True), block], axis=1)
+    session = ort.InferenceSession(str(out))
+    (actions,) = session.run(["output"], {"obs": obs, "state_ins": np.zeros(300, np.float32)})
+    np.testing.assert_allclose(actions, _sb3_actions(run_dir, obs), atol=1e-5)

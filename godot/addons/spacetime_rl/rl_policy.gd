@@ -1,13 +1,14 @@
 class_name RLPolicy
 extends Node
 ## Drives an RLAgent in the running game with a policy exported by spacetime_rl, run through
-## godot_rl_agents' ONNX wrapper (inputs `obs` [1, 48] and `state_ins` [1]; outputs `output` [1, 3]
-## and `state_outs`).
+## godot_rl_agents' ONNX wrapper (inputs `obs` [1, 48 + tasks] and `state_ins` [1]; outputs
+## `output` [1, 3] and `state_outs`).
 ##
 ## The policy sees what it saw in training: the agent's 48-float protocol observation, preprocessed
 ## as spacetime_rl/envs/preprocessing.py does, as the JSON sidecar next to the model describes it
 ## (`<model>.json`, see godot/README.md). Each action lasts `action_repeat` physics frames and is
-## smoothed exponentially with the sidecar's factor, as in training.
+## smoothed exponentially with the sidecar's factor, as in training. A multi-task model (the sidecar
+## lists `tasks`) also sees the one-hot of `task` after the 48 floats.
 
 signal episode_finished(goal_reached: bool)
 
@@ -28,10 +29,14 @@ const WORLD_VECTORS := [
 @export var agent: RLAgent
 ## Where the agent should go; read at every action.
 @export var goal: Node3D
+## What a multi-task model should do: one of its sidecar's `tasks`; empty for the first of them.
+@export var task := ""
 
 var action_repeat := RLProtocol.DEFAULT_ACTION_REPEAT
 var smoothing := 0.0
 var heading_frame := false
+## The model's tasks in the order of its task block; empty for a single-task model.
+var tasks := PackedStringArray()
 var _model: Object
 var _mean := PackedFloat32Array()
 var _scale := PackedFloat32Array()
@@ -72,7 +77,7 @@ func restart(goal_position: Vector3) -> void:
 	agent.start_episode(goal_position)
 
 
-## The policy's input for one protocol observation (preprocessing.py, one row).
+## The policy's input for one protocol observation (preprocessing.py, one row), then the task block.
 func preprocess(observation: PackedFloat32Array) -> PackedFloat32Array:
 	var obs := observation.duplicate()
 	var camera := _vector(obs, "camera_position")
@@ -103,6 +108,8 @@ func preprocess(observation: PackedFloat32Array) -> PackedFloat32Array:
 		obs[at + 1] = qw * y - qy * w
 		obs[at + 2] = qw * z + qy * x
 		obs[at + 3] = qw * w + qy * y
+	for name in tasks:
+		obs.append(1.0 if name == task else 0.0)
 	if not _mean.is_empty():
 		for i in obs.size():
 			obs[i] = clampf((obs[i] - _mean[i]) / _scale[i], -_clip, _clip)
@@ -155,13 +162,22 @@ func _read_sidecar(sidecar: Dictionary) -> String:
 	heading_frame = bool(sidecar.get("heading_frame", false))
 	if action_repeat < 1 or smoothing < 0.0 or smoothing >= 1.0:
 		return "action_repeat must be >= 1 and action_smoothing in [0, 1)"
+	var listed: Variant = sidecar.get("tasks", [])
+	if typeof(listed) != TYPE_ARRAY:
+		return "tasks must be a list of task names"
+	tasks = PackedStringArray(listed)
+	if not tasks.is_empty() and task.is_empty():
+		task = tasks[0]
+	if not tasks.is_empty() and not tasks.has(task):
+		return "task %s is not one of the model's tasks %s; set the task property" % [task, tasks]
 	var normalization: Variant = sidecar.get("observation_normalization")
 	if normalization == null:
 		return ""
 	var mean: Array = normalization.get("mean", [])
 	var variance: Array = normalization.get("var", [])
-	if mean.size() != RLProtocol.OBSERVATION_SIZE or variance.size() != mean.size():
-		return "observation_normalization needs 48 'mean' and 48 'var' values"
+	var size := RLProtocol.OBSERVATION_SIZE + tasks.size()
+	if mean.size() != size or variance.size() != mean.size():
+		return "observation_normalization needs %d 'mean' and %d 'var' values" % [size, size]
 	var epsilon := float(normalization.get("epsilon", 1e-8))
 	_clip = float(normalization.get("clip", INF))
 	_mean = PackedFloat32Array(mean)
