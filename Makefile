@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow lint bench clean
+.PHONY: install train test test-slow test-soak lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The fault-injection soak (slow-marked, ~15 s): CI runs it after the default suite.
+test-soak: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/e2e/test_soak.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
