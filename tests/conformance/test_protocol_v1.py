@@ -34,7 +34,7 @@ RL_ENDPOINTS = [
 ]
 
 
-def checked(openapi: OpenAPI, method: str, path: str, reply: Reply, status: int = 200) -> Any:
+def assert_conforms(openapi: OpenAPI, method: str, path: str, reply: Reply, status: int = 200) -> Any:
     """Assert the status and that the body validates against docs/openapi.yaml; return the body."""
     assert reply.status == status, (
         f"{method} {path}: expected {status}, got {reply.status}: {reply.raw[:300]!r}"
@@ -46,16 +46,16 @@ def checked(openapi: OpenAPI, method: str, path: str, reply: Reply, status: int 
 
 
 async def num_agents(target: Target, openapi: OpenAPI) -> int:
-    return checked(openapi, "GET", "/rl/spec", await target.call("GET", "/rl/spec"))["num_agents"]
+    return assert_conforms(openapi, "GET", "/rl/spec", await target.call("GET", "/rl/spec"))["num_agents"]
 
 
 async def step(target: Target, openapi: OpenAPI, actions: Any, auto_reset: bool = False) -> dict[str, Any]:
     body = {"actions": np.asarray(actions, dtype=np.float64).tolist(), "auto_reset": auto_reset}
-    return checked(openapi, "POST", "/rl/step", await target.call("POST", "/rl/step", body))
+    return assert_conforms(openapi, "POST", "/rl/step", await target.call("POST", "/rl/step", body))
 
 
 async def reset(target: Target, openapi: OpenAPI, **body: Any) -> dict[str, Any]:
-    return checked(openapi, "POST", "/rl/reset", await target.call("POST", "/rl/reset", body))
+    return assert_conforms(openapi, "POST", "/rl/reset", await target.call("POST", "/rl/reset", body))
 
 
 def toward_goal(observations: Any) -> np.ndarray:
@@ -151,34 +151,37 @@ def test_validator_reports_violations(openapi: OpenAPI) -> None:
 
 
 async def test_engine_endpoints(target: Target, openapi: OpenAPI) -> None:
-    checked(openapi, "GET", "/health", await target.call("GET", "/health"))
-    state = checked(openapi, "GET", "/scene/state", await target.call("GET", "/scene/state"))
+    assert_conforms(openapi, "GET", "/health", await target.call("GET", "/health"))
+    state = assert_conforms(openapi, "GET", "/scene/state", await target.call("GET", "/scene/state"))
     assert state["rl_ready"] is True and state["num_agents"] >= 1 and isinstance(state["scene"], str)
-    checked(openapi, "GET", "/performance", await target.call("GET", "/performance"))
+    assert_conforms(openapi, "GET", "/performance", await target.call("GET", "/performance"))
 
 
 async def test_scene_load(target: Target, openapi: OpenAPI) -> None:
     reply = await target.call("POST", "/scene/load", {"scene": wire.DEFAULT_SCENE})
-    assert checked(openapi, "POST", "/scene/load", reply) == {"scene": wire.DEFAULT_SCENE, "loaded": True}
-    state = checked(openapi, "GET", "/scene/state", await target.call("GET", "/scene/state"))
+    assert assert_conforms(openapi, "POST", "/scene/load", reply) == {
+        "scene": wire.DEFAULT_SCENE,
+        "loaded": True,
+    }
+    state = assert_conforms(openapi, "GET", "/scene/state", await target.call("GET", "/scene/state"))
     assert state["scene"] == wire.DEFAULT_SCENE and state["rl_ready"] is True
 
 
 async def test_rl_endpoints_answer_per_schema(target: Target, openapi: OpenAPI) -> None:
-    spec = checked(openapi, "GET", "/rl/spec", await target.call("GET", "/rl/spec"))
+    spec = assert_conforms(openapi, "GET", "/rl/spec", await target.call("GET", "/rl/spec"))
     n, repeat = spec["num_agents"], spec["action_repeat"]
-    state = checked(openapi, "GET", "/scene/state", await target.call("GET", "/scene/state"))
+    state = assert_conforms(openapi, "GET", "/scene/state", await target.call("GET", "/scene/state"))
     assert state["num_agents"] == n
 
     assert len((await reset(target, openapi))["observations"]) == n  # every request field is optional
     first = await reset(target, openapi, seed=1, agents=None, options={})
     assert len(first["observations"]) == n and first["ignored_options"] == []
 
-    tick = checked(
+    tick = assert_conforms(
         openapi, "POST", "/rl/action", await target.call("POST", "/rl/action", {"actions": [[0, 0, 0]] * n})
     )
-    observed = checked(openapi, "GET", "/rl/observation", await target.call("GET", "/rl/observation"))
-    state = checked(openapi, "GET", "/rl/state", await target.call("GET", "/rl/state"))
+    observed = assert_conforms(openapi, "GET", "/rl/observation", await target.call("GET", "/rl/observation"))
+    state = assert_conforms(openapi, "GET", "/rl/state", await target.call("GET", "/rl/state"))
     assert len(observed["observations"]) == len(state["done"]) == len(state["events"]) == n
     assert state["tick"] == tick["tick"]
 
@@ -267,7 +270,7 @@ BAD_REQUESTS = [
 async def test_bad_input_is_400(target: Target, openapi: OpenAPI, method, path, make_body, case) -> None:
     n = await num_agents(target, openapi)
     reply = await target.call(method, path, data=make_body(n))
-    body = checked(openapi, method, path, reply, status=400)
+    body = assert_conforms(openapi, method, path, reply, status=400)
     assert len(body["error"]) > 10, f"{case}: the error should say what is wrong and how to fix it"
 
 
@@ -283,14 +286,14 @@ async def test_garbage_never_yields_5xx(target: Target, openapi: OpenAPI, path: 
         reply = await target.call("POST", path, data=data)
         assert reply.status < 500, f"POST {path} {data!r} answered {reply.status}: {reply.raw[:200]!r}"
         if reply.status >= 400:
-            checked(openapi, "POST", path, reply, status=reply.status)
+            assert_conforms(openapi, "POST", path, reply, status=reply.status)
 
 
 async def test_actions_of_wrong_count_are_400_for_every_count(target: Target, openapi: OpenAPI) -> None:
     n = await num_agents(target, openapi)
     for count in {0, 1, n - 1, n + 1} - {n}:
         reply = await target.call("POST", "/rl/step", {"actions": [[0, 0, 0]] * count})
-        checked(openapi, "POST", "/rl/step", reply, status=400)
+        assert_conforms(openapi, "POST", "/rl/step", reply, status=400)
 
 
 async def test_token_is_required_everywhere_but_health(server: Target, openapi: OpenAPI, request) -> None:
@@ -313,20 +316,20 @@ async def test_token_is_required_everywhere_but_health(server: Target, openapi: 
     for method, path in endpoints:
         for token in (None, "wrong-" + (secured.token or "")):
             reply = await secured.call(method, path, bodies.get(path), token=token)
-            checked(openapi, method, path, reply, status=401)
+            assert_conforms(openapi, method, path, reply, status=401)
     allowed = await secured.call("GET", "/rl/spec")
-    checked(openapi, "GET", "/rl/spec", allowed)
+    assert_conforms(openapi, "GET", "/rl/spec", allowed)
     health = await secured.call("GET", "/health", token=None)
     assert health.status in (200, 401)
-    checked(openapi, "GET", "/health", health, status=health.status)
+    assert_conforms(openapi, "GET", "/health", health, status=health.status)
 
 
 async def test_scene_not_in_whitelist_is_403(own_sim, openapi: OpenAPI) -> None:
     url = await own_sim(num_agents=2, whitelist=[wire.DEFAULT_SCENE])
     server = Target(url, None, external=False)
     reply = await server.call("POST", "/scene/load", {"scene": "res://scenes/features/other.tscn"})
-    checked(openapi, "POST", "/scene/load", reply, status=403)
-    checked(
+    assert_conforms(openapi, "POST", "/scene/load", reply, status=403)
+    assert_conforms(
         openapi,
         "POST",
         "/scene/load",
@@ -339,19 +342,19 @@ async def test_unknown_scene_is_404(target: Target, openapi: OpenAPI) -> None:
     # An external server with a whitelist may refuse the path before looking for it.
     allowed = {403, 404} if target.external else {404}
     assert reply.status in allowed, f"expected {allowed}, got {reply.status}: {reply.raw[:200]!r}"
-    checked(openapi, "POST", "/scene/load", reply, status=reply.status)
+    assert_conforms(openapi, "POST", "/scene/load", reply, status=reply.status)
 
 
 @pytest.mark.parametrize(
     ("method", "path"), [("GET", "/nope"), ("POST", "/rl/nope"), ("GET", "/rl"), ("GET", "/")]
 )
 async def test_unknown_path_is_404(target: Target, openapi: OpenAPI, method: str, path: str) -> None:
-    checked(openapi, method, path, await target.call(method, path), status=404)
+    assert_conforms(openapi, method, path, await target.call(method, path), status=404)
 
 
 async def test_rl_endpoints_before_an_rl_scene_are_409(own_sim, openapi: OpenAPI) -> None:
     server = Target(await own_sim(num_agents=2), None, external=False)
-    state = checked(openapi, "GET", "/scene/state", await server.call("GET", "/scene/state"))
+    state = assert_conforms(openapi, "GET", "/scene/state", await server.call("GET", "/scene/state"))
     assert state["scene"] is None and state["rl_ready"] is False
     bodies = {
         "/rl/reset": {},
@@ -360,14 +363,14 @@ async def test_rl_endpoints_before_an_rl_scene_are_409(own_sim, openapi: OpenAPI
     }
     for method, path in RL_ENDPOINTS:
         reply = await server.call(method, path, bodies.get(path))
-        body = checked(openapi, method, path, reply, status=409)
+        body = assert_conforms(openapi, method, path, reply, status=409)
         assert "scene" in body["error"]
 
 
 async def test_body_over_the_limit_is_413(target: Target, openapi: OpenAPI) -> None:
     n = await num_agents(target, openapi)
     data = orjson.dumps({"actions": [[0, 0, 0]] * n, "padding": "x" * (2 << 20)})
-    checked(openapi, "POST", "/rl/step", await target.call("POST", "/rl/step", data=data), status=413)
+    assert_conforms(openapi, "POST", "/rl/step", await target.call("POST", "/rl/step", data=data), status=413)
 
 
 # ---------------------------------------------------------------- semantics
