@@ -143,6 +143,20 @@ class RewardConfig:
 
 
 @dataclass
+class CurriculumStageConfig:
+    name: str = MISSING
+    max_goal_distance: float = MISSING
+    timesteps: int = MISSING  # how long the stage lasts (mode=timesteps), or at most lasts (success_rate)
+
+
+def _check_stages(key: str, stages: list[CurriculumStageConfig]) -> None:
+    for index, stage in enumerate(stages):
+        at = f"{key}[{index}]"
+        _require(stage.max_goal_distance > 0, f"{at}.max_goal_distance", stage.max_goal_distance, "use > 0")
+        _require(stage.timesteps > 0, f"{at}.timesteps", stage.timesteps, "use a positive integer")
+
+
+@dataclass
 class TaskConfig:
     """One task of the `task` group: the arenas its episodes are drawn in and how they are scored."""
 
@@ -153,6 +167,9 @@ class TaskConfig:
     # curriculum group's stages.
     min_goal_distance: float | None = None
     max_goal_distance: float | None = None
+    # The task's own stages, advanced by agent-steps as curriculum.mode=timesteps does: each stage's
+    # max_goal_distance replaces the curriculum group's (or env's) for this task's episodes.
+    curriculum: list[CurriculumStageConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -193,6 +210,13 @@ class TasksConfig:
                 f"{key}.min_goal_distance",
                 low,
                 f"use 0 <= min_goal_distance <= max_goal_distance ({high}), or null",
+            )
+            _check_stages(f"{key}.curriculum", task.curriculum)
+            _require(
+                high is None or not task.curriculum,
+                f"{key}.max_goal_distance",
+                high,
+                "the task's curriculum stages set its goal distance: drop one of the two",
             )
         total = sum(task.probability for task in self.tasks.values())
         _require(total > 0, "task.tasks", "probabilities", "at least one task needs a probability > 0")
@@ -278,13 +302,6 @@ class PPOConfig:
 
 
 @dataclass
-class CurriculumStageConfig:
-    name: str = MISSING
-    max_goal_distance: float = MISSING
-    timesteps: int = MISSING  # how long the stage lasts (mode=timesteps), or at most lasts (success_rate)
-
-
-@dataclass
 class CurriculumConfig:
     """Stages of growing goal distance, advanced by timesteps (the seed) or by eval success rate."""
 
@@ -309,12 +326,7 @@ class CurriculumConfig:
             self.stages,
             "an enabled curriculum needs at least one stage (curriculum=three_stage)",
         )
-        for index, stage in enumerate(self.stages):
-            key = f"curriculum.stages[{index}]"
-            _require(
-                stage.max_goal_distance > 0, f"{key}.max_goal_distance", stage.max_goal_distance, "use > 0"
-            )
-            _require(stage.timesteps > 0, f"{key}.timesteps", stage.timesteps, "use a positive integer")
+        _check_stages("curriculum.stages", self.stages)
 
 
 @dataclass

@@ -63,6 +63,12 @@ class TaskSchedule:
             options["min_goal_distance"] = high
         return options
 
+    def set_max_goal_distances(self, distances: Mapping[str, float]) -> np.ndarray:
+        """Give the named tasks' episodes these goal distance limits; returns the agents now in them."""
+        for name, distance in distances.items():
+            self._overrides[self.names.index(name)]["max_goal_distance"] = distance
+        return np.isin(self.ids, [self.names.index(name) for name in distances])
+
     def one_hot(self, ids: np.ndarray) -> np.ndarray:
         """(k, size) float32 task blocks of the task indices `ids` (k,)."""
         return np.eye(len(self.names), dtype=np.float32)[ids][:, : self.size]

@@ -302,6 +302,16 @@ class SpaceTimeVecEnv(VecEnv):
         self._server_options = reset_options(self.config, distance)
         self._stale_options[:] = True
 
+    def set_task_max_goal_distances(self, distances: Mapping[str, float]) -> None:
+        """Goals of the named tasks' episodes that start from now on lie at most so many metres away."""
+        for name, distance in distances.items():
+            if name not in self._tasks.names or not (math.isfinite(distance) and distance > 0):
+                raise ConfigError(
+                    f"task {name!r} max_goal_distance={distance!r} is invalid: use a task of "
+                    f"{list(self._tasks.names)} and a positive number of metres"
+                )
+        self._stale_options |= self._tasks.set_max_goal_distances(distances)
+
     def performance(self) -> list[dict[str, Any]]:
         """Each server's `/performance` answer (servers without the endpoint are skipped)."""
         calls = [

@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_nor
 from spacetime_rl.evaluation.episodes import play_episodes, summarize
 from spacetime_rl.rewards import REWARD_TERMS
 from spacetime_rl.training.artifacts import checkpoint_path, save_snapshot
-from spacetime_rl.training.curriculum import Curriculum
+from spacetime_rl.training.curriculum import Curriculum, TaskCurricula
 
 #: Called after each periodic evaluation with (agent-steps, metrics); returning False stops training.
 EvalHook = Callable[[int, dict[str, float]], bool]
@@ -160,12 +160,15 @@ class EvalCallback(_PeriodicCallback):
 
 
 class CurriculumCallback(BaseCallback):
-    """Apply the curriculum's goal distance to the training and eval envs whenever the stage changes."""
+    """Apply the curricula's goal distances to the training and eval envs whenever a stage changes."""
 
-    def __init__(self, curriculum: Curriculum, eval_env: VecEnv, verbose: int = 0) -> None:
+    def __init__(
+        self, curriculum: Curriculum, eval_env: VecEnv, task_curricula: TaskCurricula, verbose: int = 0
+    ) -> None:
         super().__init__(verbose)
         self.curriculum = curriculum
         self.eval_env = eval_env
+        self.task_curricula = task_curricula
 
     def _on_step(self) -> bool:
         self.advance(self.num_timesteps)
@@ -174,6 +177,8 @@ class CurriculumCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         self.logger.record("curriculum/stage", self.curriculum.stage)
         self.logger.record("curriculum/max_goal_distance", self.curriculum.max_goal_distance)
+        for task, distance in self.task_curricula.max_goal_distances.items():
+            self.logger.record(f"curriculum/{task}/max_goal_distance", distance)
 
     def advance(self, timesteps: int, success_rate: float | None = None) -> None:
         if self.curriculum.update(timesteps, success_rate):
@@ -183,6 +188,10 @@ class CurriculumCallback(BaseCallback):
                 print(
                     f"curriculum: stage {self.curriculum.stage} ({self.curriculum.stage_name}) at {timesteps} steps"
                 )
+        if self.task_curricula.update(timesteps):
+            distances = self.task_curricula.max_goal_distances
+            for env in (self.training_env, self.eval_env):
+                env.env_method("set_task_max_goal_distances", distances, indices=[0])
 
 
 class CheckpointCallback(_PeriodicCallback):

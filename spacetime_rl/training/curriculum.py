@@ -3,14 +3,16 @@
 mode=timesteps: stage i lasts `stages[i].timesteps` agent-steps; the last stage lasts for ever.
 mode=success_rate: a stage ends early when an evaluation's success rate reaches
 `success_threshold`, and at the latest after its `timesteps` (so training never stalls on a stage).
+A task's own stages (`task.tasks.<name>.curriculum`) always advance by timesteps.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from spacetime_rl.config import CurriculumConfig
+from spacetime_rl.config import CurriculumConfig, TasksConfig
 from spacetime_rl.errors import ConfigError
 
 
@@ -78,3 +80,27 @@ class Curriculum:
     @staticmethod
     def state_from_dict(data: dict[str, Any]) -> CurriculumState:
         return CurriculumState(stage=int(data["stage"]), stage_start=int(data["stage_start"]))
+
+
+class TaskCurricula:
+    """The goal distance of every task with its own stages, by task name; they advance by timesteps.
+
+    Their stage follows from the step count alone, so a resumed run needs no stored state.
+    """
+
+    def __init__(self, tasks: TasksConfig, timesteps: int = 0) -> None:
+        self.curricula = {
+            name: Curriculum(CurriculumConfig(enabled=True, stages=task.curriculum), math.inf)
+            for name, task in tasks.tasks.items()
+            if task.curriculum
+        }
+        self.update(timesteps)
+
+    @property
+    def max_goal_distances(self) -> dict[str, float]:
+        return {name: curriculum.max_goal_distance for name, curriculum in self.curricula.items()}
+
+    def update(self, timesteps: int) -> bool:
+        """Advance every task's stages as far as `timesteps` allow; True if any stage changed."""
+        # A list, not a generator: every task advances, not only those before the first change.
+        return any([curriculum.update(timesteps) for curriculum in self.curricula.values()])

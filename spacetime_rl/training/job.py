@@ -55,7 +55,7 @@ from spacetime_rl.training.callbacks import (
     EvalRecord,
     Evaluator,
 )
-from spacetime_rl.training.curriculum import Curriculum
+from spacetime_rl.training.curriculum import Curriculum, TaskCurricula
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         env_config.max_goal_distance,
         Curriculum.state_from_dict(resume_state["curriculum"]) if resume else None,
     )
+    task_curricula = TaskCurricula(config.task, int(resume_state.get("num_timesteps", 0)))
     record = EvalRecord()
     if resume and (best_dir / "best_model.zip").is_file():  # don't overwrite a better best model here
         record.best = resume_state.get("best") or {}
@@ -140,6 +141,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         stack.callback(eval_venv.close)
         for venv in (train_venv, eval_venv):
             venv.set_max_goal_distance(curriculum.max_goal_distance)
+            venv.set_task_max_goal_distances(task_curricula.max_goal_distances)
         if train_venv.num_envs != num_agents:
             raise ConfigError(
                 f"env.agents_per_environment={env_config.agents_per_environment} but the servers have "
@@ -196,7 +198,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                 "best": record.best,
             }
 
-        curriculum_callback = CurriculumCallback(curriculum, eval_env, verbose=sb3_verbose)
+        curriculum_callback = CurriculumCallback(curriculum, eval_env, task_curricula, verbose=sb3_verbose)
         eval_callback = EvalCallback(evaluator, training.eval_freq, curriculum_callback, on_eval)
         callbacks = CallbackList(
             [

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from spacetime_rl.compare import compare
 from spacetime_rl.config import (
+    CurriculumStageConfig,
     EnvConfig,
     NetworkConfig,
     PPOConfig,
@@ -31,6 +32,7 @@ from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot import wire
 from spacetime_rl.godot.client import GodotClient
 from spacetime_rl.sim.server import create_app, serve
+from spacetime_rl.training.curriculum import TaskCurricula
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 THREE = TasksConfig(
@@ -83,6 +85,59 @@ def test_task_config_validation():
         TasksConfig(tasks={"x": TaskConfig(probability=0.0)})
     with pytest.raises(ConfigError, match="unknown terms"):
         TasksConfig(tasks={"x": TaskConfig(reward={"colision_penalty": -1.0})})
+    with pytest.raises(ConfigError, match=r"task.tasks.x.curriculum\[1\].timesteps=0"):
+        TasksConfig(tasks={"x": TaskConfig(curriculum=[NEAR, CurriculumStageConfig("far", 8.0, 0)])})
+    with pytest.raises(ConfigError, match=r"task.tasks.x.max_goal_distance=8.0 .* drop one"):
+        TasksConfig(tasks={"x": TaskConfig(max_goal_distance=8.0, curriculum=[NEAR])})
+
+
+NEAR = CurriculumStageConfig("near", 1.5, 100)
+#: Two open-field tasks, `near` with its own stages: 1.5 m for 100 agent-steps, then 3 m for ever.
+STAGED = TasksConfig(
+    name="staged",
+    tasks={"far": TaskConfig(), "near": TaskConfig(curriculum=[NEAR, CurriculumStageConfig("mid", 3.0, 50)])},
+)
+
+
+def test_task_curricula_advance_by_timesteps():
+    curricula = TaskCurricula(STAGED)
+    assert curricula.max_goal_distances == {"near": 1.5}
+    assert not curricula.update(99)
+    assert curricula.update(100) and curricula.max_goal_distances == {"near": 3.0}
+    assert not curricula.update(10_000)  # the last stage lasts for ever
+    assert TaskCurricula(STAGED, timesteps=500).max_goal_distances == {"near": 3.0}  # a resumed run
+    assert TaskCurricula(THREE).max_goal_distances == {}
+
+
+def test_a_task_curriculum_sets_the_goal_distance_of_its_episodes_only():
+    config = EnvConfig(
+        agents_per_environment=16, max_episode_steps=2, min_goal_distance=5.0, max_goal_distance=9.0
+    )
+    curricula = TaskCurricula(STAGED)
+    distances: dict[tuple[str, float], list[float]] = {}
+    with launch_servers(config, seed=0) as urls:
+        env = SpaceTimeVecEnv(make_clients(urls, config), config, RewardConfig(), seed=3, tasks=STAGED)
+        try:
+            env.set_task_max_goal_distances(curricula.max_goal_distances)
+            obs = env.reset()
+            for step in range(8):  # four episodes per agent: two per stage
+                stage = curricula.max_goal_distances["near"]
+                for row in obs:
+                    task = STAGED.names[int(np.argmax(row[48:]))]
+                    distances.setdefault((task, stage), []).append(float(row[wire.OBS["goal_distance"]][0]))
+                if step == 3 and curricula.update(100):  # what CurriculumCallback does
+                    env.set_task_max_goal_distances(curricula.max_goal_distances)
+                obs, *_ = env.step(np.zeros((16, 3)))
+            with pytest.raises(ConfigError, match="'nearby'"):
+                env.set_task_max_goal_distances({"nearby": 2.0})
+        finally:
+            env.close()
+    assert sorted(distances) == [("far", 1.5), ("far", 3.0), ("near", 1.5), ("near", 3.0)]
+    for (task, stage), seen in distances.items():
+        if task == "near":  # min_goal_distance is clipped to the stage's maximum
+            np.testing.assert_allclose(seen, stage, atol=0.2)
+        else:
+            assert min(seen) >= 5.0 - 0.2 and max(seen) <= 9.0 + 0.2
 
 
 def test_task_group_composes():
@@ -119,6 +174,12 @@ def test_observation_has_a_task_block_only_with_several_tasks(tasks):
     assert set(seen) == (set(THREE.names) if tasks else {"navigate"})
 
 
+MAZE_STAGED = TaskConfig(
+    scenario="maze",
+    curriculum=[CurriculumStageConfig("short", 2.0, 400), CurriculumStageConfig("long", 6.0, 1)],
+)
+
+
 def test_tiny_multitask_run_reports_metrics_per_task(tmp_path):
     from spacetime_rl.training import train
 
@@ -128,7 +189,7 @@ def test_tiny_multitask_run_reports_metrics_per_task(tmp_path):
         ),
         network=NetworkConfig(net_arch=[16, 16]),
         ppo=PPOConfig(n_steps=32, batch_size=128, n_epochs=1),
-        task=THREE,
+        task=TasksConfig(name="multi", tasks={**THREE.tasks, "maze": MAZE_STAGED}),
         training=TrainingConfig(
             total_timesteps=768,
             save_freq=10_000,
@@ -148,6 +209,8 @@ def test_tiny_multitask_run_reports_metrics_per_task(tmp_path):
         assert f"eval/{task}/success_rate" in final
         assert f"eval/{task}/success_rate" in tags
     assert "eval/success_rate" in tags
+    maze_distances = [e.value for e in events.Scalars("curriculum/maze/max_goal_distance")]
+    assert maze_distances == [2.0, 6.0]  # rollouts end at 384 and 768 agent-steps
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text("task: {name: multi}\n")  # what train.py writes
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- task=multi\n")
