@@ -14,13 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from spacetime_rl.config import register_configs, to_train_config
+from spacetime_rl.config import compose_train_config
 from spacetime_rl.training import train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TARGET = 0.8
 
 
@@ -38,21 +36,17 @@ def success_curve(run_dir: Path) -> list[tuple[int, float]]:
 def run(
     seed: int, timesteps: int, eval_freq: int, overrides: list[str]
 ) -> tuple[list[tuple[int, float]], float]:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"training.total_timesteps={timesteps}",
-                f"training.eval_freq={eval_freq}",
-                f"training.save_freq={timesteps}",
-                "training.eval_episodes=32",
-                f"training.seed={seed}",
-                "training.progress_bar=false",
-                *overrides,
-            ],
-        )
-    config = to_train_config(cfg)
+    config = compose_train_config(
+        [
+            f"training.total_timesteps={timesteps}",
+            f"training.eval_freq={eval_freq}",
+            f"training.save_freq={timesteps}",
+            "training.eval_episodes=32",
+            f"training.seed={seed}",
+            "training.progress_bar=false",
+            *overrides,
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         train(config, Path(tmp))

@@ -17,12 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from spacetime_rl.config import register_configs, to_train_config
+from spacetime_rl.config import compose_train_config
 from spacetime_rl.training import train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TASKS = ("navigate", "obstacle_course", "maze")
 FAST = [
     "env.agents_per_environment=32",
@@ -37,21 +34,17 @@ FAST = [
 
 def run(task: str, seed: int, timesteps: int, overrides: list[str]) -> tuple[dict[str, float], float]:
     """The final evaluation's metrics of one training run, and its wall time in seconds."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"task={task}",
-                f"training.total_timesteps={timesteps}",
-                f"training.eval_freq={timesteps}",
-                f"training.save_freq={timesteps}",
-                f"training.seed={seed}",
-                *FAST,
-                *overrides,
-            ],
-        )
-    config = to_train_config(cfg)
+    config = compose_train_config(
+        [
+            f"task={task}",
+            f"training.total_timesteps={timesteps}",
+            f"training.eval_freq={timesteps}",
+            f"training.save_freq={timesteps}",
+            f"training.seed={seed}",
+            *FAST,
+            *overrides,
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         train(config, Path(tmp))

@@ -17,17 +17,15 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
-from hydra import compose, initialize_config_dir
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from benchmarks.inprocess import InProcessTransport
 from benchmarks.memory import ROOT, run_sampled
-from spacetime_rl.config import TrainConfig, register_configs, to_train_config
+from spacetime_rl.config import TrainConfig, compose_train_config
 from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
 from spacetime_rl.training.job import _new_model
 
-CONF: Final = ROOT / "conf"
 TRANSPORTS: Final = ("http", "in-process")
 
 
@@ -50,10 +48,7 @@ class RolloutTimer(BaseCallback):
 
 
 def train_config(overrides: list[str]) -> TrainConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["preset=quick_test", *overrides])
-    return to_train_config(cfg)
+    return compose_train_config(["preset=quick_test", *overrides])
 
 
 @contextlib.contextmanager

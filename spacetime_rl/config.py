@@ -8,14 +8,20 @@ path (``Key 'prot' not in 'EnvConfig'``) and `TrainConfig.__post_init__` checks 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.godot import wire
+
+#: The `conf/` tree beside the package (a source checkout, as `train.py` uses it).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 ENV_KINDS = ("sim", "godot")
 ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
@@ -412,3 +418,10 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"expected a TrainConfig, got {type(config).__name__}: compose conf/train.yaml")
     return config
+
+
+def compose_train_config(overrides: Sequence[str] = ()) -> TrainConfig:
+    """Compose `conf/train.yaml` with Hydra overrides, outside `train.py` (benchmarks, tests), and check it."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_train_config(compose("train", overrides=list(overrides)))

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from spacetime_rl.compare import compare
@@ -23,8 +21,7 @@ from spacetime_rl.config import (
     TasksConfig,
     TrainConfig,
     TrainingConfig,
-    register_configs,
-    to_train_config,
+    compose_train_config,
 )
 from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
 from spacetime_rl.envs.tasks import TaskSchedule
@@ -34,7 +31,6 @@ from spacetime_rl.godot.client import GodotClient
 from spacetime_rl.sim.server import create_app, serve
 from spacetime_rl.training.curriculum import TaskCurricula
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 THREE = TasksConfig(
     name="multi",
     tasks={
@@ -141,10 +137,8 @@ def test_a_task_curriculum_sets_the_goal_distance_of_its_episodes_only():
 
 
 def test_task_group_composes():
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        default = to_train_config(compose("train"))
-        multi = to_train_config(compose("train", overrides=["task=multi"]))
+    default = compose_train_config()
+    multi = compose_train_config(["task=multi"])
     assert default.task.names == ("navigate",) and not default.task.multi
     assert multi.task.names == ("navigate", "obstacle_course", "maze")
     assert [t.scenario for t in multi.task.tasks.values()] == ["open_field", "obstacle_course", "maze"]

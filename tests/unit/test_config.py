@@ -11,18 +11,16 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from spacetime_rl.app import apply_config_file
-from spacetime_rl.config import TrainConfig, register_configs, to_train_config
+from spacetime_rl.config import CONF_DIR, TrainConfig, compose_train_config, register_configs, to_train_config
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.seed_config import EXAMPLE, load_seed_config, write_example
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 GROUPS = ("preset", "reward", "env", "network", "ppo", "curriculum", "training")
 
 
 def compose_train(*overrides: str) -> TrainConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return to_train_config(compose("train", overrides=list(overrides)))
+    return compose_train_config(overrides)
 
 
 def options(group: str) -> list[str]:
