@@ -35,8 +35,6 @@ __all__ = ["Recovery", "ServerPool", "launch_servers"]
 
 log = logging.getLogger(__name__)
 
-#: The ready lines of `python -m spacetime_rl.sim` and of the Godot addon; the URL follows.
-READY_PREFIXES: Final = ("spacetime-sim listening on ", "spacetime-rl listening on ")
 TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"  # the Godot addon reads the token from here
 _POLL_SECONDS: Final = 0.02
 _STOP_GRACE_SECONDS: Final = 5.0
@@ -272,7 +270,7 @@ class ServerPool:
         while True:
             lines = stdout.read_bytes().decode(errors="replace").split("\n")[:-1]  # complete lines only
             for line in lines:
-                for prefix in READY_PREFIXES:
+                for prefix in (wire.SIM_READY_PREFIX, wire.GODOT_READY_PREFIX):
                     if line.startswith(prefix):
                         url = line[len(prefix) :].strip()
                         self._wait_healthy(index, url, deadline)

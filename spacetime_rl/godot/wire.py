@@ -14,6 +14,11 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
 DEFAULT_SCENE: Final = "res://scenes/features/vr_locomotion_test.tscn"
 
+#: The one line a server prints on stdout once it listens, followed by its URL: the embedded
+#: simulator's, and the Godot addon's (godot/addons/spacetime_rl/rl_service.gd READY_LINE).
+SIM_READY_PREFIX: Final = "spacetime-sim listening on "
+GODOT_READY_PREFIX: Final = "spacetime-rl listening on "
+
 #: (name, size) in wire order; sizes add up to OBSERVATION_SIZE.
 OBSERVATION_FIELDS: Final[tuple[tuple[str, int], ...]] = (
     ("camera_position", 3),

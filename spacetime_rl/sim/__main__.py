@@ -22,8 +22,6 @@ from spacetime_rl.errors import ConfigError
 from spacetime_rl.godot import wire
 from spacetime_rl.sim.server import SCENES, create_app, load_whitelist, serve
 
-READY_PREFIX: Final = "spacetime-sim listening on "
-GODOT_READY_PREFIX: Final = "spacetime-rl listening on "  # what the Godot addon prints
 #: Godot addon flag (after `--`) -> this module's flag.
 GODOT_FLAGS: Final = {
     "--rl-port": "--port",
@@ -115,7 +113,7 @@ async def _run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    prefix = GODOT_READY_PREFIX if args.godot_ready_line else READY_PREFIX
+    prefix = wire.GODOT_READY_PREFIX if args.godot_ready_line else wire.SIM_READY_PREFIX
     print(f"{prefix}http://{host}:{port}", flush=True)
     try:
         await stop.wait()

@@ -114,6 +114,11 @@ def test_protocol_constants_match_wire() -> None:
     assert gd_value(gd_constant(source, "DEFAULT_MAX_ROTATION_SPEED")) == rotation
 
 
+def test_ready_line_is_the_one_the_launcher_reads() -> None:
+    ready_line = gd_value(gd_constant((ADDON / "rl_service.gd").read_text(), "READY_LINE"))
+    assert ready_line == wire.GODOT_READY_PREFIX + "http://%s:%d"
+
+
 @pytest.mark.parametrize("script", ["rl_agent.gd", "rl_environment.gd"])
 def test_constants_shared_with_the_simulator_match(script: str) -> None:
     source = (ADDON / script).read_text()
