@@ -24,6 +24,7 @@ from benchmarks.inprocess import InProcessTransport
 from benchmarks.memory import ROOT, run_sampled
 from spacetime_rl.config import TrainConfig, compose_train_config
 from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
+from spacetime_rl.training.callbacks import RolloutThreads
 from spacetime_rl.training.job import _new_model
 
 TRANSPORTS: Final = ("http", "in-process")
@@ -93,7 +94,7 @@ def measure_training(config: TrainConfig, transport: str, rollouts: int) -> Trai
         steps = rollouts * config.ppo.n_steps * venv.num_envs
         timer = RolloutTimer()
         start = time.perf_counter()
-        model.learn(steps, callback=timer)
+        model.learn(steps, callback=[timer, RolloutThreads(config.training.rollout_torch_threads)])
         elapsed = time.perf_counter() - start
     return TrainingRate(model.num_timesteps / elapsed, model.num_timesteps / timer.seconds)
 

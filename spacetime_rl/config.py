@@ -345,14 +345,17 @@ class TrainingConfig:
     objective: str = "eval/success_rate"  # the metric train.py returns to sweepers
     progress_bar: bool = True
     torch_threads: int = 0  # 0: let torch decide; sweeps running trials in parallel set 1
+    # While collecting rollouts the policy runs on this many threads, leaving the other cores to
+    # the simulator or Godot; 0: the same as torch_threads
+    rollout_torch_threads: int = 1
 
     def __post_init__(self) -> None:
         for key in ("total_timesteps", "save_freq", "eval_freq", "eval_episodes"):
             value = getattr(self, key)
             _require(value >= 1, f"training.{key}", value, "use a positive integer")
-        _require(
-            self.torch_threads >= 0, "training.torch_threads", self.torch_threads, "use 0 (auto) or more"
-        )
+        for key in ("torch_threads", "rollout_torch_threads"):
+            value = getattr(self, key)
+            _require(value >= 0, f"training.{key}", value, "use 0 (auto) or more")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
@@ -105,6 +106,32 @@ class Evaluator:
         if self.after is not None:
             self.after(model)
         return metrics
+
+
+class RolloutThreads(BaseCallback):
+    """Run the policy on `threads` torch threads while rollouts are collected, then restore.
+
+    A rollout alternates between the policy and the environment: more threads barely speed up a
+    forward pass on a few dozen observations, but torch's idle workers spin on the cores the
+    simulator or Godot needs. The PPO updates get torch's own thread count back. Put it last in a
+    CallbackList so evaluations at the end of a rollout run single-threaded too.
+    """
+
+    def __init__(self, threads: int) -> None:
+        super().__init__()
+        self.threads = threads
+        self._saved = 0
+
+    def _on_rollout_start(self) -> None:
+        self._saved = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def _on_rollout_end(self) -> None:
+        torch.set_num_threads(self._saved)
+
+    def _on_step(self) -> bool:
+        return True
 
 
 class _PeriodicCallback(BaseCallback):

@@ -54,6 +54,7 @@ from spacetime_rl.training.callbacks import (
     EvalHook,
     EvalRecord,
     Evaluator,
+    RolloutThreads,
 )
 from spacetime_rl.training.curriculum import Curriculum, TaskCurricula
 
@@ -207,6 +208,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                 CheckpointCallback(checkpoint_dir, training.save_freq, snapshot_state),
                 eval_callback,
                 _StopOnSignal(stop),
+                RolloutThreads(training.rollout_torch_threads),
             ]
         )
 

@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from spacetime_rl.config import (
@@ -21,7 +22,7 @@ from spacetime_rl.config import (
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.rewards import REWARD_TERMS
 from spacetime_rl.training import train
-from spacetime_rl.training.callbacks import EVAL_METRICS
+from spacetime_rl.training.callbacks import EVAL_METRICS, RolloutThreads
 from spacetime_rl.training.curriculum import Curriculum, CurriculumState
 
 STAGES = [CurriculumStageConfig("near", 2.0, 600), CurriculumStageConfig("far", 4.0, 10_000)]
@@ -131,6 +132,20 @@ def test_resume_from_an_incomplete_checkpoint_names_the_missing_file(tmp_path):
     (tmp_path / "model.zip").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"model_vecnormalize\.pkl"):
         train(tiny_config(resume=str(tmp_path / "model.zip")), tmp_path / "out")
+
+
+@pytest.mark.parametrize(("threads", "during"), [(1, 1), (0, 3)])
+def test_rollout_threads_apply_during_rollouts_only(threads, during):
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        callback = RolloutThreads(threads)
+        callback.on_rollout_start()
+        assert torch.get_num_threads() == during
+        callback.on_rollout_end()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(saved)
 
 
 def test_curriculum_by_timesteps():
