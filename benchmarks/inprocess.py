@@ -1,6 +1,6 @@
 """`InProcessTransport`: the VecEnv's transport seam over a `World` in this process, no HTTP.
 
-It answers `spec`, `reset` and `step` with the client's own result types and the simulator server's
+It answers `spec`, `reset` and `send_step`/`receive_step` with the client's own result types and the simulator server's
 semantics (auto_reset, terminal observations), so a VecEnv over it differs from one over
 `GodotClient` only in the transport: what the benchmarks compare.
 """
@@ -26,6 +26,7 @@ class InProcessTransport:
         self, num_agents: int, *, seed: int | None = None, action_repeat: int = wire.DEFAULT_ACTION_REPEAT
     ):
         self.world = World(num_agents, action_repeat=action_repeat, seed=seed)
+        self._sent: tuple[np.ndarray, bool] = (np.zeros((num_agents, wire.ACTION_SIZE)), False)
 
     async def spec(self) -> RLSpec:
         return RLSpec(
@@ -48,7 +49,11 @@ class InProcessTransport:
         observations = self.world.reset(agents, seed, options)
         return ResetResult(observations, tuple(ignored_options(options)))
 
-    async def step(self, actions: np.ndarray, auto_reset: bool = False) -> StepResult:
+    def send_step(self, actions: np.ndarray, auto_reset: bool = False) -> None:
+        self._sent = (actions, auto_reset)
+
+    def receive_step(self) -> StepResult:
+        actions, auto_reset = self._sent
         outcome = self.world.step(actions)
         observations = self.world.observe()
         terminal: dict[int, np.ndarray] = {}

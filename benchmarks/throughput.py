@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -139,12 +139,6 @@ class Throughput:
         worlds = [World(n, seed=s) for s in range(MAX_SERVERS)]
         return worlds, json_clients, binary_clients, godot_env
 
-    def _gather(self, calls: list[Awaitable[Any]]) -> None:
-        async def gather() -> None:
-            await asyncio.gather(*calls)
-
-        self.loop.run_until_complete(gather())
-
     def _round(
         self,
         n: int,
@@ -164,7 +158,11 @@ class Throughput:
             for name, clients in (("json", json_clients), ("binary", binary_clients)):
 
                 def over_http(i: int, k: int = k, clients: list[GodotClient] = clients) -> None:
-                    self._gather([c.step(bank[i % _ACTION_BANK], auto_reset=True) for c in clients[:k]])
+                    # as the VecEnv steps: send to every server, then read each answer
+                    for client in clients[:k]:
+                        client.send_step(bank[i % _ACTION_BANK], auto_reset=True)
+                    for client in clients[:k]:
+                        client.receive_step()
 
                 self.samples.add(("env", n, k, name), rate(over_http, n * k, self.seconds))
         if n in SEED_ENDPOINT_AGENTS:

@@ -1,6 +1,8 @@
 """`SpaceTimeVecEnv`: an SB3 VecEnv over N agents on one or more protocol v1 servers.
 
-Each step sends one `/rl/step` per server, concurrently, on an event loop the VecEnv owns. Finished
+`step_async` sends one `/rl/step` per server and `step_wait` reads the answers (the transports'
+blocking `send_step`/`receive_step`), so the servers step concurrently; resets and the rest run
+concurrently on an event loop the VecEnv owns. Finished
 agents are reset by the server (auto_reset); agents cut by the client-side time limit, and agents
 whose reset options changed (the curriculum), are reset with one batched `/rl/reset` per server.
 
@@ -54,7 +56,9 @@ class AgentTransport(Protocol):
         options: Mapping[str, Any] | None = None,
     ) -> Any: ...  # has .observations (k, 48)
 
-    async def step(self, actions: np.ndarray, auto_reset: bool = False) -> Any: ...  # a StepResult
+    def send_step(self, actions: np.ndarray, auto_reset: bool = False) -> None: ...
+
+    def receive_step(self) -> Any: ...  # a StepResult; raises the send's GodotError too
 
     async def close(self) -> None: ...
 
@@ -170,7 +174,7 @@ class SpaceTimeVecEnv(VecEnv):
         self._stale_options = np.zeros(num_agents, dtype=bool)
         self._seed = seed
         self._warned_ignored = False
-        self._actions = np.zeros((num_agents, wire.ACTION_SIZE))
+        self._applied = np.zeros((num_agents, wire.ACTION_SIZE))  # smoothed, as sent
         self._last_raw = np.zeros((num_agents, wire.OBSERVATION_SIZE), dtype=np.float32)
         super().__init__(num_agents, observation_space(self._tasks.size), action_space())
 
@@ -201,13 +205,19 @@ class SpaceTimeVecEnv(VecEnv):
         return self._observe(raw, self._tasks.ids)
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions).reshape(self.num_envs, wire.ACTION_SIZE)
+        self._applied = self._tracker.smooth(np.asarray(actions).reshape(self.num_envs, wire.ACTION_SIZE))
+        for transport, agents in zip(self._transports, self._slices, strict=True):
+            transport.send_step(self._applied[agents], auto_reset=True)
 
     def step_wait(self) -> VecEnvStepReturn:
-        applied = self._tracker.smooth(self._actions)
-        results, faults = self._settle(
-            t.step(applied[s], auto_reset=True) for t, s in zip(self._transports, self._slices, strict=True)
-        )
+        applied = self._applied
+        outcomes: list[Any] = []
+        for transport in self._transports:
+            try:
+                outcomes.append(transport.receive_step())
+            except Exception as error:  # every server is read before any error is raised
+                outcomes.append(error)
+        results, faults = self._sort_faults(outcomes)
         fresh = self._recover_all(faults)
         # A faulty server's agents: their new episodes' first observations, no events, not done.
         raw = np.concatenate([fresh[s] if r is None else r.observations for s, r in enumerate(results)])
@@ -337,9 +347,15 @@ class SpaceTimeVecEnv(VecEnv):
         async def gather() -> list[T | BaseException]:
             return await asyncio.gather(*calls, return_exceptions=True)
 
+        return self._sort_faults(self._loop.run_until_complete(gather()))
+
+    def _sort_faults(
+        self, outcomes: Iterable[T | BaseException]
+    ) -> tuple[list[T | None], dict[int, GodotError]]:
+        """Results in order, None where a recoverable fault was raised; other errors are raised."""
         results: list[T | None] = []
         faults: dict[int, GodotError] = {}
-        for index, result in enumerate(self._loop.run_until_complete(gather())):
+        for index, result in enumerate(outcomes):
             if isinstance(result, BaseException):
                 if not self._recoverable(result):
                     raise result

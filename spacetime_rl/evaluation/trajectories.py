@@ -9,6 +9,7 @@ extension); a server without it (Godot) answers 404 and the plot shows paths onl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,11 +64,16 @@ class RecordingTransport:
         self.layouts_available = hasattr(transport, "debug_layout")
         self.paths: list[list[Path2D]] = []
         self._running: list[_Recording | None] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._auto_reset = False
 
     def __getattr__(self, name: str) -> Any:  # load_scene, get_performance_metrics, ...
         return getattr(self.transport, name)
 
     async def spec(self) -> Any:
+        # The VecEnv calls spec() on the loop it drives this transport with; receive_step, which is
+        # not a coroutine, fetches layouts on that loop between its runs.
+        self._loop = asyncio.get_running_loop()
         spec = await self.transport.spec()
         self.paths = [[] for _ in range(spec.num_agents)]
         self._running = [None] * spec.num_agents
@@ -89,19 +95,29 @@ class RecordingTransport:
         await self._begin(list(agents), result.observations)
         return result
 
-    async def step(self, actions: np.ndarray, auto_reset: bool = False) -> Any:
-        result = await self.transport.step(actions, auto_reset=auto_reset)
+    def send_step(self, actions: np.ndarray, auto_reset: bool = False) -> None:
+        self._auto_reset = auto_reset
+        self.transport.send_step(actions, auto_reset=auto_reset)
+
+    def receive_step(self) -> Any:
+        result = self.transport.receive_step()
+        begun = self._record(result)
+        if self._auto_reset and begun:
+            assert self._loop is not None, "spec() comes first"
+            self._loop.run_until_complete(self._begin(begun, result.observations[begun]))
+        return result
+
+    def _record(self, result: Any) -> list[int]:
+        """Add a step to the running recordings; returns the agents whose episode ended."""
         collisions = result.events.collisions
         for agent, recording in enumerate(self._running):
             if recording is not None:
                 final = result.terminal_observations.get(agent, result.observations[agent])
                 recording.add(final, int(collisions[agent]))
-        done = np.flatnonzero(result.done).tolist()
+        done: list[int] = np.flatnonzero(result.done).tolist()
         for agent in done:
             self._finish(agent)
-        if auto_reset and done:
-            await self._begin(done, result.observations[done])
-        return result
+        return done
 
     async def close(self) -> None:
         await self.transport.close()

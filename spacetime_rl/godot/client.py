@@ -1,5 +1,9 @@
 """Async client for HTTP protocol v1, spoken by Godot's HTTP API and the embedded simulator.
 
+`/rl/step` also has a blocking split form, `send_step` then `receive_step`, on its own keep-alive
+connection: a VecEnv sends to every server, then reads each answer, so the servers step at the same
+time and no event loop sits on the hot path.
+
 Every response is checked against `docs/protocol.md` before it is handed on: a server that breaks the
 protocol raises `ProtocolError` naming the endpoint and the field, never returns bad data.
 """
@@ -7,12 +11,15 @@ protocol raises `ProtocolError` naming the endpoint and the field, never returns
 from __future__ import annotations
 
 import asyncio
+import http.client
 import math
 import operator
+import select
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 import aiohttp
 import numpy as np
@@ -152,6 +159,13 @@ class GodotClient:
             self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._step_path = (parsed.path.rstrip("/") or "") + "/rl/step"
+        self._step_headers = {
+            **self._headers,
+            **(_BINARY_STEP_HEADERS if binary_step else _JSON_HEADERS),
+        }
+        self._connection: http.client.HTTPConnection | None = None  # send_step's, opened on first use
+        self._pending_step: GodotError | bool = False  # sent and not yet received; or the send's error
         self._num_agents: int | None = None  # from the first spec(); a scene load forgets it
 
     async def __aenter__(self) -> GodotClient:
@@ -164,7 +178,8 @@ class GodotClient:
         await self.close()
 
     async def close(self) -> None:
-        """Release the connection pool; a later call opens a new one."""
+        """Release the connections; a later call opens new ones."""
+        self._drop_connection()
         if self._session is not None:
             await self._session.close()
         self._session = None
@@ -306,24 +321,58 @@ class GodotClient:
 
     async def step(self, actions: np.ndarray, auto_reset: bool = False) -> StepResult:
         """Act for every agent and advance `action_repeat` physics frames, in one round trip."""
-        request = {"actions": self._actions(actions), "auto_reset": bool(auto_reset)}
-        if self._binary_step:
-            status, content_type, raw = await self._exchange(
-                "POST", "/rl/step", request, _BINARY_STEP_HEADERS
-            )
-            if content_type == wire.STEP_BINARY_CONTENT_TYPE:
-                return _Check(self, "/rl/step", {}).binary_step(raw, self._num_agents)
-            body = self._decode_json("/rl/step", status, raw)
-        else:
-            body = await self._request("POST", "/rl/step", request)
-        check = _Check(self, "/rl/step", body)
-        observations = check.observations(body, "observations", self._num_agents)
-        num_agents = len(observations)
-        done = check.flags(body, "done", num_agents)
-        events = check.events(body, num_agents)
-        tick = check.count(body, "tick")
-        terminal = check.terminal_observations(body, done) if "terminal_observations" in body else {}
-        return StepResult(observations, done, events, tick, terminal)
+        request = self._step_request(actions, auto_reset)
+        headers = _BINARY_STEP_HEADERS if self._binary_step else _JSON_HEADERS
+        status, content_type, raw = await self._exchange("POST", "/rl/step", request, headers)
+        return self._step_result(status, content_type, raw)
+
+    def send_step(self, actions: np.ndarray, auto_reset: bool = False) -> None:
+        """Write the `/rl/step` request of `step` and return at once; `receive_step` reads the answer.
+
+        Blocking, on this client's own keep-alive connection (stdlib `http.client`). Transport errors
+        are raised by `receive_step`, as the same `GodotError`s `step` raises; `env.request_timeout`
+        bounds each read of the answer. A bad action array raises ValueError here, before sending.
+        """
+        body = orjson.dumps(self._step_request(actions, auto_reset), option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            connection = self._connect()
+        except TimeoutError as exc:
+            self._pending_step = self._timeout_error("/rl/step", "connect", "reaching the server")
+            self._pending_step.__cause__ = exc
+            return
+        except OSError as exc:
+            self._pending_step = self._connect_error("/rl/step")
+            self._pending_step.__cause__ = exc
+            return
+        try:
+            connection.request("POST", self._step_path, body, self._step_headers)
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_connection()
+            self._pending_step = self._broken_error("POST", "/rl/step", exc)
+            self._pending_step.__cause__ = exc
+            return
+        self._pending_step = True
+
+    def receive_step(self) -> StepResult:
+        """The answer to the last `send_step`, checked as `step` checks it."""
+        pending, self._pending_step = self._pending_step, False
+        if isinstance(pending, GodotError):
+            raise pending
+        if not pending or self._connection is None:
+            raise RuntimeError(f"{self!r}: receive_step() without a send_step() before it")
+        try:
+            response = self._connection.getresponse()
+            raw = response.read()
+        except TimeoutError as exc:
+            self._drop_connection()  # the late answer must not be read as the next one
+            raise self._timeout_error("/rl/step", "request", "an answer to POST") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_connection()
+            raise self._broken_error("POST", "/rl/step", exc) from exc
+        if not 200 <= response.status < 300:
+            raise self._http_error("POST", "/rl/step", response.status, raw)
+        content_type = (response.getheader("Content-Type") or "").partition(";")[0].strip().lower()
+        return self._step_result(response.status, content_type, raw)
 
     async def send_action(self, actions: np.ndarray) -> int:
         """Act for every agent; returns the tick. Prefer `step`, which also returns what happened."""
@@ -352,6 +401,51 @@ class GodotClient:
         if not np.isfinite(array).all():
             raise ValueError(f"actions for {self.url} contain NaN or infinity; check the policy output")
         return array
+
+    def _step_request(self, actions: np.ndarray, auto_reset: bool) -> dict[str, Any]:
+        return {"actions": self._actions(actions), "auto_reset": bool(auto_reset)}
+
+    def _step_result(self, status: int, content_type: str, raw: bytes) -> StepResult:
+        if self._binary_step and content_type == wire.STEP_BINARY_CONTENT_TYPE:
+            return _Check(self, "/rl/step", {}).binary_step(raw, self._num_agents)
+        body = self._decode_json("/rl/step", status, raw)
+        check = _Check(self, "/rl/step", body)
+        observations = check.observations(body, "observations", self._num_agents)
+        num_agents = len(observations)
+        done = check.flags(body, "done", num_agents)
+        events = check.events(body, num_agents)
+        tick = check.count(body, "tick")
+        terminal = check.terminal_observations(body, done) if "terminal_observations" in body else {}
+        return StepResult(observations, done, events, tick, terminal)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        """send_step's connection, (re)connected within the connect timeout.
+
+        A kept-alive connection the server has since closed (idle timeout, restart) reads as ready
+        with nothing to read: it is replaced before sending, so the request is not lost on it.
+        """
+        connection = self._connection
+        if connection is not None and _closed_by_peer(connection):
+            self._drop_connection()
+            connection = None
+        if connection is None:
+            url = URL(self.url)
+            kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+            connection = self._connection = kind(url.host or "", url.port, timeout=self._timeouts.connect)
+        if connection.sock is None:
+            try:
+                connection.connect()
+            except OSError:
+                self._drop_connection()
+                raise
+            cast(socket.socket, connection.sock).settimeout(self._timeouts.request)
+        return connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
+        self._pending_step = False
 
     def _open_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -395,19 +489,9 @@ class GodotClient:
         except TimeoutError as exc:
             raise self._timeout_error(endpoint, "request", f"an answer to {method}") from exc
         except aiohttp.ClientConnectorError as exc:
-            raise GodotConnectionError(
-                f"Cannot connect to Godot HTTP API at {self.url} ({self.name}): "
-                f"is Godot running with the HTTP API enabled? Check: curl {self.url}/health",
-                url=self.url,
-                endpoint=endpoint,
-            ) from exc
+            raise self._connect_error(endpoint) from exc
         except aiohttp.ClientError as exc:
-            raise GodotConnectionError(
-                f"Connection to {self.url} ({self.name}) broke during {method} {endpoint}: "
-                f"{type(exc).__name__}: {exc}. Check the server's log; it may have crashed or restarted.",
-                url=self.url,
-                endpoint=endpoint,
-            ) from exc
+            raise self._broken_error(method, endpoint, exc) from exc
         if not 200 <= status < 300:
             raise self._http_error(method, endpoint, status, raw)
         return status, content_type, raw
@@ -425,6 +509,22 @@ class GodotClient:
         if not isinstance(decoded, dict):
             _Check(self, endpoint, {}).fail(f"the body is {type(decoded).__name__}, expected a JSON object")
         return decoded
+
+    def _connect_error(self, endpoint: str) -> GodotConnectionError:
+        return GodotConnectionError(
+            f"Cannot connect to Godot HTTP API at {self.url} ({self.name}): "
+            f"is Godot running with the HTTP API enabled? Check: curl {self.url}/health",
+            url=self.url,
+            endpoint=endpoint,
+        )
+
+    def _broken_error(self, method: str, endpoint: str, exc: BaseException) -> GodotConnectionError:
+        return GodotConnectionError(
+            f"Connection to {self.url} ({self.name}) broke during {method} {endpoint}: "
+            f"{type(exc).__name__}: {exc}. Check the server's log; it may have crashed or restarted.",
+            url=self.url,
+            endpoint=endpoint,
+        )
 
     def _timeout_error(self, endpoint: str, kind: str, waiting_for: str) -> GodotTimeoutError:
         key = f"{self._prefix}{kind}_timeout"
@@ -451,6 +551,11 @@ class GodotClient:
             endpoint=endpoint,
             status=status,
         )
+
+
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive socket that reads as ready has been closed by the server (or sent junk)."""
+    return connection.sock is not None and bool(select.select([connection.sock], [], [], 0)[0])
 
 
 def _excerpt(raw: bytes) -> str:
