@@ -8,6 +8,7 @@ path (``Key 'prot' not in 'EnvConfig'``) and `TrainConfig.__post_init__` checks 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -26,6 +27,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ENV_KINDS = ("sim", "godot")
 ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
 TURN_MODES = ("smooth", "snap")
+BUSY_POLL_MODES = ("auto", "on", "off")
+#: How long a busy-polling side spins on its socket before it blocks (docs/training.md, "Speed").
+BUSY_POLL_SECONDS = 0.002
 CURRICULUM_MODES = ("timesteps", "success_rate")
 
 
@@ -50,6 +54,9 @@ class EnvConfig:
     connect_timeout: float = 10.0  # seconds to reach a server before giving up
     request_timeout: float = 30.0
     binary_step: bool = True  # ask /rl/step for the binary body (docs/protocol.md); JSON if unsupported
+    # Spin instead of sleeping while a /rl/step answer (client) or the next request (launched
+    # simulators) is due: auto = on for the simulator when its servers and the trainer fit the cores
+    busy_poll: str = "auto"
     max_restarts: int = 3  # launched servers: restarts allowed within restart_window before giving up
     restart_window: float = 600.0  # seconds
     retries: int = 5  # attached server (env.url): health checks before saving and stopping
@@ -106,6 +113,12 @@ class EnvConfig:
         )
         _require(self.turn_mode in TURN_MODES, "env.turn_mode", self.turn_mode, f"use one of {TURN_MODES}")
         _require(
+            self.busy_poll in BUSY_POLL_MODES,
+            "env.busy_poll",
+            self.busy_poll,
+            f"use one of {BUSY_POLL_MODES}",
+        )
+        _require(
             0 <= self.action_smoothing < 1,
             "env.action_smoothing",
             self.action_smoothing,
@@ -120,6 +133,19 @@ class EnvConfig:
     def attached(self) -> bool:
         """True when training attaches to a running server at `url` instead of starting its own."""
         return self.kind == "godot" and not self.executable
+
+    def busy_poll_seconds(self) -> float:
+        """How long the client, and launched simulators, spin before sleeping (0: they sleep at once).
+
+        On a VM a sleeping process is woken ~50 us after its socket turns ready, twice per round
+        trip; spinning avoids that but holds a core, so `auto` spins only with the embedded
+        simulator and only when each of its servers and the trainer can have a core of their own.
+        """
+        if self.busy_poll == "auto":
+            on = self.kind == "sim" and self.num_environments + 1 <= len(os.sched_getaffinity(0))
+        else:
+            on = self.busy_poll == "on"
+        return BUSY_POLL_SECONDS if on else 0.0
 
 
 @dataclass

@@ -103,13 +103,18 @@ def reset_options(config: EnvConfig, max_goal_distance: float | None = None) -> 
 
 
 def make_clients(urls: Sequence[str], config: EnvConfig) -> list[Any]:
-    """One `GodotClient` per URL, with the env's token and timeouts."""
+    """One `GodotClient` per URL, with the env's token, timeouts and busy polling."""
     from spacetime_rl.godot.client import GodotClient, Timeouts
 
     timeouts = Timeouts(connect=config.connect_timeout, request=config.request_timeout)
     return [
         GodotClient(
-            url, token=config.token, timeouts=timeouts, name="env.url", binary_step=config.binary_step
+            url,
+            token=config.token,
+            timeouts=timeouts,
+            name="env.url",
+            binary_step=config.binary_step,
+            busy_poll=config.busy_poll_seconds(),
         )
         for url in urls
     ]

@@ -16,6 +16,7 @@ import math
 import operator
 import select
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -128,7 +129,8 @@ class GodotClient:
     `name` is the config key the URL came from; messages quote it and its sibling keys
     (`env.token`, `env.request_timeout`, ...) so a user knows what to change. `binary_step` asks
     `/rl/step` for the binary body (docs/protocol.md, "Binary step body"); a server that does not
-    offer it answers JSON, which the client reads as usual.
+    offer it answers JSON, which the client reads as usual. `busy_poll` > 0: `receive_step` spins
+    on its socket for up to that many seconds before it sleeps (`EnvConfig.busy_poll_seconds`).
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class GodotClient:
         timeouts: Timeouts = Timeouts(),
         name: str = "env.url",
         binary_step: bool = True,
+        busy_poll: float = 0.0,
     ) -> None:
         try:
             parsed: URL | None = URL(url)
@@ -165,6 +168,7 @@ class GodotClient:
             **(_BINARY_STEP_HEADERS if binary_step else _JSON_HEADERS),
         }
         self._connection: http.client.HTTPConnection | None = None  # send_step's, opened on first use
+        self._busy_poll = busy_poll
         self._pending_step: GodotError | bool = False  # sent and not yet received; or the send's error
         self._num_agents: int | None = None  # from the first spec(); a scene load forgets it
 
@@ -360,6 +364,8 @@ class GodotClient:
             raise pending
         if not pending or self._connection is None:
             raise RuntimeError(f"{self!r}: receive_step() without a send_step() before it")
+        if self._busy_poll:
+            _spin_until_readable(self._connection, self._busy_poll)
         try:
             response = self._connection.getresponse()
             raw = response.read()
@@ -551,6 +557,13 @@ class GodotClient:
             endpoint=endpoint,
             status=status,
         )
+
+
+def _spin_until_readable(connection: http.client.HTTPConnection, seconds: float) -> None:
+    """Poll the socket without sleeping until it has data or `seconds` have passed."""
+    end = time.perf_counter() + seconds
+    while not _closed_by_peer(connection) and time.perf_counter() < end:
+        pass
 
 
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:

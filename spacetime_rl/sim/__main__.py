@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import selectors
 import signal
 import sys
+import time
 from typing import Final
 
 from spacetime_rl.errors import ConfigError
@@ -93,6 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--whitelist", default=None, help='JSON list of loadable scenes (or {"scenes": [...]})'
     )
     parser.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="larger bodies get 413")
+    parser.add_argument(
+        "--busy-poll-us",
+        type=_non_negative,
+        default=0,
+        help="after each answer, spin this long waiting for the next request before sleeping "
+        "(default 0: sleep at once); see docs/training.md, 'Speed'",
+    )
     parser.add_argument("--godot-ready-line", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -121,10 +130,33 @@ async def _run(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+class BusyPollSelector(selectors.DefaultSelector):
+    """A selector that polls for up to `seconds` before it blocks, so a request arriving soon after
+    the last answer finds the process awake (on a VM, waking a sleeping one costs ~50 us)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        start = time.perf_counter()
+        spin = self.seconds if timeout is None else min(self.seconds, max(timeout, 0.0))
+        ready = super().select(0)
+        while not ready and time.perf_counter() - start < spin:
+            ready = super().select(0)
+        if ready:
+            return ready
+        remaining = None if timeout is None else max(timeout - (time.perf_counter() - start), 0.0)
+        return super().select(remaining)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    seconds = args.busy_poll_us / 1e6
+    spinning = lambda: asyncio.SelectorEventLoop(BusyPollSelector(seconds))  # noqa: E731
     try:
-        asyncio.run(_run(args))
+        with asyncio.Runner(loop_factory=spinning if seconds else None) as runner:
+            runner.run(_run(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,11 +10,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
-from spacetime_rl.config import EnvConfig
-from spacetime_rl.envs import ServerPool
+from spacetime_rl.config import BUSY_POLL_SECONDS, EnvConfig, RewardConfig
+from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "launcher-secret"
@@ -117,3 +118,55 @@ def test_train_py_trains_on_launched_instances_and_leaves_no_orphans(godot: Path
     assert (run_dir / "checkpoints" / "vr_nav_model_256_steps.zip").is_file()
     assert json.loads((run_dir / "metrics.json").read_text())["num_timesteps"] == 512
     assert not launched_by(project)
+
+
+# ---------------------------------------------------------------- busy polling
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cores", "seconds"),
+    [
+        ({}, 2, BUSY_POLL_SECONDS),  # one simulator and the trainer fit two cores
+        ({"num_environments": 2}, 2, 0.0),  # three processes would share two cores
+        ({"num_environments": 2}, 3, BUSY_POLL_SECONDS),
+        ({"kind": "godot", "url": "http://127.0.0.1:8080"}, 8, 0.0),  # auto never spins for Godot
+        ({"busy_poll": "on", "num_environments": 4}, 2, BUSY_POLL_SECONDS),
+        ({"busy_poll": "off"}, 8, 0.0),
+    ],
+)
+def test_busy_poll_auto_spins_only_when_every_process_has_a_core(monkeypatch, overrides, cores, seconds):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    assert EnvConfig(**overrides).busy_poll_seconds() == seconds
+
+
+def test_busy_polling_servers_and_clients_step_exactly_as_sleeping_ones():
+    observations = {}
+    for mode in ("on", "off"):
+        config = EnvConfig(num_environments=1, agents_per_environment=8, busy_poll=mode)
+        pool = ServerPool(config, seed=3)
+        with pool as urls:
+            (pid,) = pool.pids
+            assert ("--busy-poll-us" in psutil.Process(pid).cmdline()) == (mode == "on")
+            venv = SpaceTimeVecEnv(make_clients(urls, config), config, RewardConfig(), seed=3)
+            rng = np.random.default_rng(0)
+            rows = [venv.reset()]
+            rows += [venv.step(rng.uniform(-1, 1, (8, 3)).astype(np.float32))[0] for _ in range(30)]
+            venv.close()
+        observations[mode] = np.stack(rows)
+    np.testing.assert_array_equal(observations["on"], observations["off"])
+
+
+def test_the_busy_poll_selector_returns_what_arrives_while_it_spins():
+    import selectors
+    import socket
+    import threading
+
+    from spacetime_rl.sim.__main__ import BusyPollSelector
+
+    reader, writer = socket.socketpair()
+    with reader, writer, BusyPollSelector(5.0) as selector:
+        selector.register(reader, selectors.EVENT_READ)
+        assert selector.select(0) == []
+        threading.Timer(0.01, writer.send, (b"x",)).start()
+        (key, events), *rest = selector.select(None)
+        assert key.fileobj is reader and events == selectors.EVENT_READ and not rest

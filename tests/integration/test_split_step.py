@@ -41,13 +41,13 @@ def assert_same_step(got: StepResult, expected: StepResult) -> None:
         assert got.terminal_observations[agent].tobytes() == row.tobytes()
 
 
-@pytest.mark.parametrize("binary_step", [True, False])
-async def test_split_steps_equal_async_steps_exactly(start_sim, binary_step: bool) -> None:
+@pytest.mark.parametrize(("binary_step", "busy_poll"), [(True, 0.0), (False, 0.0), (True, 0.002)])
+async def test_split_steps_equal_async_steps_exactly(start_sim, binary_step: bool, busy_poll: float) -> None:
     urls = [await start_sim(num_agents=AGENTS, scene=wire.DEFAULT_SCENE, seed=5) for _ in range(2)]
     rng = np.random.default_rng(2)
     async with (
         GodotClient(urls[0], binary_step=False) as reference,
-        GodotClient(urls[1], binary_step=binary_step) as client,
+        GodotClient(urls[1], binary_step=binary_step, busy_poll=busy_poll) as client,
     ):
         for each in (reference, client):
             await each.spec()

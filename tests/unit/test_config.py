@@ -119,6 +119,7 @@ def test_wrong_type_fails_with_full_key() -> None:
         ("reward.fall_penalty=5", "reward.fall_penalty"),
         ("env.kind=unity", "env.kind"),
         ("training.rollout_torch_threads=-1", "training.rollout_torch_threads"),
+        ("env.busy_poll=sometimes", "env.busy_poll"),
     ],
 )
 def test_values_checked_for_sense(override: str, key: str) -> None:
