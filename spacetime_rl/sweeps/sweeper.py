@@ -25,6 +25,7 @@ from spacetime_rl.sweeps.study import default_storage, finished_trials, open_sto
 log = logging.getLogger(__name__)
 
 TORCH_THREADS_KEY = "training.torch_threads"
+BUSY_POLL_KEY = "env.busy_poll"
 
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
@@ -112,10 +113,15 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         self._write_results(study, directions)
 
     def _shared_overrides(self, distributions: dict[str, Any], fixed: dict[str, Any]) -> list[str]:
-        """One torch thread per core share when trials run in parallel, unless the command line says otherwise."""
-        if self.n_jobs == 1 or TORCH_THREADS_KEY in distributions or TORCH_THREADS_KEY in fixed:
+        """When trials run in parallel: one torch thread per core share, and no busy polling (the
+        trials' processes share the cores), unless the command line says otherwise."""
+        if self.n_jobs == 1:
             return []
-        return [f"{TORCH_THREADS_KEY}={max(1, (os.cpu_count() or 1) // self.n_jobs)}"]
+        defaults = {
+            TORCH_THREADS_KEY: max(1, (os.cpu_count() or 1) // self.n_jobs),
+            BUSY_POLL_KEY: "off",
+        }
+        return [f"{key}={value}" for key, value in defaults.items() if key not in distributions | fixed]
 
     def _trial_overrides(self, trial: optuna.trial.Trial) -> Sequence[str]:
         if not self.pass_trial:

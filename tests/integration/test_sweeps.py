@@ -25,6 +25,7 @@ from spacetime_rl.config import SweepConfig, TrainConfig, TrainingConfig
 from spacetime_rl.sweeps import PruningReporter, is_sweep_dir, run_trial, write_sweep_report
 from spacetime_rl.sweeps.report import param_importances
 from spacetime_rl.sweeps.study import default_storage, open_storage, tell_result
+from spacetime_rl.sweeps.sweeper import ResumableOptunaSweeperImpl
 
 FAKE_APP = Path(__file__).with_name("fake_train_app.py")
 TrialState = optuna.trial.TrialState
@@ -261,3 +262,16 @@ def test_only_a_sweep_file_selects_the_optuna_sweeper(
     )
     assert result.returncode == 0, result.stderr
     assert OmegaConf.create(result.stdout).hydra.sweeper._target_ == sweeper
+
+
+@pytest.mark.parametrize(
+    ("n_jobs", "fixed", "expected"),
+    [
+        (1, {}, []),
+        (2, {}, [f"training.torch_threads={max(1, (os.cpu_count() or 1) // 2)}", "env.busy_poll=off"]),
+        (2, {"env.busy_poll": "on", "training.torch_threads": 1}, []),
+    ],
+)
+def test_parallel_trials_share_the_cores(n_jobs: int, fixed: dict[str, Any], expected: list[str]) -> None:
+    sweeper = ResumableOptunaSweeperImpl(None, "maximize", 4, n_jobs, None, None)
+    assert sweeper._shared_overrides({}, fixed) == expected
