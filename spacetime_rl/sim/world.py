@@ -83,6 +83,22 @@ _RAY_ROTATIONS: Final = -1j * np.exp(1j * np.arange(wire.NUM_RAYS) * (2 * np.pi 
 _IS_RECT: Final = np.ones(_NUM_OBSTACLES, bool)
 _IS_RECT[_PILLARS] = False
 _RECT_COLUMNS: Final = np.flatnonzero(_IS_RECT)
+# Observation fields that are a horizontal vector (complex x + 1j*z) and a height (y), in the order
+# _observations stacks them; each one's x, y, z columns are consecutive from wire.OBS.
+_PLANAR_FIELDS: Final = (
+    "camera_position",
+    "camera_velocity",
+    "camera_angular_velocity",
+    "left_controller_position",
+    "right_controller_position",
+    "left_controller_velocity",
+    "right_controller_velocity",
+    "goal_relative_position",
+    "goal_direction",
+)
+_PLANAR_X: Final = np.array([wire.OBS[name].start for name in _PLANAR_FIELDS])
+_HANDS: Final = np.array([LEFT_HAND_OFFSET, RIGHT_HAND_OFFSET])[:, :, None]  # (side, x y z, 1)
+_HAND_SIGNS: Final = np.array([[1.0], [-1.0]])  # the hands swing in opposite directions
 _Selection = slice | np.ndarray  # agents to compute for: a slice or an index array
 _ALL: Final = slice(None)
 
@@ -177,9 +193,9 @@ class World:
         self._snap_angle = np.full(n, math.radians(DEFAULT_SNAP_ANGLE))
         self._scenario = np.zeros(n, np.int64)  # index into wire.SCENARIOS
 
-        # layout, one column per obstacle (see _BOXES...): rectangle x0, z0, x1, z1 and a radius;
-        # unused slots hold the sentinel
-        self._x0, self._z0, self._x1, self._z1 = (np.full((n, _NUM_OBSTACLES), _SENTINEL) for _ in range(4))
+        # layout, one column per obstacle (see _BOXES...): rectangle x0, z0, x1, z1 planes and a
+        # radius; unused slots hold the sentinel
+        self._rects = np.full((4, n, _NUM_OBSTACLES), _SENTINEL)
         self._radius = np.zeros((n, _NUM_OBSTACLES))
         half, far = PLATFORM_HALF_SIZE, PLATFORM_HALF_SIZE + _BORDER_WIDTH
         border = np.array(
@@ -190,8 +206,7 @@ class World:
                 [-far, half, far, far],
             ]
         )
-        for column, values in zip(self._rects, border.T, strict=True):
-            column[:, _PITS.stop :] = values
+        self._rects[..., _PITS.stop :] = border.T[:, None]
         self._goal = np.zeros(n, complex)
         self._gap = np.zeros((n, _NUM_OBSTACLES))  # _gaps() as of the last observation
 
@@ -214,10 +229,6 @@ class World:
         self.reset(seed=seed)
 
     # --- public API ------------------------------------------------------------------------
-    @property
-    def _rects(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return self._x0, self._z0, self._x1, self._z1
-
     @property
     def tick(self) -> int:
         """Physics frames simulated since the world was created."""
@@ -290,27 +301,26 @@ class World:
         yaw_rate = np.where(self._snap, 0.0, -r * self._max_rotation)
         turn = np.exp(-1j * yaw_rate * DT)  # heading change per frame
         snapping = self._snap & active & (np.abs(r) > SNAP_THRESHOLD)
-        snap_turn = np.exp(1j * np.sign(r) * self._snap_angle)
+        snap_any = np.count_nonzero(snapping) > 0
+        if snap_any:
+            snap_turn = np.exp(1j * np.sign(r) * self._snap_angle)
         collisions = np.zeros(self.num_agents, np.int64)
         teleports = np.zeros(self.num_agents, np.int64)
         fell = np.zeros(self.num_agents, bool)
         reached = np.zeros(self.num_agents, bool)
         vel_start = self._vel.copy()
 
-        # Only agents that can reach an obstacle, a drop or the goal during this action need the
-        # per-frame tests; they are chosen once here, with the farthest they can move.
+        # Only the (agent, obstacle) pairs and the agents that can meet during this action need the
+        # per-frame tests; they are chosen once here, with the farthest an agent can move.
         reach = self._max_speed * (self.action_repeat * DT) + CONTACT_SLOP
-        near = (self._gap <= (PLAYER_RADIUS + reach)[:, None]).any(1) & active
-        near_idx = np.flatnonzero(near)
+        near = (self._gap <= (PLAYER_RADIUS + reach)[:, None]) & active[:, None]
+        sub = _Neighbourhood(self, near) if np.count_nonzero(near) else None
         goal_idx = np.flatnonzero((np.abs(self._pos - self._goal) < GOAL_RADIUS + reach) & active)
-        if near_idx.size:
-            sub = _Neighbourhood(self, near_idx)
 
         pos, vel, u = self._pos, self._vel, self._u
         dv = np.empty(self.num_agents, complex)
         gain = np.empty(self.num_agents)
         step_gain = MAX_ACCELERATION * DT
-        snap_any = np.count_nonzero(snapping) > 0
         goal_at = self._goal[goal_idx]  # goals do not move during an action
         for _ in range(self.action_repeat):
             if snap_any:
@@ -331,11 +341,9 @@ class World:
             np.multiply(vel, DT, out=dv)
             pos += dv
             ended: list[np.ndarray] = []
-            if near_idx.size:
-                new_contacts, over_drop = sub.collide(pos, vel)
-                collisions[near_idx] += new_contacts
-                if np.count_nonzero(over_drop):
-                    falling = near_idx[over_drop]
+            if sub is not None:
+                falling = sub.collide(pos, vel)
+                if falling.size:
                     falling = falling[~(fell[falling] | reached[falling])]
                     fell[falling] = True
                     ended.append(falling)
@@ -352,11 +360,10 @@ class World:
                 yaw_rate[stopped] = 0.0
                 snapping[stopped] = False
 
-        if near_idx.size:
-            self._contact[:] = False
-            self._contact[near_idx] = sub.contact
-        else:
-            self._contact[:] = False
+        self._contact[:] = False
+        if sub is not None:
+            self._contact[sub.solid_agent, sub.solid] = sub.contact
+            np.add.at(collisions, sub.solid_agent, sub.new_contacts)
         self._finish_action(vel_start, yaw_rate, active)
         self._done |= fell | reached
         self._events = (collisions, fell, reached, teleports)
@@ -370,7 +377,7 @@ class World:
     def layout(self, agent: int) -> Layout:
         """The arena of one agent (unused obstacle slots left out)."""
         i = int(self._agent_indices([agent])[0])
-        rects = np.stack([column[i] for column in self._rects], axis=1)
+        rects = self._rects[:, i].T
         used = rects[:, 0] < _SENTINEL
         boxes, pits = rects[_BOXES][used[_BOXES]], rects[_PITS][used[_PITS]]
         pillars = np.stack([rects[_PILLARS, 0], rects[_PILLARS, 1], self._radius[i, _PILLARS]], axis=1)
@@ -553,10 +560,9 @@ class World:
         self, i: int, boxes: np.ndarray, pillar_rects: np.ndarray, radii: np.ndarray, pits: np.ndarray
     ) -> None:
         """Write one arena's obstacles (rows of x0, z0, x1, z1) into agent `i`'s columns."""
-        for c, column in enumerate(self._rects):
-            column[i, : _PITS.stop] = _SENTINEL
-            for slots, rows in ((_BOXES, boxes), (_PILLARS, pillar_rects), (_PITS, pits)):
-                column[i, slots.start : slots.start + len(rows)] = rows[:, c]
+        self._rects[:, i, : _PITS.stop] = _SENTINEL
+        for slots, rows in ((_BOXES, boxes), (_PILLARS, pillar_rects), (_PITS, pits)):
+            self._rects[:, i, slots.start : slots.start + len(rows)] = rows.T
         self._radius[i, _PILLARS] = 0.0
         self._radius[i, _PILLARS.start : _PILLARS.start + len(radii)] = radii
 
@@ -580,74 +586,76 @@ class World:
 
     def _gaps(self, sel: _Selection = _ALL) -> np.ndarray:
         """(k, K) horizontal distance from each player's centre to each obstacle (0 inside one)."""
-        pos = self._pos[sel]
-        x, z = pos.real[:, None], pos.imag[:, None]
-        dx = x - np.minimum(np.maximum(x, self._x0[sel]), self._x1[sel])
-        dz = z - np.minimum(np.maximum(z, self._z0[sel]), self._z1[sel])
-        return np.maximum(np.sqrt(dx * dx + dz * dz) - self._radius[sel], 0.0)
+        offset = _offsets(_xz(self._pos[sel])[..., None], self._rects[:, sel])
+        distance = np.sqrt(_dot(offset, offset))
+        return np.maximum(distance - self._radius[sel], 0.0)
 
     def _finish_action(self, vel_start: np.ndarray, yaw_rate: np.ndarray, active: np.ndarray) -> None:
         """Per-action bookkeeping: exact heading, walking phase, low-passed roll and pitch."""
         period = self.action_repeat * DT
         self._u /= np.abs(self._u)
-        self._yaw = -np.angle(self._u)
+        self._yaw = -np.arctan2(self._u.imag, self._u.real)
         self._yaw_rate = yaw_rate
-        mean_speed = (np.abs(vel_start) + np.abs(self._vel)) / 2
+        speed = np.abs(self._vel)
+        mean_speed = (np.abs(vel_start) + speed) / 2
         self._phase = (self._phase + 2 * np.pi * mean_speed * period / STRIDE_LENGTH) % (2 * np.pi)
         forward = -1j * self._u
         acceleration = ((self._vel - vel_start) * forward.conjugate()).real / period
-        walk = np.minimum(np.abs(self._vel) / WALK_REFERENCE_SPEED, 1.0)
+        walk = np.minimum(speed / WALK_REFERENCE_SPEED, 1.0)
         roll_target = ROLL_PER_YAW_RATE * yaw_rate + ROLL_SWAY * walk * np.sin(self._phase)
         pitch_target = -PITCH_PER_ACCELERATION * acceleration
-        keep = math.exp(-period / SWAY_TIME_CONSTANT)
-        roll = roll_target + (self._roll - roll_target) * keep
-        pitch = pitch_target + (self._pitch - pitch_target) * keep
-        self._roll_rate = np.where(active, (roll - self._roll) / period, 0.0)
-        self._pitch_rate = np.where(active, (pitch - self._pitch) / period, 0.0)
-        self._roll, self._pitch = roll, pitch
+        target = np.array([roll_target, pitch_target])
+        before = np.array([self._roll, self._pitch])
+        after = target + (before - target) * math.exp(-period / SWAY_TIME_CONSTANT)
+        self._roll_rate, self._pitch_rate = np.where(active, (after - before) / period, 0.0)
+        self._roll, self._pitch = after
 
     def _observations(self, sel: _Selection = _ALL) -> np.ndarray:
         """(k, 48) float32 observations of the current state of agents `sel`, in wire order."""
         pos, vel, u, phase = self._pos[sel], self._vel[sel], self._u[sel], self._phase[sel]
         yaw_rate, pitch_rate, roll_rate = self._yaw_rate[sel], self._pitch_rate[sel], self._roll_rate[sel]
         n = len(pos)
-        zero = np.zeros(n)
         speed = np.abs(vel)
         walk = np.minimum(speed / WALK_REFERENCE_SPEED, 1.0)
         phase_rate = 2 * np.pi * speed / STRIDE_LENGTH
-        bob = BOB_AMPLITUDE * walk * np.sin(2 * phase)
-        bob_rate = 2 * BOB_AMPLITUDE * walk * np.cos(2 * phase) * phase_rate
-
+        # One sine and one cosine call for every angle: head bob, hand swing, then the half angles of
         # q = yaw(Y) * pitch(X) * roll(Z), Godot's default YXZ Euler order
-        half = np.stack([self._yaw[sel], self._pitch[sel], self._roll[sel]]) / 2
-        (cy, cp, cr), (sy, sp, sr) = np.cos(half), np.sin(half)
-        ax, ay, az, aw = sp * cy, sy * cp, -sy * sp, cy * cp
+        angles = np.array([2 * phase, phase, self._yaw[sel], self._pitch[sel], self._roll[sel]])
+        angles[2:] /= 2
+        cos, sin = np.cos(angles), np.sin(angles)
+        bob = BOB_AMPLITUDE * walk * sin[0]
+        bob_rate = 2 * BOB_AMPLITUDE * walk * cos[0] * phase_rate
+        swing = HAND_SWING * walk * sin[1]
+        swing_rate = HAND_SWING * walk * cos[1] * phase_rate
+        (cy, cp, cr), (sy, sp, sr) = cos[2:], sin[2:]
+        yaw_pitch = np.array([sp * cy, sy * cp, -sy * sp, cy * cp])  # x, y, z, w
+        rolled = yaw_pitch[[1, 0, 3, 2]]  # times roll: cr * (x, y, z, w) + sr * (y, -x, w, -z)
+        rolled[1::2] *= -1
+        rotation = cr * yaw_pitch + sr * rolled
         # small-angle: pitch rate about the player's right (u), roll rate about its back (1j*u)
         spin = pitch_rate * u + roll_rate * 1j * u
-        fields = {
-            "camera_position": [pos.real, EYE_HEIGHT + bob, pos.imag],
-            "camera_rotation": [cr * ax + sr * ay, cr * ay - sr * ax, cr * az + sr * aw, cr * aw - sr * az],
-            "camera_velocity": [vel.real, bob_rate, vel.imag],
-            "camera_angular_velocity": [spin.real, yaw_rate, spin.imag],
-            "ray_distances": list(self._ray_distances(sel).T),
-        }
-        swing = HAND_SWING * walk * np.sin(phase)
-        swing_rate = HAND_SWING * walk * np.cos(phase) * phase_rate
-        for side, offset, sign in (("left", LEFT_HAND_OFFSET, 1.0), ("right", RIGHT_HAND_OFFSET, -1.0)):
-            arm = u * (offset[0] + 1j * (offset[2] + sign * swing))  # player frame has +Z back
-            hand = pos + arm
-            hand_vel = vel - 1j * yaw_rate * arm + u * 1j * sign * swing_rate
-            fields[f"{side}_controller_position"] = [hand.real, np.full(n, offset[1]), hand.imag]
-            fields[f"{side}_controller_velocity"] = [hand_vel.real, zero, hand_vel.imag]
-
+        # both hands at once, left then right; the player frame has +Z back
+        arm = u * (_HANDS[:, 0] + 1j * (_HANDS[:, 2] + _HAND_SIGNS * swing))
+        hand = pos + arm
+        hand_vel = vel - 1j * yaw_rate * arm + u * 1j * _HAND_SIGNS * swing_rate
         to_goal = self._goal[sel] - pos  # goal and XR origin both on the floor: y difference 0
         distance = np.abs(to_goal)
         direction = np.divide(to_goal, distance, out=np.zeros(n, complex), where=distance > 0)
-        fields["goal_relative_position"] = [to_goal.real, zero, to_goal.imag]
-        fields["goal_distance"] = [distance]
-        fields["goal_direction"] = [direction.real, zero, direction.imag]
-        rows = [row for name, _ in wire.OBSERVATION_FIELDS for row in fields[name]]
-        return np.concatenate(rows).reshape(len(rows), n).T.astype(np.float32, order="C")
+
+        planar = np.concatenate(
+            [pos[None], vel[None], spin[None], hand, hand_vel, to_goal[None], direction[None]]
+        )
+        height = np.zeros(planar.shape)
+        height[:3] = EYE_HEIGHT + bob, bob_rate, yaw_rate
+        height[3:5] = _HANDS[:, 1]
+        obs = np.empty((n, wire.OBSERVATION_SIZE), np.float32)
+        obs[:, _PLANAR_X] = planar.real.T
+        obs[:, _PLANAR_X + 1] = height.T
+        obs[:, _PLANAR_X + 2] = planar.imag.T
+        obs[:, wire.OBS["camera_rotation"]] = rotation.T
+        obs[:, wire.OBS["ray_distances"]] = self._ray_distances(sel)
+        obs[:, wire.OBS["goal_distance"]] = distance[:, None]
+        return obs
 
     def _ray_distances(self, sel: _Selection = _ALL) -> np.ndarray:
         """(k, 16) distance along each horizontal ray to the first obstacle surface or drop-off edge.
@@ -656,85 +664,115 @@ class World:
         the player's centre (so touching a wall reads PLAYER_RADIUS) and read RAY_RANGE on a miss.
         Only the (agent, obstacle) pairs closer than RAY_RANGE are traced.
         """
-        pos, radius = self._pos[sel], self._radius[sel]
-        x0, z0, x1, z1 = (column[sel] for column in self._rects)
+        pos, rects, radius = self._pos[sel], self._rects[:, sel], self._radius[sel]
         out = np.full((len(pos), wire.NUM_RAYS), wire.RAY_RANGE)
         gap = self._gap[sel] = self._gaps(sel)  # kept: the next step starts from these positions
         near = gap <= wire.RAY_RANGE
         if not np.count_nonzero(near):
             return out
         # Directions once per agent, not per pair; rectangles and circles are gathered separately
-        # (each sorted by agent) so no pair array is masked or scattered.
-        d = self._u[sel][:, None] * _RAY_ROTATIONS  # (k, 16) unit directions
-        ox, oz = pos.real[:, None], pos.imag[:, None]
+        # so no pair array is masked or scattered. Arrays run (x and z, ray, pair): each formula is
+        # one NumPy call for both axes, over rows as long as the number of pairs.
+        d = self._u[sel] * _RAY_ROTATIONS[:, None]  # (16, k) unit directions
+        direction = np.array([d.real, d.imag])
+        origin = _xz(pos)
         agent, column = np.nonzero(near[:, _RECT_COLUMNS])
         if agent.size:  # slab test against the rectangle
-            k = _RECT_COLUMNS[column]
-            ddx = np.where(np.abs(d.real) < 1e-12, 1e-12, d.real)[agent]
-            ddz = np.where(np.abs(d.imag) < 1e-12, 1e-12, d.imag)[agent]
-            oxa, oza = ox[agent], oz[agent]
-            tx0, tx1 = (x0[agent, k, None] - oxa) / ddx, (x1[agent, k, None] - oxa) / ddx
-            tz0, tz1 = (z0[agent, k, None] - oza) / ddz, (z1[agent, k, None] - oza) / ddz
-            enter = np.maximum(np.minimum(tx0, tx1), np.minimum(tz0, tz1))
-            leave = np.minimum(np.maximum(tx0, tx1), np.maximum(tz0, tz1))
-            t = np.where((enter <= leave) & (leave >= 0), np.maximum(enter, 0.0), np.inf)
-            _nearest_per_agent(out, agent, t)
+            step = np.where(np.abs(direction) < 1e-12, 1e-12, direction)[..., agent]
+            corners = rects[:, agent, _RECT_COLUMNS[column]].reshape(2, 2, -1) - origin[:, agent]
+            t = corners[:, :, None] / step  # (corner, axis, ray, pair)
+            first, last = np.minimum(t[0], t[1]), np.maximum(t[0], t[1])
+            enter = np.maximum(np.maximum(first[0], first[1]), 0.0)
+            leave = np.minimum(last[0], last[1])
+            _nearest_per_agent(out, agent, np.where(enter <= leave, enter, np.inf))
         agent, column = np.nonzero(near[:, _PILLARS])
         if agent.size:  # ray against the pillar's circle
             k = column + _PILLARS.start
-            dc = d[agent]
-            offset = x0[agent, k, None] + 1j * z0[agent, k, None] - pos[agent, None]
-            b = dc.real * offset.real + dc.imag * offset.imag  # along the ray to the closest approach
-            disc = b * b - (offset.real**2 + offset.imag**2 - radius[agent, k, None] ** 2)
+            offset = rects[:2, agent, k] - origin[:, agent]  # (axis, pair) to the centre
+            b = _dot(direction[..., agent], offset[:, None])  # along the ray to the closest approach
+            disc = b * b - (_dot(offset, offset) - radius[agent, k] ** 2)
             root = np.sqrt(np.maximum(disc, 0.0))
             t = np.where((disc >= 0) & (b + root >= 0), np.maximum(b - root, 0.0), np.inf)
             _nearest_per_agent(out, agent, t)
         return out
 
 
+def _xz(points: np.ndarray) -> np.ndarray:
+    """(2, k) x and z rows of the complex `points` (k,)."""
+    return np.array([points.real, points.imag])
+
+
+def _offsets(xz: np.ndarray, rects: np.ndarray) -> np.ndarray:
+    """x, z from the nearest point of each rectangle (x0, z0, x1, z1 first) to the point `xz`."""
+    return xz - np.minimum(np.maximum(xz, rects[:2]), rects[2:])
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot products of vectors whose x and z lie along the first axis."""
+    products = a * b
+    return products[0] + products[1]
+
+
 def _nearest_per_agent(out: np.ndarray, agent: np.ndarray, t: np.ndarray) -> None:
-    """out[a] = min(out[a], every row of `t` whose pair belongs to agent a); `agent` is sorted."""
-    starts = np.empty(agent.size, bool)  # where each agent's run of pairs begins
-    starts[0] = True
-    np.not_equal(agent[1:], agent[:-1], out=starts[1:])
-    first = np.flatnonzero(starts)
-    seen = agent[first]
-    out[seen] = np.minimum(out[seen], np.minimum.reduceat(t, first))
+    """out[a, r] = min(out[a, r], t[r, p] of every pair p that belongs to agent a)."""
+    # on flat indices: NumPy's fast path for ufunc.at is one-dimensional
+    rays = out.shape[1]
+    np.minimum.at(out.reshape(-1), (np.arange(rays)[:, None] + agent * rays).ravel(), t.ravel())
 
 
 class _Neighbourhood:
-    """The obstacles of the agents near one during an action, gathered once for per-frame tests."""
+    """The (agent, obstacle) pairs that can touch during an action, gathered once for per-frame tests.
 
-    def __init__(self, world: World, idx: np.ndarray):
-        self.idx = idx
-        self.x0, self.z0, self.x1, self.z1 = (column[idx] for column in world._rects)
-        self.radius = world._radius[idx, _SOLIDS]
-        self.contact = world._contact[idx]
+    Any other obstacle stays farther than PLAYER_RADIUS + CONTACT_SLOP from its agent all action, so
+    it can neither touch nor push it. Solid pairs come first, then drop pairs; each kind is sorted.
+    """
 
-    def collide(self, pos: np.ndarray, vel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Push the players out of solids and slide their velocity; returns (new contacts, over a drop)."""
-        p = pos[self.idx]
-        x, z = p.real[:, None], p.imag[:, None]
-        dx = x - np.minimum(np.maximum(x, self.x0), self.x1)
-        dz = z - np.minimum(np.maximum(z, self.z0), self.z1)
-        d2 = dx * dx + dz * dz
-        # centre inside a pit or the void (edge included)
-        over_drop = np.logical_or.reduce(d2[:, _DROPS] == 0.0, axis=1)
-        gap = np.sqrt(d2[:, _SOLIDS]) - self.radius
+    def __init__(self, world: World, near: np.ndarray):
+        self.solid_agent, self.solid = np.nonzero(near[:, _SOLIDS])
+        drop_agent, drop = np.nonzero(near[:, _DROPS])
+        self.agent = np.concatenate([self.solid_agent, drop_agent])
+        self.rects = world._rects[:, self.agent, np.concatenate([self.solid, drop + _DROPS.start])]
+        self.radius = world._radius[self.solid_agent, self.solid]
+        self.contact = world._contact[self.solid_agent, self.solid]
+        self.new_contacts = np.zeros(self.solid.size, np.int64)  # rising edges of contact so far
+        self.pushed = np.unique(self.solid_agent)  # the agents a solid can push
+        self.row = np.searchsorted(self.pushed, self.solid_agent)
+
+    def collide(self, pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
+        """Push the players out of solids, slide their velocity and count new contacts; returns the
+        agents whose centre is over a drop (inside a pit or the void, edge included)."""
+        offset = _offsets(_xz(pos[self.agent]), self.rects)
+        d2 = _dot(offset, offset)
+        solids = self.solid.size
+        gap = np.sqrt(d2[:solids]) - self.radius
         contact = gap < PLAYER_RADIUS + CONTACT_SLOP
-        new_contacts = np.add.reduce(contact > self.contact, axis=1)
+        self.new_contacts += contact > self.contact
         self.contact = contact
         hit = gap < PLAYER_RADIUS
         if np.count_nonzero(hit):
-            # push out along each obstacle's outward normal by the penetration depth, then slide
-            offset = dx[:, _SOLIDS] + 1j * dz[:, _SOLIDS]
-            centre_gap = gap + self.radius
-            normal = np.divide(offset, centre_gap, out=np.zeros_like(offset), where=centre_gap > 0)
-            pos[self.idx] = p + (normal * np.where(hit, PLAYER_RADIUS - gap, 0.0)).sum(1)
-            v = vel[self.idx]
-            inward = np.minimum((normal.conjugate() * v[:, None]).real, 0.0) * hit
-            vel[self.idx] = v - (inward * normal).sum(1)
-        return new_contacts, over_drop
+            self._push_out(pos, vel, offset[:, :solids], gap, hit)
+        over_drop = d2[solids:] == 0.0
+        if np.count_nonzero(over_drop):
+            return np.unique(self.agent[solids:][over_drop])
+        return self.agent[:0]
+
+    def _push_out(
+        self, pos: np.ndarray, vel: np.ndarray, offset: np.ndarray, gap: np.ndarray, hit: np.ndarray
+    ) -> None:
+        """Push out along each obstacle's outward normal by the penetration depth, then slide.
+
+        Each agent's sums run over a row of all its solids, zeros included, so they add up in one
+        fixed order whichever pairs are near.
+        """
+        outward = offset[0] + 1j * offset[1]
+        centre_gap = gap + self.radius
+        normal = np.divide(outward, centre_gap, out=np.zeros_like(outward), where=centre_gap > 0)
+        inward = np.minimum((normal.conjugate() * vel[self.solid_agent]).real, 0.0) * hit
+        push, slide = np.zeros((2, self.pushed.size, _SOLIDS.stop), complex)
+        push[self.row, self.solid] = normal * np.where(hit, PLAYER_RADIUS - gap, 0.0)
+        slide[self.row, self.solid] = inward * normal
+        pos[self.pushed] += push.sum(1)
+        vel[self.pushed] -= slide.sum(1)
 
 
 def _draw_layout_slices() -> tuple[dict[str, slice], int]:
