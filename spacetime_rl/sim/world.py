@@ -322,7 +322,7 @@ class World:
         gain = np.empty(self.num_agents)
         step_gain = MAX_ACCELERATION * DT
         goal_at = self._goal[goal_idx]  # goals do not move during an action
-        for _ in range(self.action_repeat):
+        for frame in range(self.action_repeat):
             if snap_any:
                 fire = snapping & (self._cooldown <= 0)
                 if np.count_nonzero(fire):
@@ -341,7 +341,7 @@ class World:
             np.multiply(vel, DT, out=dv)
             pos += dv
             ended: list[np.ndarray] = []
-            if sub is not None:
+            if sub is not None and frame >= sub.quiet_frames:
                 falling = sub.collide(pos, vel)
                 if falling.size:
                     falling = falling[~(fell[falling] | reached[falling])]
@@ -731,12 +731,19 @@ class _Neighbourhood:
         self.solid_agent, self.solid = np.nonzero(near[:, _SOLIDS])
         drop_agent, drop = np.nonzero(near[:, _DROPS])
         self.agent = np.concatenate([self.solid_agent, drop_agent])
-        self.rects = world._rects[:, self.agent, np.concatenate([self.solid, drop + _DROPS.start])]
+        column = np.concatenate([self.solid, drop + _DROPS.start])
+        self.rects = world._rects[:, self.agent, column]
         self.radius = world._radius[self.solid_agent, self.solid]
         self.contact = world._contact[self.solid_agent, self.solid]
         self.new_contacts = np.zeros(self.solid.size, np.int64)  # rising edges of contact so far
         self.pushed = np.unique(self.solid_agent)  # the agents a solid can push
         self.row = np.searchsorted(self.pushed, self.solid_agent)
+        # The first frames, before any pair can touch or reach its drop, need no tests: a player
+        # moves at most max(max_speed, its speed now) * DT per frame (1e-9 m covers rounding).
+        room = world._gap[self.agent, column] - 1e-9
+        room[: self.solid.size] -= PLAYER_RADIUS + CONTACT_SLOP
+        per_frame = np.maximum(world._max_speed, np.abs(world._vel))[self.agent] * DT
+        self.quiet_frames = max(math.ceil(np.min(room / np.maximum(per_frame, 1e-9))) - 1, 0)
 
     def collide(self, pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
         """Push the players out of solids, slide their velocity and count new contacts; returns the
