@@ -66,17 +66,22 @@ def env_tables(samples: Samples, godot_rl_client: str) -> tuple[str, dict[str, f
         "#### 1. Environment throughput (agent-steps/s)",
         "",
         "In-process: `World.step` + `observe` + resetting finished agents, k worlds one after another "
-        "in one process. HTTP: `/rl/step` with `auto_reset` to k simulator subprocesses stepped "
-        "concurrently by one client process (`GodotClient`, keep-alive), as JSON and as the binary body.",
+        "in one process. HTTP: `/rl/step` with `auto_reset` to k simulator subprocesses, as the "
+        "VecEnv steps them (`GodotClient.send_step` to each, then `receive_step` from each, one "
+        "kept-alive connection per server), as JSON and as the binary body, without busy polling; "
+        "with one server also binary with busy polling on both sides, which `env.busy_poll=auto` "
+        "picks for one server on two cores.",
         "",
-        "| agents/server | servers | in-process | /rl/step JSON | /rl/step binary | binary / in-process | binary / JSON |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| agents/server | servers | in-process | /rl/step JSON | /rl/step binary | binary, busy poll | binary / in-process | binary / JSON |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in AGENT_COUNTS:
         for k in range(1, MAX_SERVERS + 1):
             world, json_, binary = (m(("env", n, k, t)) for t in ("in-process", "json", "binary"))
+            polling = _k(m(("env", n, 1, "binary, busy poll"))) if k == 1 else "-"
             lines.append(
-                f"| {n} | {k} | {_k(world)} | {_k(json_)} | {_k(binary)} | {binary / world:.2f} | {binary / json_:.2f} |"
+                f"| {n} | {k} | {_k(world)} | {_k(json_)} | {_k(binary)} | {polling} | "
+                f"{binary / world:.2f} | {binary / json_:.2f} |"
             )
     lines += [
         "",
@@ -109,7 +114,8 @@ def env_tables(samples: Samples, godot_rl_client: str) -> tuple[str, dict[str, f
             m(("env", n, 1, "binary")),
         )
         lines.append(f"| {n} | {_k(peer)} | {_k(json_)} | {_k(binary)} | {binary / peer:.2f} |")
-    key = {"world_64": m(("env", 64, 1, "in-process")), "step_64": m(("env", 64, 1, "binary"))}
+    key = {"world_64": m(("env", 64, 1, "in-process")), "step_64": m(("env", 64, 1, "binary, busy poll"))}
+    key["step_64_sleeping"] = m(("env", 64, 1, "binary"))
     key["step_64_json"] = m(("env", 64, 1, "json"))
     return "\n".join(lines), key
 
@@ -189,12 +195,13 @@ def targets_table(key: dict[str, float]) -> str:
             key["world_64"] >= TARGET_WORLD_64,
         )
         row(
-            "/rl/step binary, 64 agents, 1 server",
+            "/rl/step binary, 64 agents, 1 server (busy poll, the default there)",
             _k(key["step_64"]),
             f">= {_k(TARGET_STEP_64)}",
             key["step_64"] >= TARGET_STEP_64,
         )
-        row("/rl/step JSON, 64 agents, 1 server", _k(key["step_64_json"]), "(for comparison)", True)
+        row("/rl/step binary without busy polling", _k(key["step_64_sleeping"]), "(for comparison)", True)
+        row("/rl/step JSON without busy polling", _k(key["step_64_json"]), "(for comparison)", True)
     for environments in (1, 2):
         name = f"training_ratio_{environments}"
         if name in key:

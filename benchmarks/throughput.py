@@ -21,7 +21,7 @@ from typing import Any, Final
 import numpy as np
 
 from benchmarks.godot_rl_peer import FramedJSONClient
-from spacetime_rl.config import EnvConfig
+from spacetime_rl.config import BUSY_POLL_SECONDS, EnvConfig
 from spacetime_rl.envs import launch_servers
 from spacetime_rl.godot import GodotClient, wire
 from spacetime_rl.sim.world import World
@@ -31,6 +31,18 @@ MAX_SERVERS: Final = 4
 SEED_ENDPOINT_AGENTS: Final = (16, 64)
 WARMUP_STEPS: Final = 3
 _ACTION_BANK: Final = 64  # distinct random action arrays cycled through
+
+
+@dataclass
+class _Setup:
+    """One agent count's transports: in-process worlds, JSON and binary clients to MAX_SERVERS
+    simulators, a busy-polling client to one more, and godot_rl's env."""
+
+    worlds: list[World]
+    json_clients: list[GodotClient]
+    binary_clients: list[GodotClient]
+    polling_client: GodotClient
+    godot_env: Any
 
 
 @dataclass
@@ -121,33 +133,34 @@ class Throughput:
             stack.callback(self.loop.close)
             setups = {n: self._open(n, stack) for n in self.agent_counts}
             for _ in range(repeats):
-                for n, (worlds, json_clients, binary_clients, godot_env) in setups.items():
-                    self._round(n, worlds, json_clients, binary_clients, godot_env)
+                for n, setup in setups.items():
+                    self._round(n, setup)
         return self.samples
 
-    def _open(
-        self, n: int, stack: contextlib.ExitStack
-    ) -> tuple[list[World], list[GodotClient], list[GodotClient], Any]:
-        config = EnvConfig(num_environments=MAX_SERVERS, agents_per_environment=n)
+    def _open(self, n: int, stack: contextlib.ExitStack) -> _Setup:
+        config = EnvConfig(num_environments=MAX_SERVERS, agents_per_environment=n, busy_poll="off")
         urls = stack.enter_context(launch_servers(config, seed=0))
-        json_clients = [GodotClient(url, binary_step=False) for url in urls]
-        binary_clients = [GodotClient(url, binary_step=True) for url in urls]
-        for client in (*json_clients, *binary_clients):
+        # one more server, busy polling as env.busy_poll=auto has it with one server on two cores
+        (polling_url,) = stack.enter_context(
+            launch_servers(EnvConfig(agents_per_environment=n, busy_poll="on"), seed=0)
+        )
+        setup = _Setup(
+            worlds=[World(n, seed=s) for s in range(MAX_SERVERS)],
+            json_clients=[GodotClient(url, binary_step=False) for url in urls],
+            binary_clients=[GodotClient(url, binary_step=True) for url in urls],
+            polling_client=GodotClient(polling_url, busy_poll=BUSY_POLL_SECONDS),
+            godot_env=None,
+        )
+        for client in (*setup.json_clients, *setup.binary_clients, setup.polling_client):
             stack.callback(self.loop.run_until_complete, client.close())
             self.loop.run_until_complete(client.spec())
-        godot_env, self.godot_rl_client = stack.enter_context(godot_rl_env(n))
-        worlds = [World(n, seed=s) for s in range(MAX_SERVERS)]
-        return worlds, json_clients, binary_clients, godot_env
+        setup.godot_env, self.godot_rl_client = stack.enter_context(godot_rl_env(n))
+        return setup
 
-    def _round(
-        self,
-        n: int,
-        worlds: list[World],
-        json_clients: list[GodotClient],
-        binary_clients: list[GodotClient],
-        godot_env: Any,
-    ) -> None:
+    def _round(self, n: int, setup: _Setup) -> None:
         bank = actions_bank(n)
+        worlds, json_clients = setup.worlds, setup.json_clients
+        godot_env = setup.godot_env
         for k in range(1, MAX_SERVERS + 1):
 
             def in_process(i: int, k: int = k) -> None:
@@ -155,7 +168,10 @@ class Throughput:
                     step_world(world, bank[i % _ACTION_BANK])
 
             self.samples.add(("env", n, k, "in-process"), rate(in_process, n * k, self.seconds))
-            for name, clients in (("json", json_clients), ("binary", binary_clients)):
+            transports = [("json", json_clients), ("binary", setup.binary_clients)]
+            if k == 1:
+                transports.append(("binary, busy poll", [setup.polling_client]))
+            for name, clients in transports:
 
                 def over_http(i: int, k: int = k, clients: list[GodotClient] = clients) -> None:
                     # as the VecEnv steps: send to every server, then read each answer

@@ -55,7 +55,7 @@ class EnvConfig:
     request_timeout: float = 30.0
     binary_step: bool = True  # ask /rl/step for the binary body (docs/protocol.md); JSON if unsupported
     # Spin instead of sleeping while a /rl/step answer (client) or the next request (launched
-    # simulators) is due: auto = on for the simulator when its servers and the trainer fit the cores
+    # simulators) is due; auto: simulators always, the client when servers + trainer fit the cores
     busy_poll: str = "auto"
     max_restarts: int = 3  # launched servers: restarts allowed within restart_window before giving up
     restart_window: float = 600.0  # seconds
@@ -134,17 +134,23 @@ class EnvConfig:
         """True when training attaches to a running server at `url` instead of starting its own."""
         return self.kind == "godot" and not self.executable
 
-    def busy_poll_seconds(self) -> float:
-        """How long the client, and launched simulators, spin before sleeping (0: they sleep at once).
+    def client_busy_poll(self) -> float:
+        """Seconds the client spins on a server's socket for a `/rl/step` answer before it sleeps.
 
-        On a VM a sleeping process is woken ~50 us after its socket turns ready, twice per round
-        trip; spinning avoids that but holds a core, so `auto` spins only with the embedded
-        simulator and only when each of its servers and the trainer can have a core of their own.
+        On a VM a sleeping process is woken ~50-150 us after its socket turns ready, and a round
+        trip wakes both sides. Spinning (yielding to anything else runnable) avoids that but holds
+        a core, so `auto` spins only for the embedded simulator, and on the client only when each
+        server and the trainer have a core of their own.
         """
         if self.busy_poll == "auto":
             on = self.kind == "sim" and self.num_environments + 1 <= len(os.sched_getaffinity(0))
         else:
             on = self.busy_poll == "on"
+        return BUSY_POLL_SECONDS if on else 0.0
+
+    def server_busy_poll(self) -> float:
+        """Seconds a launched simulator spins for the next request after answering (`auto`: always)."""
+        on = self.busy_poll == "on" or (self.busy_poll == "auto" and self.kind == "sim")
         return BUSY_POLL_SECONDS if on else 0.0
 
 

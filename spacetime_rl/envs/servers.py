@@ -233,8 +233,8 @@ class ServerPool:
         ]
         if seed is not None:
             command += ["--seed", str(seed)]
-        if self.config.busy_poll_seconds():
-            command += ["--busy-poll-us", str(round(self.config.busy_poll_seconds() * 1e6))]
+        if self.config.server_busy_poll():
+            command += ["--busy-poll-us", str(round(self.config.server_busy_poll() * 1e6))]
         return command
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:

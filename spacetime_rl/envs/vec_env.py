@@ -114,7 +114,7 @@ def make_clients(urls: Sequence[str], config: EnvConfig) -> list[Any]:
             timeouts=timeouts,
             name="env.url",
             binary_step=config.binary_step,
-            busy_poll=config.busy_poll_seconds(),
+            busy_poll=config.client_busy_poll(),
         )
         for url in urls
     ]

@@ -14,6 +14,7 @@ import asyncio
 import http.client
 import math
 import operator
+import os
 import select
 import socket
 import time
@@ -130,7 +131,7 @@ class GodotClient:
     (`env.token`, `env.request_timeout`, ...) so a user knows what to change. `binary_step` asks
     `/rl/step` for the binary body (docs/protocol.md, "Binary step body"); a server that does not
     offer it answers JSON, which the client reads as usual. `busy_poll` > 0: `receive_step` spins
-    on its socket for up to that many seconds before it sleeps (`EnvConfig.busy_poll_seconds`).
+    on its socket for up to that many seconds before it sleeps (`EnvConfig.client_busy_poll`).
     """
 
     def __init__(
@@ -563,7 +564,7 @@ def _spin_until_readable(connection: http.client.HTTPConnection, seconds: float)
     """Poll the socket without sleeping until it has data or `seconds` have passed."""
     end = time.perf_counter() + seconds
     while not _closed_by_peer(connection) and time.perf_counter() < end:
-        pass
+        os.sched_yield()  # a process that shares this core runs first
 
 
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:

@@ -143,6 +143,7 @@ class BusyPollSelector(selectors.DefaultSelector):
         spin = self.seconds if timeout is None else min(self.seconds, max(timeout, 0.0))
         ready = super().select(0)
         while not ready and time.perf_counter() - start < spin:
+            os.sched_yield()  # a process that shares this core runs first
             ready = super().select(0)
         if ready:
             return ready

@@ -123,20 +123,26 @@ def test_train_py_trains_on_launched_instances_and_leaves_no_orphans(godot: Path
 # ---------------------------------------------------------------- busy polling
 
 
+ON = BUSY_POLL_SECONDS
+
+
 @pytest.mark.parametrize(
-    ("overrides", "cores", "seconds"),
+    ("overrides", "cores", "client", "server"),
     [
-        ({}, 2, BUSY_POLL_SECONDS),  # one simulator and the trainer fit two cores
-        ({"num_environments": 2}, 2, 0.0),  # three processes would share two cores
-        ({"num_environments": 2}, 3, BUSY_POLL_SECONDS),
-        ({"kind": "godot", "url": "http://127.0.0.1:8080"}, 8, 0.0),  # auto never spins for Godot
-        ({"busy_poll": "on", "num_environments": 4}, 2, BUSY_POLL_SECONDS),
-        ({"busy_poll": "off"}, 8, 0.0),
+        ({}, 2, ON, ON),  # one simulator and the trainer fit two cores
+        ({"num_environments": 2}, 2, 0.0, ON),  # three processes share two cores: the client sleeps
+        ({"num_environments": 2}, 3, ON, ON),
+        ({"kind": "godot", "url": "http://127.0.0.1:8080"}, 8, 0.0, 0.0),  # auto never spins for Godot
+        ({"busy_poll": "on", "num_environments": 4}, 2, ON, ON),
+        ({"busy_poll": "off"}, 8, 0.0, 0.0),
     ],
 )
-def test_busy_poll_auto_spins_only_when_every_process_has_a_core(monkeypatch, overrides, cores, seconds):
+def test_busy_poll_auto_spins_the_client_only_when_every_process_has_a_core(
+    monkeypatch, overrides, cores, client, server
+):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
-    assert EnvConfig(**overrides).busy_poll_seconds() == seconds
+    config = EnvConfig(**overrides)
+    assert (config.client_busy_poll(), config.server_busy_poll()) == (client, server)
 
 
 def test_busy_polling_servers_and_clients_step_exactly_as_sleeping_ones():
