@@ -1,8 +1,8 @@
 """Async client for HTTP protocol v1, spoken by Godot's HTTP API and the embedded simulator.
 
-`/rl/step` also has a blocking split form, `send_step` then `receive_step`, on its own keep-alive
-connection: a VecEnv sends to every server, then reads each answer, so the servers step at the same
-time and no event loop sits on the hot path.
+`/rl/step` also has a blocking split form, `send_step` then `receive_step`, on its own kept-alive
+connection (`step_connection.py`): a VecEnv sends to every server, then reads each answer, so the
+servers step at the same time and no event loop sits on the hot path.
 
 Every response is checked against `docs/protocol.md` before it is handed on: a server that breaks the
 protocol raises `ProtocolError` naming the endpoint and the field, never returns bad data.
@@ -11,19 +11,15 @@ protocol raises `ProtocolError` naming the endpoint and the field, never returns
 from __future__ import annotations
 
 import asyncio
-import http.client
 import math
 import operator
-import os
-import select
-import socket
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, NoReturn, cast
+from typing import Any, Final, NoReturn
 
 import aiohttp
+import httptools
 import numpy as np
 import orjson
 from yarl import URL
@@ -38,6 +34,7 @@ from spacetime_rl.errors import (
     SpecMismatchError,
 )
 from spacetime_rl.godot import wire
+from spacetime_rl.godot.step_connection import StepConnection
 
 __all__ = ["Events", "GodotClient", "RLSpec", "ResetResult", "StepResult", "Timeouts"]
 
@@ -163,12 +160,13 @@ class GodotClient:
             self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._step_path = (parsed.path.rstrip("/") or "") + "/rl/step"
-        self._step_headers = {
-            **self._headers,
-            **(_BINARY_STEP_HEADERS if binary_step else _JSON_HEADERS),
-        }
-        self._connection: http.client.HTTPConnection | None = None  # send_step's, opened on first use
+        self._connection = StepConnection(
+            parsed,
+            parsed.path.rstrip("/") + "/rl/step",
+            {**self._headers, **(_BINARY_STEP_HEADERS if binary_step else _JSON_HEADERS)},
+            timeouts.connect,
+            timeouts.request,
+        )
         self._busy_poll = busy_poll
         self._pending_step: GodotError | bool = False  # sent and not yet received; or the send's error
         self._num_agents: int | None = None  # from the first spec(); a scene load forgets it
@@ -184,7 +182,8 @@ class GodotClient:
 
     async def close(self) -> None:
         """Release the connections; a later call opens new ones."""
-        self._drop_connection()
+        self._connection.close()
+        self._pending_step = False
         if self._session is not None:
             await self._session.close()
         self._session = None
@@ -334,13 +333,14 @@ class GodotClient:
     def send_step(self, actions: np.ndarray, auto_reset: bool = False) -> None:
         """Write the `/rl/step` request of `step` and return at once; `receive_step` reads the answer.
 
-        Blocking, on this client's own keep-alive connection (stdlib `http.client`). Transport errors
-        are raised by `receive_step`, as the same `GodotError`s `step` raises; `env.request_timeout`
-        bounds each read of the answer. A bad action array raises ValueError here, before sending.
+        Blocking, on this client's own kept-alive connection (`step_connection.py`). Transport
+        errors are raised by `receive_step`, as the same `GodotError`s `step` raises;
+        `env.request_timeout` bounds each wait for the answer's bytes. A bad action array raises
+        ValueError here, before sending.
         """
         body = orjson.dumps(self._step_request(actions, auto_reset), option=orjson.OPT_SERIALIZE_NUMPY)
         try:
-            connection = self._connect()
+            self._connection.connect()
         except TimeoutError as exc:
             self._pending_step = self._timeout_error("/rl/step", "connect", "reaching the server")
             self._pending_step.__cause__ = exc
@@ -350,9 +350,9 @@ class GodotClient:
             self._pending_step.__cause__ = exc
             return
         try:
-            connection.request("POST", self._step_path, body, self._step_headers)
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop_connection()
+            self._connection.send(body)
+        except OSError as exc:
+            self._connection.close()
             self._pending_step = self._broken_error("POST", "/rl/step", exc)
             self._pending_step.__cause__ = exc
             return
@@ -363,23 +363,22 @@ class GodotClient:
         pending, self._pending_step = self._pending_step, False
         if isinstance(pending, GodotError):
             raise pending
-        if not pending or self._connection is None:
+        if not pending or not self._connection.connected:
             raise RuntimeError(f"{self!r}: receive_step() without a send_step() before it")
-        if self._busy_poll:
-            _spin_until_readable(self._connection, self._busy_poll)
         try:
-            response = self._connection.getresponse()
-            raw = response.read()
+            if self._busy_poll:
+                self._connection.spin(self._busy_poll)
+            answer = self._connection.receive()
         except TimeoutError as exc:
-            self._drop_connection()  # the late answer must not be read as the next one
+            self._connection.close()  # the late answer must not be read as the next one
             raise self._timeout_error("/rl/step", "request", "an answer to POST") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop_connection()
+        except (OSError, httptools.HttpParserError) as exc:
+            self._connection.close()
             raise self._broken_error("POST", "/rl/step", exc) from exc
-        if not 200 <= response.status < 300:
-            raise self._http_error("POST", "/rl/step", response.status, raw)
-        content_type = (response.getheader("Content-Type") or "").partition(";")[0].strip().lower()
-        return self._step_result(response.status, content_type, raw)
+        raw = bytes(answer.body)
+        if not 200 <= answer.status < 300:
+            raise self._http_error("POST", "/rl/step", answer.status, raw)
+        return self._step_result(answer.status, answer.content_type, raw)
 
     async def send_action(self, actions: np.ndarray) -> int:
         """Act for every agent; returns the tick. Prefer `step`, which also returns what happened."""
@@ -424,35 +423,6 @@ class GodotClient:
         tick = check.count(body, "tick")
         terminal = check.terminal_observations(body, done) if "terminal_observations" in body else {}
         return StepResult(observations, done, events, tick, terminal)
-
-    def _connect(self) -> http.client.HTTPConnection:
-        """send_step's connection, (re)connected within the connect timeout.
-
-        A kept-alive connection the server has since closed (idle timeout, restart) reads as ready
-        with nothing to read: it is replaced before sending, so the request is not lost on it.
-        """
-        connection = self._connection
-        if connection is not None and _closed_by_peer(connection):
-            self._drop_connection()
-            connection = None
-        if connection is None:
-            url = URL(self.url)
-            kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-            connection = self._connection = kind(url.host or "", url.port, timeout=self._timeouts.connect)
-        if connection.sock is None:
-            try:
-                connection.connect()
-            except OSError:
-                self._drop_connection()
-                raise
-            cast(socket.socket, connection.sock).settimeout(self._timeouts.request)
-        return connection
-
-    def _drop_connection(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-        self._connection = None
-        self._pending_step = False
 
     def _open_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -558,18 +528,6 @@ class GodotClient:
             endpoint=endpoint,
             status=status,
         )
-
-
-def _spin_until_readable(connection: http.client.HTTPConnection, seconds: float) -> None:
-    """Poll the socket without sleeping until it has data or `seconds` have passed."""
-    end = time.perf_counter() + seconds
-    while not _closed_by_peer(connection) and time.perf_counter() < end:
-        os.sched_yield()  # a process that shares this core runs first
-
-
-def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
-    """An idle kept-alive socket that reads as ready has been closed by the server (or sent junk)."""
-    return connection.sock is not None and bool(select.select([connection.sock], [], [], 0)[0])
 
 
 def _excerpt(raw: bytes) -> str:

@@ -97,6 +97,37 @@ async def test_a_connection_the_server_closed_is_replaced_before_sending(fake) -
     assert len(set(peers)) == 3
 
 
+async def test_an_answer_with_connection_close_is_followed_by_a_new_connection(fake) -> None:
+    peers: list[Any] = []
+
+    async def close_after(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        response = json_response(step_body())
+        response.force_close()
+        return response
+
+    url = await fake({("POST", "/rl/step"): close_after})
+    async with GodotClient(url) as client:
+        for _ in range(3):
+            await split_step(client, np.zeros((N, 3)))
+    assert len(set(peers)) == 3
+
+
+async def test_an_answer_that_is_not_http_is_a_broken_connection() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        writer.write(b"SPAM 42\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, wire.DEFAULT_HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, GodotClient(f"http://{wire.DEFAULT_HOST}:{port}") as client:
+        with pytest.raises(GodotConnectionError, match="broke during POST /rl/step"):
+            await split_step(client, np.zeros((N, 3)))
+
+
 async def test_a_malformed_answer_names_endpoint_and_field(fake) -> None:
     url = await fake({("GET", "/rl/spec"): spec_body(), ("POST", "/rl/step"): step_body(tick=-1)})
     async with GodotClient(url) as client:
