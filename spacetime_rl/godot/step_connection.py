@@ -57,7 +57,8 @@ class StepConnection:
         self._host, self._port = url.host or "", url.port or 80
         self._tls = url.scheme == "https"
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
-        lines = [f"POST {path} HTTP/1.1", f"Host: {self._host}:{self._port}"]
+        host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 address
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{self._port}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
         self._socket: socket.socket | None = None
