@@ -230,6 +230,8 @@ class ServerPool:
             self.config.scene,
             "--action-repeat",
             str(self.config.action_repeat),
+            "--parent-pid",  # stops by itself if this process is killed before it can stop it
+            str(os.getpid()),
         ]
         if seed is not None:
             command += ["--seed", str(seed)]

@@ -37,6 +37,7 @@ GODOT_FLAGS: Final = {
 }
 GODOT_ONLY_FLAGS: Final = frozenset({"--rl-poll-budget-ms"})  # accepted, meaningless here
 TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
+PARENT_POLL_SECONDS: Final = 0.5
 
 
 def _positive(text: str) -> int:
@@ -102,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after each answer, spin this long waiting for the next request before sleeping "
         "(default 0: sleep at once); see docs/training.md, 'Speed'",
     )
+    parser.add_argument(
+        "--parent-pid",
+        type=_positive,
+        default=None,
+        help="stop when this process (the launcher) is no longer the parent, e.g. killed by SIGKILL",
+    )
     parser.add_argument("--godot-ready-line", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -124,10 +131,21 @@ async def _run(args: argparse.Namespace) -> None:
     host = f"[{args.host}]" if ":" in args.host else args.host
     prefix = wire.GODOT_READY_PREFIX if args.godot_ready_line else wire.SIM_READY_PREFIX
     print(f"{prefix}http://{host}:{port}", flush=True)
+    orphaned = None if args.parent_pid is None else asyncio.create_task(_watch_parent(args.parent_pid, stop))
     try:
         await stop.wait()
     finally:
+        if orphaned is not None:
+            orphaned.cancel()
         await runner.cleanup()
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    """Set `stop` once the process is re-parented: its launcher died without stopping it."""
+    while os.getppid() == pid:
+        await asyncio.sleep(PARENT_POLL_SECONDS)
+    print(f"the launcher (pid {pid}) is gone; stopping", file=sys.stderr, flush=True)
+    stop.set()
 
 
 class BusyPollSelector(selectors.DefaultSelector):

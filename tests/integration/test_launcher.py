@@ -46,7 +46,7 @@ def launched_by(project: Path) -> list[psutil.Process]:
 def get(url: str, token: str | None = None) -> int:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
+        with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status
     except urllib.error.HTTPError as error:
         return error.code
@@ -176,3 +176,30 @@ def test_the_busy_poll_selector_returns_what_arrives_while_it_spins():
         threading.Timer(0.01, writer.send, (b"x",)).start()
         (key, events), *rest = selector.select(None)
         assert key.fileobj is reader and events == selectors.EVENT_READ and not rest
+
+
+def test_simulators_stop_by_themselves_when_the_launcher_is_killed():
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from spacetime_rl.config import EnvConfig\n"
+            "from spacetime_rl.envs import ServerPool\n"
+            "pool = ServerPool(EnvConfig(num_environments=2, agents_per_environment=2), seed=0)\n"
+            "pool.start()\n"
+            "print(*pool.pids, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert launcher.stdout is not None
+    servers = [psutil.Process(int(pid)) for pid in launcher.stdout.readline().split()]
+    assert len(servers) == 2 and all(server.is_running() for server in servers)
+    launcher.kill()  # SIGKILL: no atexit, no chance to stop the servers
+    launcher.wait()
+    _, alive = psutil.wait_procs(servers, timeout=30)
+    for server in alive:
+        server.kill()
+    assert not alive, "a simulator outlived its killed launcher"
