@@ -43,7 +43,7 @@ from spacetime_rl.evaluation.runs import (
     run_task_config,
 )
 from spacetime_rl.godot import wire
-from spacetime_rl.training.artifacts import write_json
+from spacetime_rl.training.artifacts import check_same_save, write_json
 
 __all__ = ["ACTION_FIELDS", "OnnxPolicy", "export_onnx", "sidecar_path"]
 
@@ -118,6 +118,7 @@ def export_onnx(source: ModelSource, out: Path) -> Path:
         )
     with open(source.stats, "rb") as file:
         normalization = pickle.load(file)
+    check_same_save(source.model, model, normalization)
     module = OnnxPolicy(model.policy, normalization, size).eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)

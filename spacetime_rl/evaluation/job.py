@@ -37,7 +37,7 @@ from spacetime_rl.evaluation.plots import plot_episodes
 from spacetime_rl.evaluation.policies import heuristic_policy, random_policy, trained_policy
 from spacetime_rl.evaluation.runs import ModelSource, apply_run_config, resolve_model
 from spacetime_rl.evaluation.trajectories import RecordingTransport, attach_paths
-from spacetime_rl.training.artifacts import write_json
+from spacetime_rl.training.artifacts import check_same_save, write_json
 
 __all__ = ["evaluate", "job_config", "run"]
 
@@ -151,6 +151,7 @@ def _policy(config: EvaluateConfig, venv: SpaceTimeVecEnv, source: ModelSource |
             f"but protocol v1 has {venv.observation_space.shape}: it was not trained by spacetime_rl"
         )
     env = VecNormalize.load(str(source.stats), venv)
+    check_same_save(source.model, model, env)
     env.training = False
     env.norm_reward = False
     return env, trained_policy(model, config.deterministic)

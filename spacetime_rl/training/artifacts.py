@@ -2,14 +2,17 @@
 
 A snapshot `NAME.zip` has two companions, `NAME_vecnormalize.pkl` and `NAME_state.json`. Each file
 is written to a temporary name and moved into place with `os.replace`, companions first, so a
-model zip on disk always has complete companions even if training dies mid-save.
+model zip on disk always has complete companions even if training dies mid-save. All three carry
+the same random `snapshot_id`: a fixed name (`best_model.zip`, `final_model.zip`) whose save was cut
+between the companions and the zip is caught by `check_same_save` instead of being used.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,6 +22,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from spacetime_rl.errors import ConfigError
 
 CHECKPOINT_PREFIX: Final = "vr_nav_model"
+SNAPSHOT_ID: Final = "snapshot_id"  # an attribute of the saved model and statistics, a key of the state
 
 
 def checkpoint_path(directory: Path, timesteps: int) -> Path:
@@ -52,10 +56,34 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def save_snapshot(model: BaseAlgorithm, env: VecNormalize, path: Path, state: dict[str, Any]) -> None:
-    """Write `path` (a .zip), its VecNormalize statistics and `state`."""
+    """Write `path` (a .zip), its VecNormalize statistics and `state`, tagged with one new id."""
+    snapshot_id = uuid.uuid4().hex
+    vars(model)[SNAPSHOT_ID] = vars(env)[SNAPSHOT_ID] = snapshot_id
     write_atomically(stats_path(path), env.save)
-    write_json(state_path(path), state)
+    write_json(state_path(path), state | {SNAPSHOT_ID: snapshot_id})
     write_atomically(path, model.save)
+
+
+def check_same_save(
+    model_path: Path, model: object, statistics: object, state: Mapping[str, Any] | None = None
+) -> None:
+    """Raise ConfigError unless the loaded zip, statistics (and state) come from one save.
+
+    Snapshots written before the ids existed carry none and pass.
+    """
+    ids = {
+        model_path.name: vars(model).get(SNAPSHOT_ID),
+        stats_path(model_path).name: vars(statistics).get(SNAPSHOT_ID),
+    }
+    if state is not None:
+        ids[state_path(model_path).name] = state.get(SNAPSHOT_ID)
+    if len(set(ids.values())) > 1:
+        seen = ", ".join(f"{name}: {value or 'none'}" for name, value in ids.items())
+        raise ConfigError(
+            f"{model_path} and its companion files come from different saves (snapshot ids {seen}): "
+            "training stopped while writing them. Use another snapshot, e.g. the latest "
+            f"checkpoints/{CHECKPOINT_PREFIX}_<steps>_steps.zip of the run"
+        )
 
 
 def load_state(model_path: Path) -> dict[str, Any]:

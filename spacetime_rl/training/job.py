@@ -39,6 +39,7 @@ from spacetime_rl.config import TrainConfig
 from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
 from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.training.artifacts import (
+    check_same_save,
     checkpoint_path,
     load_state,
     save_snapshot,
@@ -171,6 +172,8 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         model = (
             _load_model(resume, train_env, config) if resume else _new_model(train_env, config, sb3_verbose)
         )
+        if resume:
+            check_same_save(resume, model, train_env, resume_state)
         run_dir = Path(resume_state.get("tensorboard_run") or _next_run_dir(output_dir / "tensorboard"))
         model.set_logger(
             configure(str(run_dir), ["stdout", "tensorboard"] if sb3_verbose else ["tensorboard"])

@@ -33,10 +33,16 @@ from spacetime_rl.config import (
 )
 from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
 from spacetime_rl.envs.preprocessing import preprocess_observations
-from spacetime_rl.errors import GodotConnectionError
+from spacetime_rl.errors import ConfigError, GodotConnectionError
 from spacetime_rl.godot import wire
 from spacetime_rl.training import train
-from spacetime_rl.training.artifacts import load_state, stats_path, write_atomically
+from spacetime_rl.training.artifacts import (
+    check_same_save,
+    load_state,
+    save_snapshot,
+    stats_path,
+    write_atomically,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = EnvConfig(
@@ -261,6 +267,39 @@ def test_a_crash_while_saving_leaves_the_previous_file_intact(tmp_path, monkeypa
         write_atomically(path, lambda temporary: Path(temporary).write_bytes(b"half-writ"))
     assert path.read_bytes() == b"previous"
     assert [p.name for p in path.parent.iterdir()] == ["model.zip"]  # no temporary left behind
+
+
+def test_a_fixed_name_snapshot_cut_between_its_files_is_refused_not_used(tmp_path, monkeypatch):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    def load(path: Path) -> None:
+        venv = DummyVecEnv([lambda: gym.make("Pendulum-v1")])
+        check_same_save(
+            path, PPO.load(str(path)), VecNormalize.load(str(stats_path(path)), venv), load_state(path)
+        )
+
+    env = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
+    model = PPO("MlpPolicy", env, n_steps=16, batch_size=16, policy_kwargs={"net_arch": [8]})
+    path = tmp_path / "best_models" / "best_model.zip"
+    save_snapshot(model, env, path, {"metrics": {"eval/success_rate": 0.5}})
+    load(path)  # one whole save: accepted
+
+    real_replace = os.replace
+
+    def crash_on_the_zip(source: str, destination: str) -> None:
+        if str(destination).endswith(".zip"):
+            raise OSError("killed")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", crash_on_the_zip)
+    with pytest.raises(OSError, match="killed"):
+        save_snapshot(model, env, path, {"metrics": {"eval/success_rate": 0.9}})
+    monkeypatch.setattr(os, "replace", real_replace)
+    with pytest.raises(ConfigError, match="come from different saves") as info:
+        load(path)
+    assert "best_model.zip" in str(info.value) and "best_model_vecnormalize.pkl" in str(info.value)
 
 
 def resume_config(total_timesteps: int, resume: Path | None = None) -> TrainConfig:
