@@ -143,7 +143,7 @@ class EnvConfig:
         server and the trainer have a core of their own.
         """
         if self.busy_poll == "auto":
-            on = self.kind == "sim" and self.num_environments + 1 <= len(os.sched_getaffinity(0))
+            on = self.kind == "sim" and self.num_environments + 1 <= _usable_cores()
         else:
             on = self.busy_poll == "on"
         return BUSY_POLL_SECONDS if on else 0.0
@@ -152,6 +152,13 @@ class EnvConfig:
         """Seconds a launched simulator spins for the next request after answering (`auto`: always)."""
         on = self.busy_poll == "on" or (self.busy_poll == "auto" and self.kind == "sim")
         return BUSY_POLL_SECONDS if on else 0.0
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity where the OS has one, e.g. Linux)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass

@@ -23,6 +23,9 @@ __all__ = ["Answer", "StepConnection"]
 
 _READ_BYTES = 1 << 16
 
+#: Give the core to another runnable process, if any (`os.sched_yield` where the OS has it).
+_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+
 
 class Answer:
     """One HTTP answer, filled in by the httptools parser's callbacks."""
@@ -92,7 +95,7 @@ class StepConnection:
         assert self._socket is not None
         end = time.perf_counter() + seconds
         while not select.select([self._socket], [], [], 0)[0] and time.perf_counter() < end:
-            os.sched_yield()  # a process that shares this core runs first
+            _yield()  # a process that shares this core runs first
 
     def receive(self) -> Answer:
         """Read one whole answer; the read timeout bounds each wait for data."""

@@ -39,6 +39,9 @@ GODOT_ONLY_FLAGS: Final = frozenset({"--rl-poll-budget-ms"})  # accepted, meanin
 TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
 PARENT_POLL_SECONDS: Final = 0.5
 
+#: Give the core to another runnable process, if any (`os.sched_yield` where the OS has it).
+_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -161,7 +164,7 @@ class BusyPollSelector(selectors.DefaultSelector):
         spin = self.seconds if timeout is None else min(self.seconds, max(timeout, 0.0))
         ready = super().select(0)
         while not ready and time.perf_counter() - start < spin:
-            os.sched_yield()  # a process that shares this core runs first
+            _yield()  # a process that shares this core runs first
             ready = super().select(0)
         if ready:
             return ready
