@@ -1,6 +1,7 @@
 """Run the benchmark suite and write its tables into docs/benchmarks.md.
 
-    python -m benchmarks [--repeats 3] [--seconds 0.5] [--only env,training,quick_test] [--no-write]
+    python -m benchmarks [--repeats 3] [--seconds 0.5] [--training-repeats 5] [--rollouts 6]
+                         [--only env,training,quick_test] [--no-write]
 
 Every comparison is measured in the same run, repeats interleaved, and reported as medians and
 ratios: on a shared machine absolute figures drift, ratios much less. Only the part of
@@ -236,7 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every measurement")
     parser.add_argument("--seconds", type=float, default=0.5, help="wall time of one throughput measurement")
-    parser.add_argument("--rollouts", type=int, default=3, help="PPO rollouts per training measurement")
+    parser.add_argument("--rollouts", type=int, default=6, help="PPO rollouts per training measurement")
+    parser.add_argument(
+        "--training-repeats",
+        type=int,
+        default=5,
+        help="interleaved repeats of the PPO comparison (its ratio moves most from run to run)",
+    )
     parser.add_argument(
         "--train-override",
         action="append",
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     key: dict[str, float] = {}
     runners: dict[str, Callable[[], tuple[str, dict[str, float]]]] = {
         "env": lambda: _env(args.seconds, args.repeats),
-        "training": lambda: training_table(args.repeats, args.rollouts, args.train_override),
+        "training": lambda: training_table(args.training_repeats, args.rollouts, args.train_override),
         "quick_test": lambda: quick_test_table(args.repeats),
     }
     tables = []

@@ -91,6 +91,9 @@ def measure_training(config: TrainConfig, transport: str, rollouts: int) -> Trai
             gamma=config.ppo.gamma,
         )
         model = _new_model(env, config, verbose=0)
+        # Set-up: the first reset opens each transport's step connection and session (~0.1 s over
+        # HTTP, once per run); learn() resets again, warm, inside the timing.
+        env.reset()
         steps = rollouts * config.ppo.n_steps * venv.num_envs
         timer = RolloutTimer()
         start = time.perf_counter()

@@ -6,7 +6,10 @@ Axes follow Godot: +Y up, -Z forward. Units: metres, seconds, radians.
 
 from __future__ import annotations
 
+import functools
 import struct
+import types
+from collections.abc import Mapping
 from typing import Final
 
 PROTOCOL_VERSION: Final = 1
@@ -97,13 +100,14 @@ STEP_BINARY_TERMINAL_RECORD: Final = (("agent", "<u4"), ("observation", "<f4", (
 STEP_BINARY_TERMINAL_SIZE: Final = 4 + 4 * OBSERVATION_SIZE
 
 
-def step_binary_offsets(num_agents: int) -> tuple[dict[str, int], int]:
+@functools.cache  # both sides ask for every step, with the same N
+def step_binary_offsets(num_agents: int) -> tuple[Mapping[str, int], int]:
     """Byte offset of each block of a binary step answer for N agents, and where the terminal records start."""
     offsets, offset = {}, STEP_BINARY_HEADER.size
     for name, dtype, per_agent in STEP_BINARY_BLOCKS:
         offsets[name] = offset
         offset += num_agents * per_agent * int(dtype[-1])
-    return offsets, offset + (-offset) % 4
+    return types.MappingProxyType(offsets), offset + (-offset) % 4
 
 
 def step_binary_size(num_agents: int, num_terminal: int) -> int:
