@@ -1,8 +1,9 @@
 """`InProcessTransport`: the VecEnv's transport seam over a `World` in this process, no HTTP.
 
-It answers `spec`, `reset` and `send_step`/`receive_step` with the client's own result types and the simulator server's
-semantics (auto_reset, terminal observations), so a VecEnv over it differs from one over
-`GodotClient` only in the transport: what the benchmarks compare.
+It answers `spec`, `reset` and `send_step`/`receive_step` with the client's own result types and
+the simulator server's semantics (auto_reset, terminal observations), so a VecEnv over it differs
+from one over `GodotClient` only in the transport: what the benchmarks compare. The world steps
+in `receive_step`, in the caller's thread.
 """
 
 from __future__ import annotations

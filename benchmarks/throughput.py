@@ -144,23 +144,22 @@ class Throughput:
         (polling_url,) = stack.enter_context(
             launch_servers(EnvConfig(agents_per_environment=n, busy_poll="on"), seed=0)
         )
+        godot_env, self.godot_rl_client = stack.enter_context(godot_rl_env(n))
         setup = _Setup(
             worlds=[World(n, seed=s) for s in range(MAX_SERVERS)],
             json_clients=[GodotClient(url, binary_step=False) for url in urls],
             binary_clients=[GodotClient(url, binary_step=True) for url in urls],
             polling_client=GodotClient(polling_url, busy_poll=BUSY_POLL_SECONDS),
-            godot_env=None,
+            godot_env=godot_env,
         )
         for client in (*setup.json_clients, *setup.binary_clients, setup.polling_client):
             stack.callback(self.loop.run_until_complete, client.close())
             self.loop.run_until_complete(client.spec())
-        setup.godot_env, self.godot_rl_client = stack.enter_context(godot_rl_env(n))
         return setup
 
     def _round(self, n: int, setup: _Setup) -> None:
         bank = actions_bank(n)
-        worlds, json_clients = setup.worlds, setup.json_clients
-        godot_env = setup.godot_env
+        worlds, json_clients, godot_env = setup.worlds, setup.json_clients, setup.godot_env
         for k in range(1, MAX_SERVERS + 1):
 
             def in_process(i: int, k: int = k) -> None:

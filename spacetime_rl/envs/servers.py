@@ -235,8 +235,8 @@ class ServerPool:
         ]
         if seed is not None:
             command += ["--seed", str(seed)]
-        if self.config.server_busy_poll():
-            command += ["--busy-poll-us", str(round(self.config.server_busy_poll() * 1e6))]
+        if spin := self.config.server_busy_poll():
+            command += ["--busy-poll-us", str(round(spin * 1e6))]
         return command
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:

@@ -2,9 +2,9 @@
 
 `step_async` sends one `/rl/step` per server and `step_wait` reads the answers (the transports'
 blocking `send_step`/`receive_step`), so the servers step concurrently; resets and the rest run
-concurrently on an event loop the VecEnv owns. Finished
-agents are reset by the server (auto_reset); agents cut by the client-side time limit, and agents
-whose reset options changed (the curriculum), are reset with one batched `/rl/reset` per server.
+concurrently on an event loop the VecEnv owns. Finished agents are reset by the server
+(auto_reset); agents cut by the client-side time limit, and agents whose reset options changed
+(the curriculum), are reset with one batched `/rl/reset` per server.
 
 A server that faults (unreachable, timed out, an error status, an answer breaking the protocol) is
 handed to the `recover` callback, which restarts it or waits for it (`servers.ServerPool.recovery`)

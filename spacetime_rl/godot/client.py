@@ -341,20 +341,13 @@ class GodotClient:
         body = orjson.dumps(self._step_request(actions, auto_reset), option=orjson.OPT_SERIALIZE_NUMPY)
         try:
             self._connection.connect()
-        except TimeoutError as exc:
-            self._pending_step = self._timeout_error("/rl/step", "connect", "reaching the server")
-            self._pending_step.__cause__ = exc
-            return
-        except OSError as exc:
-            self._pending_step = self._connect_error("/rl/step")
-            self._pending_step.__cause__ = exc
+        except OSError as exc:  # TimeoutError included
+            self._pending_step = self._step_error(exc, "connect")
             return
         try:
             self._connection.send(body)
         except OSError as exc:
-            self._connection.close()
-            self._pending_step = self._broken_error("POST", "/rl/step", exc)
-            self._pending_step.__cause__ = exc
+            self._pending_step = self._step_error(exc, "send")
             return
         self._pending_step = True
 
@@ -369,16 +362,33 @@ class GodotClient:
             if self._busy_poll:
                 self._connection.spin(self._busy_poll)
             answer = self._connection.receive()
-        except TimeoutError as exc:
-            self._connection.close()  # the late answer must not be read as the next one
-            raise self._timeout_error("/rl/step", "request", "an answer to POST") from exc
         except (OSError, httptools.HttpParserError) as exc:
-            self._connection.close()
-            raise self._broken_error("POST", "/rl/step", exc) from exc
+            raise self._step_error(exc, "receive") from exc
         raw = bytes(answer.body)
         if not 200 <= answer.status < 300:
             raise self._http_error("POST", "/rl/step", answer.status, raw)
         return self._step_result(answer.status, answer.content_type, raw)
+
+    def _step_error(self, exc: Exception, phase: str) -> GodotError:
+        """The `GodotError` of a split step's transport failure in `phase` (connect, send, receive).
+
+        Past connecting, the connection is dropped: a late answer must not be read as the next one.
+        """
+        if phase == "connect":
+            timed_out = isinstance(exc, TimeoutError)
+            error: GodotError = (
+                self._timeout_error("/rl/step", "connect", "reaching the server")
+                if timed_out
+                else self._connect_error("/rl/step")
+            )
+        else:
+            self._connection.close()
+            if phase == "receive" and isinstance(exc, TimeoutError):
+                error = self._timeout_error("/rl/step", "request", "an answer to POST")
+            else:
+                error = self._broken_error("POST", "/rl/step", exc)
+        error.__cause__ = exc
+        return error
 
     async def send_action(self, actions: np.ndarray) -> int:
         """Act for every agent; returns the tick. Prefer `step`, which also returns what happened."""

@@ -175,9 +175,12 @@ class BusyPollSelector(selectors.DefaultSelector):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seconds = args.busy_poll_us / 1e6
-    spinning = lambda: asyncio.SelectorEventLoop(BusyPollSelector(seconds))  # noqa: E731
+
+    def spinning_loop() -> asyncio.AbstractEventLoop:
+        return asyncio.SelectorEventLoop(BusyPollSelector(seconds))
+
     try:
-        with asyncio.Runner(loop_factory=spinning if seconds else None) as runner:
+        with asyncio.Runner(loop_factory=spinning_loop if seconds else None) as runner:
             runner.run(_run(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
