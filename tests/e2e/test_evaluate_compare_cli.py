@@ -12,17 +12,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+from .runs import ROOT, TINY_RUN
+
 TINY = [
-    "env.agents_per_environment=4",
-    "ppo.n_steps=64",
-    "ppo.batch_size=64",
+    *TINY_RUN,
     "ppo.n_epochs=2",
-    "network=small",
     "training.eval_freq=500",
-    "training.eval_episodes=4",
-    "training.progress_bar=false",
-    "training.torch_threads=1",  # the machine is shared: spinning torch threads cost more than they give
 ]
 
 

@@ -12,19 +12,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .runs import ROOT, TINY_RUN
+
 LONG_RUN = [
-    "env.agents_per_environment=4",
-    "ppo.n_steps=64",
-    "ppo.batch_size=64",
+    *TINY_RUN,
     "ppo.n_epochs=1",
-    "network=small",
     "training.total_timesteps=100000000",  # never reached: the signal ends the run
     "training.save_freq=512",
     "training.eval_freq=100000000",
-    "training.eval_episodes=4",
-    "training.progress_bar=false",
-    "training.torch_threads=1",
 ]
 STARTUP_LIMIT = 180.0  # s; only bounds a broken run, never a pass condition
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .runs import ROOT
+
 TINY = [
     "env.agents_per_environment=4",
     "env.max_episode_steps=50",

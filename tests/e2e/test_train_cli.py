@@ -10,19 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from .runs import ROOT, TINY_RUN
+
 TINY = [
-    "env.agents_per_environment=4",
-    "ppo.n_steps=64",
-    "ppo.batch_size=64",
+    *TINY_RUN,
     "ppo.n_epochs=2",
-    "network=small",
     "training.total_timesteps=1024",
     "training.save_freq=512",
     "training.eval_freq=512",
-    "training.eval_episodes=4",
-    "training.progress_bar=false",
-    "training.torch_threads=1",  # tests run beside other jobs: torch's thread pool would thrash
 ]
 
 
