@@ -3,6 +3,7 @@ saves, and resuming exactly where a run stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
 import json
@@ -69,17 +70,31 @@ def assert_truncated_at(infos: list[dict], dones: np.ndarray, agents: range, las
         np.testing.assert_array_equal(info["terminal_observation"], expected[agent])
 
 
-def test_a_killed_simulator_is_restarted_and_only_its_episodes_are_truncated():
-    pool = ServerPool(ENV, seed=0)
+@contextlib.contextmanager
+def recovering_venv(config: EnvConfig, seed: int | None = 0) -> Iterator[tuple[ServerPool, SpaceTimeVecEnv]]:
+    """Launched simulators and a VecEnv over them that restarts a faulty one, as training does."""
+    pool = ServerPool(config, seed=0)
     urls = pool.start()
     venv = SpaceTimeVecEnv(
-        make_clients(urls, ENV), ENV, RewardConfig(), seed=0, recover=pool.recovery(connector(ENV))
+        make_clients(urls, config),
+        config,
+        RewardConfig(),
+        seed=seed,
+        recover=pool.recovery(connector(config)),
     )
     try:
+        yield pool, venv
+    finally:
+        venv.close()
+        pool.stop()
+
+
+def test_a_killed_simulator_is_restarted_and_only_its_episodes_are_truncated():
+    with recovering_venv(ENV) as (pool, venv):
         venv.reset()
         for _ in range(3):
             venv.step(ACTIONS)
-        last_raw, old_url = venv._last_raw.copy(), urls[0]
+        last_raw, old_url = venv._last_raw.copy(), pool.urls[0]
         server_process(old_url).kill()
         obs, rewards, dones, infos = venv.step(ACTIONS)
         assert_truncated_at(infos, dones, range(2), last_raw)
@@ -90,46 +105,27 @@ def test_a_killed_simulator_is_restarted_and_only_its_episodes_are_truncated():
         for _ in range(3):
             _, _, dones, _ = venv.step(ACTIONS)  # the new server serves
             assert not dones.any()
-    finally:
-        venv.close()
-        pool.stop()
 
 
 def test_a_hung_simulator_is_restarted_after_the_request_timeout():
-    pool = ServerPool(ENV, seed=0)
-    urls = pool.start()
-    venv = SpaceTimeVecEnv(
-        make_clients(urls, ENV), ENV, RewardConfig(), seed=0, recover=pool.recovery(connector(ENV))
-    )
-    try:
+    with recovering_venv(ENV) as (pool, venv):
         venv.reset()
-        timer = stop_for(server_process(urls[1]), ENV.request_timeout * 3)
+        timer = stop_for(server_process(pool.urls[1]), ENV.request_timeout * 3)
         _, _, dones, infos = venv.step(ACTIONS)
         timer.cancel()
         assert dones[2:].all() and infos[3]["server_fault"] and not dones[:2].any()
         assert pool.restarts == 1
-    finally:
-        venv.close()
-        pool.stop()
 
 
 def test_restarts_are_rate_limited():
     config = dataclasses.replace(ENV, num_environments=1, max_restarts=1)
-    pool = ServerPool(config, seed=0)
-    urls = pool.start()
-    venv = SpaceTimeVecEnv(
-        make_clients(urls, config), config, RewardConfig(), recover=pool.recovery(connector(config))
-    )
-    try:
+    with recovering_venv(config, seed=None) as (pool, venv):
         venv.reset()
         server_process(pool.urls[0]).kill()
         venv.step(ACTIONS[:2])
         server_process(pool.urls[0]).kill()
         with pytest.raises(GodotConnectionError, match=r"env\.max_restarts=1"):
             venv.step(ACTIONS[:2])
-    finally:
-        venv.close()
-        pool.stop()
 
 
 @pytest.fixture
