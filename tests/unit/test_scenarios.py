@@ -4,41 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
+from reachability import reachable
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.godot import wire
 from spacetime_rl.sim import scenarios
 from spacetime_rl.sim import world as w
-from spacetime_rl.sim.world import Layout, World, ignored_options
+from spacetime_rl.sim.world import World, ignored_options
 
-FINE: float = 0.25  # m, cell of the test's own walkability grid (finer than the world's 1 m)
 AGENTS = 40
 SEEDS = (0, 1)  # 80 layouts per scenario
-
-
-def walkable(layout: Layout) -> np.ndarray:
-    """(G, G) bool: grid points where the player's circle touches no solid and its centre is over floor.
-
-    Independent of world.py's flood-fill grid: exact distances to each shape at FINE resolution.
-    """
-    half = w.PLATFORM_HALF_SIZE
-    axis = np.arange(-half + FINE / 2, half, FINE)
-    x, z = np.meshgrid(axis, axis, indexing="ij")
-    ok = np.ones(x.shape, bool)
-    for x0, z0, x1, z1 in layout.boxes:
-        dx = np.maximum(np.maximum(x0 - x, x - x1), 0.0)
-        dz = np.maximum(np.maximum(z0 - z, z - z1), 0.0)
-        ok &= np.hypot(dx, dz) >= w.PLAYER_RADIUS
-    for px, pz, radius in layout.pillars:
-        ok &= np.hypot(x - px, z - pz) >= radius + w.PLAYER_RADIUS
-    for x0, z0, x1, z1 in layout.pits:
-        ok &= ~((x >= x0) & (x <= x1) & (z >= z0) & (z <= z1))
-    return ok
-
-
-def grid_index(x: float, z: float) -> tuple[int, int]:
-    return (int((x + w.PLATFORM_HALF_SIZE) // FINE), int((z + w.PLATFORM_HALF_SIZE) // FINE))
 
 
 def episodes(scenario: str, seed: int, **options: float) -> tuple[World, np.ndarray]:
@@ -54,9 +29,7 @@ def test_goal_is_reachable_from_the_start(scenario: str) -> None:
         for agent in range(AGENTS):
             layout = world.layout(agent)
             x, z, _ = world.position(agent)
-            labels, _ = ndimage.label(walkable(layout))  # 4-connected components
-            start, goal = labels[grid_index(x, z)], labels[grid_index(*layout.goal)]
-            assert start > 0 and start == goal, f"{scenario} seed {seed} agent {agent}: goal unreachable"
+            assert reachable(layout, (x, z)), f"{scenario} seed {seed} agent {agent}: goal unreachable"
 
 
 @pytest.mark.parametrize("scenario", wire.SCENARIOS)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from reachability import reachable
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.godot import wire
@@ -355,40 +356,6 @@ class TestOptions:
             world.step(np.array([[0.0, math.nan, 0.0], [0.0, 0.0, 0.0]]))
 
 
-def _reachable_fine(layout: w.Layout, start: tuple[float, float], cell: float = 0.25) -> bool:
-    """Independent check: flood fill over points whose exact clearance admits the player."""
-    half = w.PLATFORM_HALF_SIZE
-    axis = np.arange(-half + cell / 2, half, cell)
-    x, z = np.meshgrid(axis, axis, indexing="ij")
-    free = (np.abs(x) < half) & (np.abs(z) < half)
-    for x0, z0, x1, z1 in layout.boxes:
-        dx = np.maximum(np.maximum(x0 - x, x - x1), 0)
-        dz = np.maximum(np.maximum(z0 - z, z - z1), 0)
-        free &= np.hypot(dx, dz) >= w.PLAYER_RADIUS
-    for px, pz, r in layout.pillars:
-        free &= np.hypot(x - px, z - pz) >= r + w.PLAYER_RADIUS
-    for x0, z0, x1, z1 in layout.pits:
-        free &= ~((x >= x0) & (x <= x1) & (z >= z0) & (z <= z1))
-
-    def index(point: tuple[float, float]) -> tuple[int, int]:
-        return tuple(int((c + half) // cell) for c in point)  # type: ignore[return-value]
-
-    reached = np.zeros_like(free)
-    reached[index(start)] = True
-    goal = index(tuple(layout.goal))
-    while not reached[goal]:
-        grown = reached.copy()
-        grown[1:] |= reached[:-1]
-        grown[:-1] |= reached[1:]
-        grown[:, 1:] |= reached[:, :-1]
-        grown[:, :-1] |= reached[:, 1:]
-        grown &= free
-        if np.array_equal(grown, reached):
-            return False
-        reached = grown
-    return True
-
-
 def test_goals_are_reachable_over_many_seeds() -> None:
     world = World(24, seed=0)
     for seed in range(2):
@@ -397,7 +364,7 @@ def test_goals_are_reachable_over_many_seeds() -> None:
             x, z, _ = world.position(agent)
             layout = world.layout(agent)
             assert len(layout.boxes) == w.NUM_BOXES and len(layout.pits) == w.NUM_PITS
-            assert _reachable_fine(layout, (x, z)), f"seed {seed} agent {agent}"
+            assert reachable(layout, (x, z)), f"seed {seed} agent {agent}"
 
 
 def test_layouts_are_moderately_dense() -> None:
