@@ -6,11 +6,13 @@ python evaluate.py policy=heuristic                                # reference p
 python evaluate.py --cfg job                                       # show the composed config
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from spacetime_rl.app import run_reporting_errors
-from spacetime_rl.evaluation.config import register_configs
+from spacetime_rl.app import prepare_command_line, run_reporting_errors
+from spacetime_rl.evaluation.config import EvaluateConfig, register_configs
 
 register_configs()
 
@@ -26,4 +28,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = prepare_command_line(sys.argv, EvaluateConfig)
     main()

@@ -7,11 +7,13 @@ python train.py -m sweep=ppo                 # an Optuna search from sweeps/ppo.
 python train.py --cfg job                    # show the composed config
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from spacetime_rl.app import job_config, run_reporting_errors
-from spacetime_rl.config import register_configs
+from spacetime_rl.app import job_config, prepare_command_line, run_reporting_errors
+from spacetime_rl.config import TrainConfig, register_configs
 
 register_configs()
 
@@ -28,4 +30,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = prepare_command_line(sys.argv, TrainConfig, config_file=True)
     main()

@@ -1,4 +1,4 @@
-"""What the Hydra entry points share: turn the composed config into a checked one and report errors.
+"""What the Hydra entry points share: check the command line, check the composed config, report errors.
 
 A user-facing failure (`SpaceTimeError`) is printed as one readable message, never a traceback. In a
 single run it exits with status 1; in a multirun it returns NaN, so the sweep records a failed trial
@@ -9,41 +9,54 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from spacetime_rl.config import TrainConfig, to_train_config
+from spacetime_rl.config import TrainConfig, check_override_keys, to_train_config
 from spacetime_rl.errors import SpaceTimeError
-from spacetime_rl.seed_config import load_seed_config
+from spacetime_rl.seed_config import expand_config_file
 
 log = logging.getLogger("spacetime_rl")
 
 
-def apply_config_file(cfg: DictConfig, task_overrides: Sequence[str]) -> None:
-    """Merge `config_file` (seed JSON format) over the preset, then re-apply the command-line values.
+#: Hydra's flags that take the next argument as their value (`--cfg job`, `-cn train`).
+_VALUE_FLAGS = frozenset(
+    {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+)
 
-    Precedence is preset < JSON file < command line, as with the seed's `--config f.json --timesteps N`.
+
+def prepare_command_line(argv: list[str], schema: type, config_file: bool = False) -> list[str]:
+    """The command line Hydra should see: `config_file=` expanded (train.py), every key checked.
+
+    A key the schema does not have stops here with a did-you-mean, with or without `+` (Hydra's
+    own message would suggest `+key=value`, which trains with the typo ignored). A `SpaceTimeError`
+    is printed as one line and exits with status 1.
     """
-    if not cfg.get("config_file"):
-        return
-    for key, value in load_seed_config(cfg.config_file).items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
-        key = override.key_or_group
-        if "." in key and not override.is_delete():
-            OmegaConf.update(cfg, key, override.value(), merge=False)
+    flags: list[str] = []
+    overrides: list[str] = []
+    after_flag = False
+    for arg in argv[1:]:
+        is_override = not after_flag and not arg.startswith("-") and "=" in arg
+        (overrides if is_override else flags).append(arg)
+        after_flag = arg in _VALUE_FLAGS
+    try:
+        if config_file:
+            overrides = expand_config_file(overrides)
+        check_override_keys(overrides, schema)
+    except SpaceTimeError as err:
+        print(f"[{log.name}][ERROR] - {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return [argv[0], *flags, *overrides]
 
 
 def job_config(cfg: DictConfig) -> tuple[TrainConfig, Path]:
     """The checked config of this Hydra job and its output directory."""
-    hydra_cfg = HydraConfig.get()
-    apply_config_file(cfg, hydra_cfg.overrides.task)
-    return to_train_config(cfg), Path(hydra_cfg.runtime.output_dir)
+    return to_train_config(cfg), Path(HydraConfig.get().runtime.output_dir)
 
 
 def run_reporting_errors(job: Callable[[], float]) -> float:

@@ -7,10 +7,13 @@ path (``Key 'prot' not in 'EnvConfig'``) and `TrainConfig.__post_init__` checks 
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.godot import wire
+from spacetime_rl.seed_config import expand_config_file
 
 #: The `conf/` tree beside the package (a source checkout, as `train.py` uses it).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -31,6 +35,8 @@ BUSY_POLL_MODES = ("auto", "on", "off")
 #: How long a busy-polling side spins on its socket before it blocks (docs/training.md, "Speed").
 BUSY_POLL_SECONDS = 0.002
 CURRICULUM_MODES = ("timesteps", "success_rate")
+#: The task of a run that names none: walk to a goal on the open field (conf/task/navigate.yaml).
+DEFAULT_TASK = "navigate"
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -225,14 +231,14 @@ class TasksConfig:
     task as a one-hot block after the 48 observation floats (docs/training.md).
     """
 
-    name: str = "navigate"
-    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # empty: navigate on the open field
+    name: str = DEFAULT_TASK
+    # Empty in the schema: a group option's tasks must replace, not join, a pre-filled default
+    # (Hydra merges the chosen option into the schema's value). `chosen` reads it.
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.tasks:
-            self.tasks = {"navigate": TaskConfig()}
         rewards = {f.name for f in fields(RewardConfig)}
-        for name, task in self.tasks.items():
+        for name, task in self.chosen.items():
             key = f"task.tasks.{name}"
             _require(
                 task.scenario in wire.SCENARIOS,
@@ -263,26 +269,31 @@ class TasksConfig:
                 high,
                 "the task's curriculum stages set its goal distance: drop one of the two",
             )
-        total = sum(task.probability for task in self.tasks.values())
+        total = sum(task.probability for task in self.chosen.values())
         _require(total > 0, "task.tasks", "probabilities", "at least one task needs a probability > 0")
 
     @property
+    def chosen(self) -> dict[str, TaskConfig]:
+        """The tasks episodes are drawn from: `tasks`, or navigate on the open field when empty."""
+        return self.tasks or {DEFAULT_TASK: TaskConfig()}
+
+    @property
     def names(self) -> tuple[str, ...]:
-        return tuple(self.tasks)
+        return tuple(self.chosen)
 
     @property
     def probabilities(self) -> list[float]:
-        total = sum(task.probability for task in self.tasks.values())
-        return [task.probability / total for task in self.tasks.values()]
+        total = sum(task.probability for task in self.chosen.values())
+        return [task.probability / total for task in self.chosen.values()]
 
     @property
     def multi(self) -> bool:
         """True with more than one task: the observation then carries the task's one-hot block."""
-        return len(self.tasks) > 1
+        return len(self.chosen) > 1
 
     def reward_configs(self, base: RewardConfig) -> list[RewardConfig]:
         """Each task's reward weights: the reward group's, with the task's overrides (checked)."""
-        return [replace(base, **task.reward) for task in self.tasks.values()]
+        return [replace(base, **task.reward) for task in self.chosen.values()]
 
 
 @dataclass
@@ -380,6 +391,9 @@ class TrainingConfig:
     save_freq: int = 2_000  # agent-steps between checkpoints
     eval_freq: int = 5_000  # agent-steps between evaluations
     eval_episodes: int = 16
+    # At the end, the final and the best model play this many held-out episodes (spacetime_rl.seeds):
+    # the best was picked on the in-training evaluation, so its score there is optimistic. 0: skip.
+    held_out_episodes: int = 64
     seed: int = 0
     objective: str = "eval/success_rate"  # the metric train.py returns to sweepers
     progress_bar: bool = True
@@ -395,6 +409,12 @@ class TrainingConfig:
         for key in ("torch_threads", "rollout_torch_threads"):
             value = getattr(self, key)
             _require(value >= 0, f"training.{key}", value, "use 0 (auto) or more")
+        _require(
+            self.held_out_episodes >= 0,
+            "training.held_out_episodes",
+            self.held_out_episodes,
+            "use 0 (no held-out check) or more; 64 and up gives a useful interval",
+        )
 
 
 @dataclass
@@ -456,6 +476,7 @@ def register_configs() -> None:
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """Turn a composed config into the checked dataclass tree (runs every `__post_init__`)."""
+    check_keys(cfg, TrainConfig)
     config = OmegaConf.to_object(cfg)
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"expected a TrainConfig, got {type(config).__name__}: compose conf/train.yaml")
@@ -465,5 +486,84 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
 def compose_train_config(overrides: Sequence[str] = ()) -> TrainConfig:
     """Compose `conf/train.yaml` with Hydra overrides, outside `train.py` (benchmarks, tests), and check it."""
     register_configs()
+    overrides = expand_config_file(overrides)
+    check_override_keys(overrides, TrainConfig)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return to_train_config(compose("train", overrides=list(overrides)))
+
+
+# ---------------------------------------------------------------- keys the schema does not have
+
+
+def unknown_key(schema: type, key: str) -> str | None:
+    """None when the dotted `key` is a key of `schema`, else a message naming it and the closest keys.
+
+    Below a `dict` field any name is a key (`task.tasks.<name>`, `sweep.pruner.<argument>`); the
+    value type below it is checked again (`task.tasks.maze.scenari` is unknown).
+    """
+    node: Any = schema
+    for depth, part in enumerate(key.split(".")):
+        node = _without_none(node)
+        if is_dataclass(node):
+            hints = typing.get_type_hints(node)
+            if part not in hints:
+                parent = ".".join(key.split(".")[:depth])
+                prefix = f"{parent}." if parent else ""
+                close = [prefix + name for name in difflib.get_close_matches(part, list(hints), n=1)]
+                close = close or [path for path in _key_paths(schema) if path.rsplit(".", 1)[-1] == part]
+                hint = f"did you mean {' or '.join(close)}? " if close else ""
+                return (
+                    f"{key} is not a config key ({parent or 'the root config'} has no {part!r}): "
+                    f"{hint}`--cfg job` lists them all"
+                )
+            node = hints[part]
+        elif typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]
+        elif typing.get_origin(node) is list:
+            node = typing.get_args(node)[0]
+        else:
+            return None  # below a plain value: OmegaConf's own type check speaks
+    return None
+
+
+def check_override_keys(overrides: Sequence[str], schema: type, source: str = "") -> None:
+    """Raise ConfigError for an override (with or without `+`) of a key `schema` does not have."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        if problem := unknown_key(schema, key):
+            raise ConfigError(f"{source}{override}: {problem}")
+
+
+def check_keys(cfg: DictConfig, schema: type) -> None:
+    """Raise ConfigError for a key of a composed config that `schema` does not have (a `+` typo)."""
+    for key in _leaf_keys(OmegaConf.to_container(cfg, resolve=False)):
+        if problem := unknown_key(schema, key):
+            raise ConfigError(problem)
+
+
+def _without_none(node: Any) -> Any:
+    """`X` of an `X | None` type (as get_type_hints gives it), else `node`."""
+    if typing.get_origin(node) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(node) if arg is not type(None)]
+        return args[0] if len(args) == 1 else node
+    return node
+
+
+def _key_paths(schema: type, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of a dataclass schema, through nested dataclasses."""
+    for name, hint in typing.get_type_hints(schema).items():
+        path = f"{prefix}{name}"
+        yield path
+        hint = _without_none(hint)
+        if isinstance(hint, type) and is_dataclass(hint):
+            yield from _key_paths(hint, f"{path}.")
+
+
+def _leaf_keys(data: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(data, dict):
+        for name, value in data.items():
+            yield from _leaf_keys(value, f"{prefix}{name}.")
+            if not isinstance(value, dict) or not value:
+                yield f"{prefix}{name}"

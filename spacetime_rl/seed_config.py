@@ -1,6 +1,8 @@
 """JSON configs in the format of the seed's `rl_config.py`, so existing users can train with them as is.
 
-`python train.py config_file=my.json` merges the file over the preset; command-line overrides still win.
+`python train.py config_file=my.json` turns the file into Hydra overrides placed before the
+command line's (`expand_config_file`), so Hydra composes them like typed ones: preset < file <
+command line, and `.hydra/config.yaml`, `.hydra/overrides.yaml` and `--cfg job` show the file's values.
 `python -m spacetime_rl.seed_config [path]` writes an example file, as `python rl_config.py` did.
 """
 
@@ -8,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,48 @@ def load_seed_config(path: str | Path) -> dict[str, Any]:
             else:
                 overrides[target] = value
     return overrides
+
+
+CONFIG_FILE_KEY = "config_file"
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
+
+
+def expand_config_file(overrides: Sequence[str]) -> list[str]:
+    """`overrides` with a `config_file=PATH` among them followed by the file's values as overrides.
+
+    A key the command line also sets keeps the command line's value (its override is not added).
+    """
+    files = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{CONFIG_FILE_KEY}=")]
+    if not files:
+        return list(overrides)
+    if len(files) > 1 or "," in files[0]:
+        raise ConfigError(
+            f"{CONFIG_FILE_KEY}={','.join(files)!r} is invalid: give one JSON file per run (to compare "
+            "several, run train.py once per file)"
+        )
+    typed = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    from_file = [
+        f"{key}={hydra_value(value)}" for key, value in load_seed_config(files[0]).items() if key not in typed
+    ]
+    return [*overrides, *from_file]
+
+
+def hydra_value(value: Any) -> str:
+    """`value` (from JSON) written in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in ("null", "true", "false"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def write_example(path: str | Path = "example_config.json") -> Path:

@@ -31,7 +31,7 @@ class TaskSchedule:
         self.ids = np.zeros(num_agents, dtype=np.int64)
         self.ids[:] = int(np.argmax(self.probabilities))  # one task: that one
         self._rng = np.random.default_rng(seed)
-        tasks = list(config.tasks.values())
+        tasks = list(config.chosen.values())
         # The open field is every server's world: say "scenario" only when a task needs another.
         self._send_scenario = any(task.scenario != wire.DEFAULT_SCENARIO for task in tasks)
         self._overrides = [self._task_options(task) for task in tasks]
@@ -75,7 +75,7 @@ class TaskSchedule:
 
     def check_servers(self, specs: Sequence[Any]) -> None:
         """Refuse servers that lack a scenario a task needs (their spec's `scenarios`)."""
-        needed = {task.scenario for task in self.config.tasks.values()} - {wire.DEFAULT_SCENARIO}
+        needed = {task.scenario for task in self.config.chosen.values()} - {wire.DEFAULT_SCENARIO}
         for index, spec in enumerate(specs):
             missing = sorted(needed - set(getattr(spec, "scenarios", ())))
             if missing:

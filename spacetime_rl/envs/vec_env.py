@@ -327,6 +327,30 @@ class SpaceTimeVecEnv(VecEnv):
                 )
         self._stale_options |= self._tasks.set_max_goal_distances(distances)
 
+    def settings(self) -> dict[str, Any]:
+        """What this env runs with now, read from its working parts (metrics.json records it).
+
+        Per task: its share of episodes, the reset options its episodes start with (goal
+        distances, scenario, speeds) and the reward weights they are scored with.
+        """
+        weights = self._tracker.rewards.weights
+        return {
+            "agents": self.num_envs,
+            "observation_size": int(self.observation_space.shape[0]),  # type: ignore[index]
+            "max_episode_steps": self._tracker.max_episode_steps,
+            "action_smoothing": self._tracker.smoother.smoothing,
+            "tasks": {
+                name: {
+                    "probability": float(probability),
+                    "reset_options": self._tasks.options(index, self._server_options),
+                    "reward": {term: float(values[index]) for term, values in weights.items()},
+                }
+                for index, (name, probability) in enumerate(
+                    zip(self._tasks.names, self._tasks.probabilities, strict=True)
+                )
+            },
+        }
+
     def performance(self) -> list[dict[str, Any]]:
         """Each server's `/performance` answer (servers without the endpoint are skipped)."""
         calls = [

@@ -8,7 +8,7 @@ from typing import Final
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from spacetime_rl.config import EnvConfig, RewardConfig, TasksConfig
+from spacetime_rl.config import EnvConfig, RewardConfig, TasksConfig, check_keys
 from spacetime_rl.errors import ConfigError
 
 POLICIES: Final = ("trained", "random", "heuristic")
@@ -28,7 +28,7 @@ class EvaluateConfig:
     model: str | None = None  # a model zip or a training run directory; policy=trained needs it
     policy: str = "trained"
     episodes: int = 20
-    seed: int = 0
+    seed: int | None = None  # None: the held-out seed of the model's run (spacetime_rl.seeds)
     deterministic: bool = True
     plot_episodes: int = 6  # episodes drawn in eval/paths.png (0: no plot)
     verbose: bool = False
@@ -54,6 +54,7 @@ def register_configs() -> None:
 
 def to_evaluate_config(cfg: DictConfig) -> EvaluateConfig:
     """Turn a composed config into the checked dataclass tree (runs every `__post_init__`)."""
+    check_keys(cfg, EvaluateConfig)
     config = OmegaConf.to_object(cfg)
     if not isinstance(config, EvaluateConfig):
         raise ConfigError(

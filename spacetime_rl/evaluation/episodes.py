@@ -16,7 +16,19 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from spacetime_rl.godot import wire
 
-__all__ = ["METRICS", "Act", "EpisodeResult", "Path2D", "play_episodes", "seconds_per_step", "summarize"]
+__all__ = [
+    "METRICS",
+    "Act",
+    "EpisodeResult",
+    "Path2D",
+    "play_episodes",
+    "seconds_per_step",
+    "summarize",
+    "wilson_interval",
+]
+
+#: The normal quantile of a two-sided 95% interval.
+WILSON_Z: Final = 1.959963984540054
 
 #: Maps a batch of the env's observations (N, 48) to actions (N, 3).
 Act = Callable[[np.ndarray], np.ndarray]
@@ -24,6 +36,8 @@ Act = Callable[[np.ndarray], np.ndarray]
 #: Every metric `summarize` reports, with what it means; training logs a subset (`EVAL_METRICS`).
 METRICS: Final[dict[str, str]] = {
     "eval/success_rate": "fraction of episodes that reached the goal",
+    "eval/success_low": "lower end of the success rate's 95% Wilson interval",
+    "eval/success_high": "upper end of the success rate's 95% Wilson interval",
     "eval/mean_reward": "mean raw (unnormalised) return",
     "eval/std_reward": "standard deviation of the return",
     "eval/mean_ep_length": "mean episode length, actions",
@@ -130,8 +144,11 @@ def summarize(results: Sequence[EpisodeResult], step_seconds: float | None = Non
     stats = [r.info["episode_stats"] for r in results]
     rewards = [r.reward for r in results]
     successes = [r for r in results if r.success]
+    low, high = wilson_interval(len(successes), len(results))
     metrics = {
         "eval/success_rate": float(np.mean([r.success for r in results])),
+        "eval/success_low": low,
+        "eval/success_high": high,
         "eval/mean_reward": float(np.mean(rewards)),
         "eval/std_reward": float(np.std(rewards)),
         "eval/mean_ep_length": float(np.mean([r.length for r in results])),
@@ -147,6 +164,21 @@ def summarize(results: Sequence[EpisodeResult], step_seconds: float | None = Non
         own = summarize([r for r in results if r.info.get("task") == task], step_seconds)
         metrics |= {key.replace("eval/", f"eval/{task}/", 1): value for key, value in own.items()}
     return metrics
+
+
+def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% with the default z).
+
+    Unlike rate +- z * standard error it stays inside [0, 1] and does not shrink to nothing at
+    0 or 1 successes out of a few trials.
+    """
+    if trials == 0:
+        return math.nan, math.nan
+    rate = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (rate + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def seconds_per_step(action_repeat: int) -> float:

@@ -17,7 +17,7 @@ from typing import Final
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from stable_baselines3 import PPO
@@ -37,6 +37,7 @@ from spacetime_rl.evaluation.plots import plot_episodes
 from spacetime_rl.evaluation.policies import heuristic_policy, random_policy, trained_policy
 from spacetime_rl.evaluation.runs import ModelSource, apply_run_config, resolve_model
 from spacetime_rl.evaluation.trajectories import RecordingTransport, attach_paths
+from spacetime_rl.seeds import held_out_seed, in_training_eval_seed, seen_in_training
 from spacetime_rl.training.artifacts import check_same_save, write_json
 
 __all__ = ["evaluate", "job_config", "run"]
@@ -68,36 +69,67 @@ def job_config(cfg: DictConfig) -> tuple[EvaluateConfig, Path, ModelSource | Non
             ),
             None,
         )
-        apply_run_config(cfg, run_config, hydra_cfg.overrides.task, config_dir)
+        used = apply_run_config(cfg, run_config, hydra_cfg.overrides.task, config_dir)
+        log.info(
+            "evaluating with the settings %s trained with: task %s, %s",
+            source.run_dir if source else None,
+            cfg.task.name,
+            "; ".join(used) or "no curriculum",
+        )
     elif source is not None:
         log.warning(
             "%s has no run directory (.hydra/config.yaml) above it: evaluating with the env settings of "
             "conf/evaluate.yaml, which must match training's (env.heading_frame, env.action_smoothing)",
             source.model,
         )
+    _choose_seed(cfg, run_config)
     return to_evaluate_config(cfg), Path(hydra_cfg.runtime.output_dir), source
+
+
+def _choose_seed(cfg: DictConfig, run_config: DictConfig | None) -> None:
+    """Default to the run's held-out episodes; say when the chosen seed replays episodes of the run."""
+    training_seed = int(OmegaConf.select(run_config, "training.seed", default=0)) if run_config else 0
+    servers = int(OmegaConf.select(run_config, "env.num_environments", default=1)) if run_config else 1
+    if cfg.seed is None:
+        cfg.seed = held_out_seed(training_seed)
+        log.info(
+            "seed=%d: held-out episodes (training used seeds %d..%d, its model selection %d)",
+            cfg.seed,
+            training_seed,
+            training_seed + servers - 1,
+            in_training_eval_seed(training_seed),
+        )
+    elif run_config is not None and (seen := seen_in_training(cfg.seed, training_seed, servers)):
+        log.warning(
+            "seed=%d replays the episodes of %s: these results are not held out; drop seed= to "
+            "evaluate on the run's held-out seed %d",
+            cfg.seed,
+            seen,
+            held_out_seed(training_seed),
+        )
 
 
 def evaluate(config: EvaluateConfig, output_dir: Path, source: ModelSource | None = None) -> dict[str, float]:
     """Play `config.policy` for `config.episodes` episodes on fresh servers; write and print the results.
 
     One server with min(episodes, env.agents_per_environment) agents (env=sim), seeded with
-    `config.seed`, as training's evaluation does.
+    `config.seed` (None: held out from a run with training.seed=0), as training's evaluation does.
     """
     if config.policy == "trained" and source is None:
         raise ConfigError("policy=trained needs model=<run directory or model zip>")
     env_config = config.env
+    seed = held_out_seed(0) if config.seed is None else config.seed
     agents = min(config.episodes, env_config.agents_per_environment)
     with contextlib.ExitStack() as stack:
         urls = stack.enter_context(
-            launch_servers(env_config, count=1, agents=agents, seed=config.seed, verbose=config.verbose)
+            launch_servers(env_config, count=1, agents=agents, seed=seed, verbose=config.verbose)
         )
         layout_rounds = math.ceil(config.plot_episodes / agents)
         recorders = [RecordingTransport(client, layout_rounds) for client in make_clients(urls, env_config)]
-        venv = SpaceTimeVecEnv(recorders, env_config, config.reward, seed=config.seed, tasks=config.task)
+        venv = SpaceTimeVecEnv(recorders, env_config, config.reward, seed=seed, tasks=config.task)
         stack.callback(venv.close)
         env, act = _policy(config, venv, source)
-        results = attach_paths(play_episodes(env, act, config.episodes, config.seed), recorders)
+        results = attach_paths(play_episodes(env, act, config.episodes, seed), recorders)
 
     step_seconds = seconds_per_step(env_config.action_repeat)
     metrics = summarize(results, step_seconds)
@@ -108,17 +140,19 @@ def evaluate(config: EvaluateConfig, output_dir: Path, source: ModelSource | Non
             "model": str(source.model) if source else None,
             "run_dir": str(source.run_dir) if source and source.run_dir else None,
             "episodes": len(results),
-            "seed": config.seed,
+            "seed": seed,
             "deterministic": config.deterministic,
             "metrics": {key: _json_number(value) for key, value in metrics.items()},
             "env": asdict(env_config),
+            "reward": asdict(config.reward),
+            "task": asdict(config.task),
             "per_episode": [r.to_dict(step_seconds) for r in results],
         },
     )
     if config.plot_episodes:
         title = f"{config.policy} policy" + (f": {source.model}" if source else "")
         plot_episodes(results[: config.plot_episodes], output_dir / PLOT_FILE, title)
-    print_metrics(metrics, f"{config.policy} policy, {len(results)} episodes, seed {config.seed}")
+    print_metrics(metrics, f"{config.policy} policy, {len(results)} episodes, seed {seed}")
     log.info("evaluation written to %s", output_dir / METRICS_FILE.parent)
     return metrics
 
@@ -137,7 +171,7 @@ def print_metrics(metrics: dict[str, float], title: str) -> None:
 def _policy(config: EvaluateConfig, venv: SpaceTimeVecEnv, source: ModelSource | None) -> tuple[VecEnv, Act]:
     """The env the policy sees and the policy: the trained one sees the run's normalised observations."""
     if config.policy == "random":
-        return venv, random_policy(config.seed)
+        return venv, random_policy(0 if config.seed is None else config.seed)
     if config.policy == "heuristic":
         return venv, heuristic_policy()
     assert source is not None

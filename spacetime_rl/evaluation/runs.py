@@ -117,25 +117,58 @@ def _run_group(run_config: DictConfig | None, group: str, schema: type[_Group]) 
 
 def apply_run_config(
     cfg: DictConfig, run_config: DictConfig, task_overrides: Sequence[str], config_dir: Path | None
-) -> None:
-    """Replace `cfg.env` and `cfg.reward` by the run's, then re-apply the command line's changes to them.
+) -> list[str]:
+    """Evaluate as the run trained: its env, reward and task, at its curricula's final stages.
 
-    Precedence: run < command line. A group choice (`env=godot`) re-applies that option file
-    (`config_dir/env/godot.yaml`); a key (`env.max_goal_distance=5`) re-applies the value.
+    The run's `env` and `reward` replace `cfg`'s, its `task` replaces `cfg.task` whole (a run's
+    tasks never join evaluate.py's default), and where the run had a curriculum its last stage's
+    goal distance applies. Then the command line's changes to these groups apply on top: a task
+    choice (`task=maze`) keeps the task Hydra composed, an env or reward choice (`env=godot`)
+    re-applies that option file (`config_dir/<group>/<option>.yaml`) over the run's, a key
+    (`env.max_goal_distance=5`) its value. Returns what changed from the run's settings, for the log.
     """
+    used: list[str] = []
+    overrides = OverridesParser.create().parse_overrides(list(task_overrides))
+    chosen = {o.key_or_group for o in overrides if not o.is_delete()}
     try:
-        cfg.merge_with(OmegaConf.masked_copy(run_config, list(RUN_GROUPS)))
-        for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        cfg.merge_with(OmegaConf.masked_copy(run_config, ["env", "reward"]))
+        if "task" in run_config and "task" not in chosen:  # else Hydra composed the chosen option
+            cfg.task = OmegaConf.merge(OmegaConf.structured(TasksConfig), run_config.task)
+        used += _final_stages(cfg, run_config)
+        for override in overrides:
             key = override.key_or_group
-            if override.is_delete() or key.partition(".")[0] not in RUN_GROUPS:
+            if override.is_delete() or key.partition(".")[0] not in RUN_GROUPS or key == "task":
                 continue
             if "." in key:
                 OmegaConf.update(cfg, key, override.value(), merge=False)
             elif config_dir is not None:
-                option = OmegaConf.load(config_dir / key / f"{override.value()}.yaml")
-                cfg[key] = OmegaConf.merge(cfg[key], option)
+                cfg[key] = OmegaConf.merge(
+                    cfg[key], OmegaConf.load(config_dir / key / f"{override.value()}.yaml")
+                )
+            used.append(f"{override.input_line} (command line)")
     except OmegaConfBaseException as exc:
         raise ConfigError(f"the model's run config does not fit this version's schema: {exc}") from exc
+    return used
+
+
+def _final_stages(cfg: DictConfig, run_config: DictConfig) -> list[str]:
+    """Set the goal distances of the run's curricula's last stages in `cfg`; say which were set."""
+    used = []
+    curriculum = run_config.get("curriculum")
+    if curriculum is not None and curriculum.get("enabled") and curriculum.get("stages"):
+        last = curriculum.stages[-1]
+        cfg.env.max_goal_distance = last.max_goal_distance
+        used.append(f"env.max_goal_distance={last.max_goal_distance} (curriculum's last stage {last.name!r})")
+    for name, task in cfg.task.tasks.items():
+        if task.get("curriculum"):
+            last = task.curriculum[-1]
+            task.max_goal_distance = last.max_goal_distance
+            task.curriculum = []
+            used.append(
+                f"task.tasks.{name}.max_goal_distance={last.max_goal_distance} "
+                f"(the task's last stage {last.name!r})"
+            )
+    return used
 
 
 def config_hash(config: DictConfig | dict[str, Any] | None) -> str | None:

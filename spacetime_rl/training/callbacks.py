@@ -28,6 +28,8 @@ EvalHook = Callable[[int, dict[str, float]], bool]
 #: The metrics an evaluation reports; `training.objective` names one of them.
 EVAL_METRICS: Final = (
     "eval/success_rate",
+    "eval/success_low",
+    "eval/success_high",
     "eval/mean_reward",
     "eval/mean_ep_length",
     "eval/collisions",

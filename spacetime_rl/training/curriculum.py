@@ -91,7 +91,7 @@ class TaskCurricula:
     def __init__(self, tasks: TasksConfig, timesteps: int = 0) -> None:
         self.curricula = {
             name: Curriculum(CurriculumConfig(enabled=True, stages=task.curriculum), math.inf)
-            for name, task in tasks.tasks.items()
+            for name, task in tasks.chosen.items()
             if task.curriculum
         }
         self.update(timesteps)

@@ -31,13 +31,15 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.utils import get_latest_run_id, set_random_seed
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 from torch import nn
 
-from spacetime_rl.config import TrainConfig
+from spacetime_rl.config import TrainConfig, TrainingConfig
 from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
 from spacetime_rl.errors import ConfigError, GodotError
+from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
 from spacetime_rl.training.artifacts import (
     check_same_save,
     checkpoint_path,
@@ -46,6 +48,7 @@ from spacetime_rl.training.artifacts import (
     stats_path,
     write_json,
 )
+from spacetime_rl.training.budget import plan_budget
 from spacetime_rl.training.callbacks import (
     EVAL_METRICS,
     CheckpointCallback,
@@ -56,11 +59,26 @@ from spacetime_rl.training.callbacks import (
     EvalRecord,
     Evaluator,
     RolloutThreads,
+    evaluate,
 )
 from spacetime_rl.training.curriculum import Curriculum, TaskCurricula
 
 log = logging.getLogger(__name__)
 
+#: PPO settings a resumed run takes from its own config (the rest of `PPOConfig` is `device`).
+RESUMABLE_PPO: Final = (
+    "learning_rate",
+    "n_steps",
+    "batch_size",
+    "n_epochs",
+    "gamma",
+    "gae_lambda",
+    "clip_range",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+    "target_kl",
+)
 ACTIVATIONS: Final[dict[str, type[nn.Module]]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -69,8 +87,6 @@ ACTIVATIONS: Final[dict[str, type[nn.Module]]] = {
     "gelu": nn.GELU,
     "silu": nn.SiLU,
 }
-#: Eval servers and resets draw from seed + this, far from the training servers' seed + index.
-EVAL_SEED_OFFSET: Final = 10_000
 TB_LOG_NAME: Final = "PPO"
 
 
@@ -95,6 +111,9 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
     resume = Path(config.resume) if config.resume else None
     resume_state = load_state(resume) if resume else {}
+    budget = plan_budget(config, int(resume_state.get("num_timesteps", 0)))
+    for note in budget.notes:
+        log.warning("%s", note)
 
     if training.torch_threads:
         torch.set_num_threads(training.torch_threads)
@@ -119,7 +138,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             env_config,
             count=1,
             agents=eval_agents,
-            seed=training.seed + EVAL_SEED_OFFSET,
+            seed=in_training_eval_seed(training.seed),
             verbose=config.verbose,
         )
         train_urls = stack.enter_context(train_pool)
@@ -153,6 +172,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         if resume:
             train_env = VecNormalize.load(str(stats_path(resume)), train_venv)
             train_env.training = True
+            train_env.gamma = config.ppo.gamma  # discounts the returns reward normalisation scales by
         else:
             train_env = VecNormalize(
                 train_venv,
@@ -187,7 +207,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         evaluator = Evaluator(
             eval_env,
             episodes=training.eval_episodes,
-            seed=training.seed + EVAL_SEED_OFFSET,
+            seed=in_training_eval_seed(training.seed),
             best_dir=best_dir,
             curriculum=curriculum,
             record=record,
@@ -255,6 +275,10 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             evaluator(model, model.logger)
             model.logger.dump(model.num_timesteps)
         save_snapshot(model, train_env, output_dir / "final_model.zip", snapshot_state())
+        held_out = {}
+        if training.held_out_episodes and not eval_callback.stopped:
+            held_out = _held_out(model, eval_env, best_dir / "best_model.zip", record, training)
+        env_used = train_venv.settings()
         faults = {
             "train": train_venv.faults,
             "eval": eval_venv.faults,
@@ -269,7 +293,11 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "objective": {"name": training.objective, "value": objective},
             "final": record.last,
             "best": record.best,
+            "held_out": held_out,
             "num_timesteps": model.num_timesteps,
+            "requested_timesteps": training.total_timesteps,
+            "budget_notes": budget.notes,
+            "env_used": env_used,
             "curriculum": curriculum.to_dict() | {"name": curriculum.stage_name},
             "server_faults": faults,
         },
@@ -346,10 +374,77 @@ def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> PPO:
 
 
 def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> PPO:
-    """The checkpoint's model and hyperparameters, stepping `env` from its saved step count."""
-    model = PPO.load(str(path), env=env, device=config.ppo.device)
+    """The checkpoint's model, stepping `env` from its saved step count, with this run's PPO settings.
+
+    A `ppo.*` value that differs from the checkpoint's applies (SB3's load rebuilds the schedules
+    and the rollout buffer from them) and is logged; a different network is refused, since the
+    weights are the checkpoint's.
+    """
+    saved, _, _ = load_from_zip_file(str(path), device="cpu")
+    saved = saved or {}
+    network, kwargs = config.network, saved.get("policy_kwargs", {})
+    for key, wanted, had in (
+        ("network.net_arch", list(network.net_arch), kwargs.get("net_arch")),
+        ("network.activation_fn", ACTIVATIONS[network.activation_fn], kwargs.get("activation_fn")),
+    ):
+        if wanted != had:
+            raise ConfigError(
+                f"{key}={_shown(wanted)} but resume={str(path)!r} was trained with {_shown(had)}: a resumed "
+                f"run keeps the checkpoint's network; pass {key}={_shown(had)}, or train a new run"
+            )
+    changed = {}
+    for name in RESUMABLE_PPO:
+        wanted, had = getattr(config.ppo, name), saved.get(name)
+        had = had(1.0) if callable(had) else had  # clip_range is saved as a schedule
+        if wanted != had:
+            changed[name] = wanted
+            log.info("resume: ppo.%s=%s applies (the checkpoint trained with %s)", name, wanted, had)
+    model = PPO.load(str(path), env=env, device=config.ppo.device, **changed)
     model.set_random_seed(config.training.seed)
     return model
+
+
+def _shown(value: Any) -> str:
+    """A config value as the user types it (`nn.Tanh` -> tanh)."""
+    names = {module: name for name, module in ACTIVATIONS.items()}
+    return names.get(value, str(value).replace(" ", ""))
+
+
+def _held_out(
+    model: PPO, eval_env: VecNormalize, best_path: Path, record: EvalRecord, training: TrainingConfig
+) -> dict[str, Any]:
+    """The final and the best model on `training.held_out_episodes` episodes neither trained nor
+    picked the best on; the best's in-training score beside it shows how optimistic that pick was."""
+    seed, episodes = held_out_seed(training.seed), training.held_out_episodes
+    train_env = model.get_env()
+    assert train_env is not None
+    sync_envs_normalization(train_env, eval_env)
+    result: dict[str, Any] = {
+        "seed": seed,
+        "episodes": episodes,
+        "final": evaluate(model, eval_env, episodes, seed),
+    }
+    if record.best.get("time/total_timesteps") == record.last.get("time/total_timesteps"):
+        result["best"] = result["final"]  # the final model is the best one
+    elif best_path.is_file():
+        best = PPO.load(str(best_path), device="cpu")
+        best_env = VecNormalize.load(str(stats_path(best_path)), eval_env.venv)
+        best_env.training, best_env.norm_reward = False, False
+        result["best"] = evaluate(best, best_env, episodes, seed)
+    if "best" in result:
+        log.info(
+            "best model: %s = %.3f on the in-training evaluation (%d episodes), %.3f [%.3f, %.3f] on %d "
+            "held-out episodes (seed %d)",
+            "eval/success_rate",
+            record.best["eval/success_rate"],
+            training.eval_episodes,
+            result["best"]["eval/success_rate"],
+            result["best"]["eval/success_low"],
+            result["best"]["eval/success_high"],
+            episodes,
+            seed,
+        )
+    return result
 
 
 def _next_run_dir(tensorboard_dir: Path) -> Path:
