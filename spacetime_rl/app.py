@@ -17,9 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from spacetime_rl.config import TrainConfig, check_override_keys, to_train_config
+from spacetime_rl.config import TrainConfig, check_command_line, to_train_config
 from spacetime_rl.errors import SpaceTimeError
-from spacetime_rl.seed_config import expand_config_file
 
 log = logging.getLogger("spacetime_rl")
 
@@ -45,9 +44,7 @@ def prepare_command_line(argv: list[str], schema: type, config_file: bool = Fals
         (overrides if is_override else flags).append(arg)
         after_flag = arg in _VALUE_FLAGS
     try:
-        if config_file:
-            overrides = expand_config_file(overrides)
-        check_override_keys(overrides, schema)
+        overrides = check_command_line(overrides, schema, config_file)
     except SpaceTimeError as err:
         print(f"[{log.name}][ERROR] - {err}", file=sys.stderr)
         raise SystemExit(1) from None

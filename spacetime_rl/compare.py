@@ -121,21 +121,44 @@ def sort_rows(rows: list[RunRow]) -> list[RunRow]:
 
 
 def learning_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """`CURVE_TAGS` scalars of a run's TensorBoard events (every PPO_<n> of it), by step."""
+    """`CURVE_TAGS` scalars of a run's TensorBoard events (every PPO_<n> of it), by step.
+
+    A sweep trial trains its seeds into `seed_<k>/`: its curve is the mean over the seeds at the
+    steps every seed logged.
+    """
+    seed_dirs = (
+        [run_dir] if (run_dir / "tensorboard").is_dir() else sorted(run_dir.glob("seed_*"), key=_natural)
+    )
+    per_seed = [_tensorboard_curves(d / "tensorboard") for d in seed_dirs]
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for tag in CURVE_TAGS:
+        seeds = [seed[tag] for seed in per_seed]
+        steps = sorted(set.intersection(*(set(s) for s in seeds))) if seeds else []
+        curves[tag] = [(step, sum(s[step] for s in seeds) / len(seeds)) for step in steps]
+    return curves
+
+
+def _tensorboard_curves(tensorboard_dir: Path) -> dict[str, dict[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves: dict[str, dict[int, float]] = {tag: {} for tag in CURVE_TAGS}
-    for events_dir in sorted({p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}):
+    for events_dir in sorted({p.parent for p in tensorboard_dir.rglob("events.out.tfevents.*")}):
         events = EventAccumulator(str(events_dir))
         events.Reload()
         available = set(events.Tags()["scalars"])
         for tag in CURVE_TAGS:
             if tag in available:
                 curves[tag] |= {e.step: e.value for e in events.Scalars(tag)}
-    return {tag: sorted(points.items()) for tag, points in curves.items()}
+    return curves
 
 
 def plot_learning_curves(rows: Sequence[RunRow], labels: Sequence[str], path: Path) -> Path:
+    learning_curves_figure(rows, labels).savefig(path, dpi=90)
+    return path
+
+
+def learning_curves_figure(rows: Sequence[RunRow], labels: Sequence[str]) -> Figure:
+    """One panel per `CURVE_TAGS` tag, a line per run; a panel no run has data for says so."""
     figure = Figure(figsize=(6.0 * len(CURVE_TAGS), 4.5))
     axes = figure.subplots(1, len(CURVE_TAGS), squeeze=False)[0]
     for row, label in zip(rows, labels, strict=True):
@@ -148,11 +171,14 @@ def plot_learning_curves(rows: Sequence[RunRow], labels: Sequence[str], path: Pa
         ax.set_title(tag)
         ax.set_xlabel("timesteps")
         ax.grid(alpha=0.3)
+        if not ax.lines:
+            ax.text(
+                0.5, 0.5, f"no data: no run logged {tag}", ha="center", va="center", transform=ax.transAxes
+            )
     if axes[0].lines:
         axes[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    return path
+    return figure
 
 
 def compare(paths: Sequence[Path], out_dir: Path | None = None, objective: str | None = None) -> list[RunRow]:

@@ -486,10 +486,9 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
 def compose_train_config(overrides: Sequence[str] = ()) -> TrainConfig:
     """Compose `conf/train.yaml` with Hydra overrides, outside `train.py` (benchmarks, tests), and check it."""
     register_configs()
-    overrides = expand_config_file(overrides)
-    check_override_keys(overrides, TrainConfig)
+    overrides = check_command_line(overrides, TrainConfig, config_file=True)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_train_config(compose("train", overrides=list(overrides)))
+        return to_train_config(compose("train", overrides=overrides))
 
 
 # ---------------------------------------------------------------- keys the schema does not have
@@ -526,14 +525,21 @@ def unknown_key(schema: type, key: str) -> str | None:
     return None
 
 
-def check_override_keys(overrides: Sequence[str], schema: type, source: str = "") -> None:
-    """Raise ConfigError for an override (with or without `+`) of a key `schema` does not have."""
-    for override in overrides:
+def check_command_line(overrides: Sequence[str], schema: type, config_file: bool = False) -> list[str]:
+    """`overrides` with `config_file=` expanded (if asked), after checking every key against `schema`.
+
+    Raises ConfigError for a key `schema` does not have, with or without `+`, naming the file for
+    a key that came from `config_file`.
+    """
+    expanded = expand_config_file(overrides) if config_file else list(overrides)
+    source = next((f"{o} has " for o in overrides if o.startswith("config_file=")), "")
+    for index, override in enumerate(expanded):
         key = override.lstrip("+~").split("=", 1)[0]
-        if key.startswith("hydra.") or key == "hydra":
+        if key.split(".")[0] == "hydra":
             continue
         if problem := unknown_key(schema, key):
-            raise ConfigError(f"{source}{override}: {problem}")
+            raise ConfigError(f"{source if index >= len(overrides) else ''}{override}: {problem}")
+    return expanded
 
 
 def check_keys(cfg: DictConfig, schema: type) -> None:

@@ -13,6 +13,7 @@ binned by rank: Optuna's fANOVA evaluators need scikit-learn, which this project
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +21,7 @@ from typing import Any, Final
 import numpy as np
 import optuna
 import pandas as pd
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from spacetime_rl.sweeps.study import default_storage, open_storage
@@ -110,14 +112,17 @@ def _plot_history(study: optuna.Study, path: Path) -> Path:
 
 
 def param_importances(complete: pd.DataFrame) -> dict[str, float]:
-    """Eta squared of the objective per `params_*` column, largest first; numeric values binned by rank."""
+    """Eta squared of the objective per `params_*` column, largest first; numeric values binned by rank.
+
+    NaN for every parameter when all trials scored the same: no variance, nothing to explain.
+    """
     values = complete["value"].to_numpy(dtype=float)
     total = float(((values - values.mean()) ** 2).sum())
     importances: dict[str, float] = {}
     for column in (c for c in complete.columns if c.startswith("params_")):
         groups = _groups(complete[column])
         explained = sum(len(g) * (values[g].mean() - values.mean()) ** 2 for g in groups if len(g))
-        importances[column.removeprefix("params_")] = float(explained / total) if total > 0 else 0.0
+        importances[column.removeprefix("params_")] = float(explained / total) if total > 0 else math.nan
     return dict(sorted(importances.items(), key=lambda item: item[1], reverse=True))
 
 
@@ -131,15 +136,28 @@ def _groups(column: pd.Series) -> list[np.ndarray]:
 
 
 def _plot_importances(complete: pd.DataFrame, study: optuna.Study, path: Path) -> Path:
-    from matplotlib.figure import Figure
+    importances_figure(complete, study.study_name).savefig(path, dpi=100, bbox_inches="tight")
+    return path
 
+
+def importances_figure(complete: pd.DataFrame, study_name: str) -> Figure:
+    """A bar per parameter of `param_importances`; says so when no variance makes them undefined."""
     importances = param_importances(complete)
     names = list(importances)[::-1]
     figure = Figure(figsize=(7, 0.5 * len(names) + 1.5))
     ax = figure.subplots()
-    ax.barh(names, [importances[name] for name in names])
+    ax.barh(names, [0.0 if math.isnan(importances[name]) else importances[name] for name in names])
     ax.set_xlim(0, 1)
+    if all(math.isnan(value) for value in importances.values()):
+        value = complete["value"].iloc[0]
+        ax.text(
+            0.5,
+            0.5,
+            f"undefined: every completed trial scored {value:.4g},\nso no parameter explains any variance",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel("share of objective variance explained (eta squared)")
-    ax.set_title(f"Parameter importance, {len(complete)} completed trials of {study.study_name}")
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    ax.set_title(f"Parameter importance, {len(complete)} completed trials of {study_name}")
+    return figure

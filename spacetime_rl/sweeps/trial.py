@@ -3,8 +3,9 @@
 Trial folder layout (`<sweep dir>/<trial number>/`):
 
     seed_<k>/      a full `train()` output folder (model, checkpoints, metrics.json) for seed training.seed + k
-    metrics.json   as train() writes it, over the seeds: the mean objective, the mean final evaluation,
-                   and each seed's objective (or the step where the trial was pruned)
+    metrics.json   as train() writes it, over the seeds: the mean objective, the mean final and best
+                   evaluations, the steps trained by all seeds, and each seed's objective (or the
+                   step where the trial was pruned)
 """
 
 from __future__ import annotations
@@ -121,20 +122,27 @@ def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn | None = Non
     return mean
 
 
+def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric every run has."""
+    shared = set.intersection(*(set(run) for run in runs)) if runs else set()
+    return {key: sum(run[key] for run in runs) / len(runs) for key in sorted(shared)}
+
+
 def _write_summary(
     output_dir: Path, config: TrainConfig, summary: dict[str, Any], value: float | None
 ) -> None:
     """The trial's metrics.json, in train()'s layout so `spacetime_rl.compare` reads a trial like a run."""
-    finals = []
+    seeds = []
     for k in range(len(summary["seeds"])):
         seed_metrics = Path(output_dir) / f"seed_{k}" / "metrics.json"
         if seed_metrics.is_file():
-            finals.append(json.loads(seed_metrics.read_text()).get("final", {}))
-    shared = set.intersection(*(set(final) for final in finals)) if finals else set()
+            seeds.append(json.loads(seed_metrics.read_text()))
     metrics = {
         "objective": {"name": config.training.objective, "value": value},
-        "final": {key: sum(final[key] for final in finals) / len(finals) for key in sorted(shared)},
-        "num_timesteps": config.training.total_timesteps,
+        "final": _mean_metrics([seed.get("final", {}) for seed in seeds]),
+        "best": _mean_metrics([seed.get("best", {}) for seed in seeds]),
+        "num_timesteps": sum(seed.get("num_timesteps", 0) for seed in seeds),  # over all seeds
+        "requested_timesteps": config.training.total_timesteps * config.sweep.seeds_per_trial,
         **summary,
     }
     Path(output_dir).mkdir(parents=True, exist_ok=True)

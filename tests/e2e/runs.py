@@ -17,4 +17,5 @@ TINY_RUN: Final = (
     "training.eval_episodes=4",
     "training.progress_bar=false",
     "training.torch_threads=1",
+    "training.held_out_episodes=4",
 )

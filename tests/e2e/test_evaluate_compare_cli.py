@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from spacetime_rl.compare import learning_curves_figure, read_run
 
 from .runs import ROOT, TINY_RUN
 
@@ -74,3 +77,10 @@ def test_export_cli(multirun: Path, tmp_path: Path) -> None:
     result = run("-m", "spacetime_rl.export", str(multirun / "1"), str(out))
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0 and json.loads(out.with_suffix(".json").read_text())["protocol"] == 1
+
+
+def test_a_curve_no_run_logged_says_so_in_the_picture(multirun: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(multirun / "0" / ".hydra", bare / ".hydra")
+    (ax, _) = learning_curves_figure([read_run(bare, None)], ["bare"]).axes
+    assert not ax.lines and ax.texts[0].get_text() == "no data: no run logged eval/success_rate"

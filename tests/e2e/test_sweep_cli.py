@@ -6,6 +6,7 @@ sweep folder (multirun/sweeps/<study>) lands under it.
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+from spacetime_rl.compare import learning_curves
 
 from .runs import ROOT
 
@@ -75,6 +78,23 @@ def test_two_trial_sweep_trains_and_reports(tmp_path: Path) -> None:
     shown = run_best_config(sweep_dir, tmp_path, "--cfg", "job")  # training it is the slow test's job
     assert shown.returncode == 0, shown.stderr
     assert "trial: null" in shown.stdout
+
+    compared = subprocess.run(
+        [sys.executable, "-m", "spacetime_rl.compare", str(sweep_dir), "--out", str(tmp_path / "report")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compared.returncode == 0, compared.stderr
+    with open(tmp_path / "report" / "comparison.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(row["run"] for row in rows) == ["0", "1"]
+    assert all(row["best/eval/success_rate"] != "" for row in rows)  # the trials' seeds' best
+    assert {row["num_timesteps"] for row in rows} == {"256"}  # trained, over the trial's one seed
+    for trial in ("0", "1"):
+        curves = learning_curves(sweep_dir / trial)  # from seed_0/tensorboard
+        assert curves["eval/success_rate"], trial
 
 
 @pytest.mark.slow

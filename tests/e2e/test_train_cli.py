@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from stable_baselines3.common.save_util import load_from_zip_file
 
 from .runs import ROOT, TINY_RUN
 
@@ -84,15 +85,55 @@ def test_default_multirun_dirs_have_sub_second_names(tmp_path: Path) -> None:
     assert len(stamp.name.split("-")) == 4  # HH-MM-SS-microseconds
 
 
+def test_resume_applies_a_changed_learning_rate_and_says_so(tiny_run: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_run / "checkpoints" / "vr_nav_model_512_steps.zip"
+    result = run_train(*TINY, "ppo.learning_rate=0.001", f"resume={checkpoint}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "ppo.learning_rate=0.001 applies (the checkpoint trained with 0.0003)"
+        in result.stdout + result.stderr
+    )
+    data, _, _ = load_from_zip_file(str(tmp_path / "final_model.zip"), device="cpu")
+    assert data is not None and data["learning_rate"] == 0.001
+    assert data["lr_schedule"](1.0) == 0.001  # the schedule the optimiser follows, not only the attribute
+
+
+def test_resume_refuses_a_different_network(tiny_run: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_run / "checkpoints" / "vr_nav_model_512_steps.zip"
+    result = run_train(*TINY, "network.net_arch=[16]", f"resume={checkpoint}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "network.net_arch=[16] but resume=" in output and "pass network.net_arch=[64,64]" in output
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
-    [("env.prot=1", "env.prot"), ("ppo.batch_size=99999", "ppo.batch_size"), ("preset=nope", "preset")],
+    [
+        ("env.prot=1", "did you mean env.project?"),
+        ("ppo.learnin_rate=1", "did you mean ppo.learning_rate?"),
+        ("+ppo.learnin_rate=1", "did you mean ppo.learning_rate?"),
+        ("ppo.batch_size=99999", "ppo.batch_size"),
+        ("preset=nope", "preset"),
+    ],
 )
 def test_bad_input_fails_with_the_key_and_no_traceback(override: str, named: str, tmp_path: Path) -> None:
-    result = run_train(override, f"hydra.run.dir={tmp_path}")
+    result = run_train(override, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0
     assert named in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "final_model.zip").exists()
+
+
+def test_cfg_job_shows_the_config_file_values(tmp_path: Path) -> None:
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"environment": {"action_smoothing": 0.2}, "ppo": {"learning_rate": 0.001}}))
+    result = run_train("--cfg", "job", f"config_file={path}", "ppo.learning_rate=0.002")
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["env"]["action_smoothing"] == 0.2  # the file's
+    assert shown["ppo"]["learning_rate"] == 0.002  # the command line beats the file
+    assert shown["config_file"] == str(path)
 
 
 def test_cfg_job_shows_the_composed_config() -> None:
@@ -122,6 +163,7 @@ def test_seed_json_config_trains_as_is(tmp_path: Path) -> None:
         "env.agents_per_environment=4",
         "ppo.n_steps=64",
         "training.eval_episodes=4",
+        "training.held_out_episodes=4",
         "training.progress_bar=false",
         f"hydra.run.dir={run_dir}",
     )

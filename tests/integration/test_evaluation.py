@@ -15,7 +15,17 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from spacetime_rl.config import EnvConfig, NetworkConfig, PPOConfig, TrainConfig, TrainingConfig
+from spacetime_rl.config import (
+    CurriculumConfig,
+    CurriculumStageConfig,
+    EnvConfig,
+    NetworkConfig,
+    PPOConfig,
+    TaskConfig,
+    TasksConfig,
+    TrainConfig,
+    TrainingConfig,
+)
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.evaluation import METRICS
 from spacetime_rl.evaluation.config import EvaluateConfig, register_configs
@@ -153,3 +163,35 @@ def test_run_settings_apply_under_command_line_overrides() -> None:
         apply_run_config(cfg, run, ["env=godot"], CONF)
         assert cfg.env.kind == "godot" and cfg.env.url and not cfg.env.heading_frame
     assert math.isclose(run.env.max_goal_distance, 7.0)
+
+
+def test_a_run_task_replaces_evaluate_defaults_and_its_last_stages_apply() -> None:
+    register_configs()
+    run = OmegaConf.structured(
+        TrainConfig(
+            task=TasksConfig(
+                name="maze",
+                tasks={
+                    "maze": TaskConfig(
+                        scenario="maze",
+                        curriculum=[
+                            CurriculumStageConfig(name="near", max_goal_distance=4.0, timesteps=10),
+                            CurriculumStageConfig(name="far", max_goal_distance=9.0, timesteps=10),
+                        ],
+                    )
+                },
+            ),
+            curriculum=CurriculumConfig(
+                enabled=True, stages=[CurriculumStageConfig(name="hard", max_goal_distance=30.0, timesteps=1)]
+            ),
+        )
+    )
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate")
+        used = apply_run_config(cfg, run, [], CONF)
+        assert list(cfg.task.tasks) == ["maze"]  # not joined by evaluate.py's navigate
+        assert cfg.task.tasks.maze.max_goal_distance == 9.0 and cfg.env.max_goal_distance == 30.0
+        assert any("last stage 'far'" in line for line in used)
+        cfg = compose("evaluate", overrides=["task=obstacle_course"])
+        apply_run_config(cfg, run, ["task=obstacle_course"], CONF)
+        assert list(cfg.task.tasks) == ["obstacle_course"]  # the command line's task, alone

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from spacetime_rl.config import SweepConfig, TrainConfig, TrainingConfig
 from spacetime_rl.sweeps import PruningReporter, is_sweep_dir, run_trial, write_sweep_report
-from spacetime_rl.sweeps.report import param_importances
+from spacetime_rl.sweeps.report import importances_figure, param_importances
 from spacetime_rl.sweeps.study import default_storage, open_storage, tell_result
 from spacetime_rl.sweeps.sweeper import ResumableOptunaSweeperImpl
 
@@ -179,6 +179,13 @@ def test_param_importances_rank_the_parameter_that_explains_the_value() -> None:
     importances = param_importances(trials)
     assert list(importances) == ["lr", "act"]
     assert importances["lr"] > 0.9 > importances["act"]
+
+
+def test_param_importances_without_variance_are_undefined_and_the_figure_says_so() -> None:
+    trials = pd.DataFrame({"value": [0.5, 0.5, 0.5], "params_lr": [1e-4, 3e-4, 1e-3]})
+    assert math.isnan(param_importances(trials)["lr"])
+    (ax,) = importances_figure(trials, "flat").axes
+    assert any("undefined: every completed trial scored 0.5" in text.get_text() for text in ax.texts)
 
 
 def run_fake_sweep(
