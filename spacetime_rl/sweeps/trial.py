@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 from hydra.utils import instantiate
 
+from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import SweepConfig, TrainConfig
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.sweeps.study import open_storage, trial_id
@@ -37,7 +38,8 @@ class TrainFn(Protocol):
 class PruningReporter:
     """Reports every evaluation to the Optuna trial and says stop once its pruner prunes the trial.
 
-    Seed k's evaluation at agent-step t is reported as step k * steps_per_seed + t: trials are then
+    Seed k's evaluation at agent-step t is reported as step k * steps_per_seed + t (steps_per_seed:
+    the steps a seed trains, whole rollouts): trials are then
     compared seed for seed at equal budgets, and no two evaluations of a trial share a step.
     """
 
@@ -89,7 +91,7 @@ def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn | None = Non
 
     trial = open_trial(sweep) if sweep.trial is not None else None
     reporter = (
-        PruningReporter(trial, config.training.objective, config.training.total_timesteps)
+        PruningReporter(trial, config.training.objective, plan_budget(config).trained)
         if trial is not None
         else None
     )

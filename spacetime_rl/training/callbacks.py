@@ -115,8 +115,8 @@ class RolloutThreads(BaseCallback):
 
     A rollout alternates between the policy and the environment: more threads barely speed up a
     forward pass on a few dozen observations, but torch's idle workers spin on the cores the
-    simulator or Godot needs. The PPO updates get torch's own thread count back. Put it last in a
-    CallbackList so evaluations at the end of a rollout run single-threaded too.
+    simulator or Godot needs. The PPO updates get torch's own thread count back. Put it first in a
+    CallbackList so evaluations at the start of a rollout run single-threaded too.
     """
 
     def __init__(self, threads: int) -> None:
@@ -156,11 +156,15 @@ class _PeriodicCallback(BaseCallback):
 
 
 class EvalCallback(_PeriodicCallback):
-    """Evaluate every `eval_freq` agent-steps, at the end of the rollout that crosses the mark.
+    """Evaluate every `eval_freq` agent-steps, once the rollout that crosses the mark has trained.
 
-    Evaluating between rollouts keeps a rollout's data from one policy and lets an evaluation that
-    shares the training server restart the training episodes cleanly. When `on_eval` returns False
-    (a sweep pruning the trial) training stops at the first step of the next rollout.
+    The evaluation runs at the start of the next rollout, after PPO's update with the crossing
+    rollout: the policy evaluated is the one a snapshot at that step holds (at a rollout's end the
+    update is still to come). Its metrics are written at that step. Evaluating between rollouts
+    keeps a rollout's data from one policy and lets an evaluation that shares the training server
+    restart the training episodes cleanly. When `on_eval` returns False (a sweep pruning the
+    trial) training stops at the first step of that rollout. The last rollout's mark is left to
+    train()'s final evaluation.
     """
 
     def __init__(
@@ -179,10 +183,11 @@ class EvalCallback(_PeriodicCallback):
     def _on_step(self) -> bool:
         return not self.stopped
 
-    def _on_rollout_end(self) -> None:
+    def _on_rollout_start(self) -> None:
         if not self._due():
             return
         metrics = self.evaluator(self.model, self.logger)
+        self.logger.dump(self.num_timesteps)
         self.curriculum_callback.advance(self.num_timesteps, metrics["eval/success_rate"])
         if self.on_eval is not None and not self.on_eval(self.num_timesteps, metrics):
             self.stopped = True

@@ -36,6 +36,7 @@ from stable_baselines3.common.utils import get_latest_run_id, set_random_seed
 from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 from torch import nn
 
+from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import TrainConfig, TrainingConfig
 from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
 from spacetime_rl.errors import ConfigError, GodotError
@@ -48,7 +49,6 @@ from spacetime_rl.training.artifacts import (
     stats_path,
     write_json,
 )
-from spacetime_rl.training.budget import plan_budget
 from spacetime_rl.training.callbacks import (
     EVAL_METRICS,
     CheckpointCallback,
@@ -226,12 +226,12 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         eval_callback = EvalCallback(evaluator, training.eval_freq, curriculum_callback, on_eval)
         callbacks = CallbackList(
             [
+                RolloutThreads(training.rollout_torch_threads),
                 curriculum_callback,
                 EpisodeMetricsCallback(),
                 CheckpointCallback(checkpoint_dir, training.save_freq, snapshot_state),
                 eval_callback,
                 _StopOnSignal(stop),
-                RolloutThreads(training.rollout_torch_threads),
             ]
         )
 
@@ -271,7 +271,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             )
             stack.close()  # stop the servers before exiting
             raise SystemExit(128 + stop.signum)
-        if not eval_callback.stopped and record.last.get("time/total_timesteps") != model.num_timesteps:
+        if not eval_callback.stopped:  # the policy after the last update, as final_model.zip holds it
             evaluator(model, model.logger)
             model.logger.dump(model.num_timesteps)
         save_snapshot(model, train_env, output_dir / "final_model.zip", snapshot_state())
@@ -406,8 +406,9 @@ def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> PPO:
 
 def _shown(value: Any) -> str:
     """A config value as the user types it (`nn.Tanh` -> tanh)."""
-    names = {module: name for name, module in ACTIVATIONS.items()}
-    return names.get(value, str(value).replace(" ", ""))
+    if isinstance(value, type):
+        return next((name for name, module in ACTIVATIONS.items() if module is value), value.__name__)
+    return str(value).replace(" ", "")
 
 
 def _held_out(
@@ -424,8 +425,8 @@ def _held_out(
         "episodes": episodes,
         "final": evaluate(model, eval_env, episodes, seed),
     }
-    if record.best.get("time/total_timesteps") == record.last.get("time/total_timesteps"):
-        result["best"] = result["final"]  # the final model is the best one
+    if record.best is record.last:
+        result["best"] = result["final"]  # the final evaluation kept the final model as the best
     elif best_path.is_file():
         best = PPO.load(str(best_path), device="cpu")
         best_env = VecNormalize.load(str(stats_path(best_path)), eval_env.venv)

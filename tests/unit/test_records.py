@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import compose_train_config
 from spacetime_rl.evaluation.episodes import wilson_interval
 from spacetime_rl.seed_config import hydra_value
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed, seen_in_training
-from spacetime_rl.training.budget import plan_budget
 
 
 def test_total_timesteps_round_up_to_whole_rollouts_and_say_so() -> None:
