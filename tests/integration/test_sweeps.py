@@ -21,6 +21,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import SweepConfig, TrainConfig, TrainingConfig
 from spacetime_rl.sweeps import PruningReporter, is_sweep_dir, run_trial, write_sweep_report
 from spacetime_rl.sweeps.report import importances_figure, param_importances
@@ -115,14 +116,17 @@ def test_a_trial_averages_its_seeds_in_seed_folders(storage: str, tmp_path: Path
     trial = study.ask()
     fake = FakeTrain(lambda seed: 0.1 * (seed - 6))  # seeds 7, 8 -> 0.1, 0.2
 
-    value = run_trial(trial_config(storage, trial.number, seeds=2), tmp_path / "t", fake)
+    config = trial_config(storage, trial.number, seeds=2)
+    value = run_trial(config, tmp_path / "t", fake)
 
     assert value == pytest.approx(0.15)
     assert [(seed, out.name, n) for seed, out, n in fake.calls] == [(7, "seed_0", 4), (8, "seed_1", 4)]
     summary = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert [s["seed"] for s in summary["seeds"]] == [7, 8]
     assert summary["objective"]["value"] == pytest.approx(0.15)
-    assert stored_trials(storage)[trial.number].intermediate_values[4 + 3] == pytest.approx(0.2)
+    # seed k reports at k x (the steps a seed trains: whole rollouts) + its step
+    steps_per_seed = plan_budget(config).trained
+    assert stored_trials(storage)[trial.number].intermediate_values[steps_per_seed + 3] == pytest.approx(0.2)
 
 
 def test_a_pruned_trial_stops_training_and_is_told_pruned(storage: str, tmp_path: Path) -> None:
