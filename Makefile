@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow test-soak lint bench clean
+.PHONY: install train test test-fast test-slow test-soak lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Unit and integration tests only (no CLI subprocess runs): a quick check while changing code.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit tests/integration tests/conformance
+
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
@@ -28,10 +32,12 @@ test-slow: $(STAMP)
 test-soak: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/e2e/test_soak.py
 
+# The same checks as .pre-commit-config.yaml; CI runs them.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	cd godot && ../$(VENV)/bin/gdlint addons  # godot/gdlintrc holds its settings
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -20,7 +20,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     def job() -> float:
-        from spacetime_rl.evaluation import run  # torch loads only once the command is known good
+        from spacetime_rl.evaluation.job import run  # torch loads only once the command is known good
 
         return run(cfg)
 

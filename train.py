@@ -22,9 +22,13 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     def job() -> float:
         config, output_dir = job_config(cfg)
-        from spacetime_rl.sweeps import run_trial  # torch loads only once the config is known good
+        from spacetime_rl.training import train  # torch loads only once the config is known good
 
-        return run_trial(config, output_dir)  # train(), or a sweep trial's seeds (docs/sweeps.md)
+        if not config.sweep.per_trial:
+            return train(config, output_dir)
+        from spacetime_rl.sweeps import run_trial
+
+        return run_trial(config, output_dir, train)  # a sweep trial's seeds (docs/sweeps.md)
 
     return run_reporting_errors(job)
 

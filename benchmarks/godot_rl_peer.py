@@ -24,7 +24,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.sim.world import World
 
 __all__ = ["FramedJSONClient", "env_info", "serve"]

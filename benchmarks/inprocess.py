@@ -1,6 +1,6 @@
 """`InProcessTransport`: the VecEnv's transport seam over a `World` in this process, no HTTP.
 
-It answers `spec`, `reset` and `send_step`/`receive_step` with the client's own result types and
+It answers `spec`, `reset` and `send_step`/`receive_step` with the protocol's result types and
 the simulator server's semantics (auto_reset, terminal observations), so a VecEnv over it differs
 from one over `GodotClient` only in the transport: what the benchmarks compare. The world steps
 in `receive_step`, in the caller's thread.
@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from spacetime_rl.godot import wire
-from spacetime_rl.godot.client import Events, ResetResult, RLSpec, StepResult
+from spacetime_rl.protocol import Events, ResetResult, RLSpec, StepResult, wire
 from spacetime_rl.sim.world import World, ignored_options
 
 __all__ = ["InProcessTransport"]

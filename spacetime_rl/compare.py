@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from spacetime_rl import sweeps
-from spacetime_rl.evaluation.runs import RUN_CONFIG, load_overrides
-from spacetime_rl.training.callbacks import EVAL_METRICS
+from spacetime_rl import studies
+from spacetime_rl.artifacts import RUN_CONFIG, load_overrides
+from spacetime_rl.metrics import EVAL_METRICS
 
 __all__ = ["RunRow", "compare", "find_runs", "is_sweep_dir", "learning_curves", "report_sweep"]
 
@@ -74,12 +74,12 @@ class RunRow:
 
 def is_sweep_dir(path: Path) -> bool:
     """An Optuna sweep directory (`python train.py -m sweep=<name>`)."""
-    return sweeps.is_sweep_dir(path)
+    return studies.is_sweep_dir(path)
 
 
 def report_sweep(sweep_dir: Path, out_dir: Path) -> None:
     """The study report of an Optuna sweep: trials.csv, best_config.yaml and figures (docs/sweeps.md)."""
-    for path in sweeps.write_sweep_report(sweep_dir, out_dir):
+    for path in studies.write_sweep_report(sweep_dir, out_dir):
         log.info("wrote %s", path)
 
 

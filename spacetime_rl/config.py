@@ -22,14 +22,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.seed_config import expand_config_file
 
 #: The `conf/` tree beside the package (a source checkout, as `train.py` uses it).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 ENV_KINDS = ("sim", "godot")
-ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
+#: network.activation_fn values -> the torch.nn class each names (training looks the class up).
+ACTIVATIONS = {
+    "relu": "ReLU",
+    "tanh": "Tanh",
+    "elu": "ELU",
+    "leaky_relu": "LeakyReLU",
+    "gelu": "GELU",
+    "silu": "SiLU",
+}
 TURN_MODES = ("smooth", "snap")
 BUSY_POLL_MODES = ("auto", "on", "off")
 #: How long a busy-polling side spins on its socket before it blocks (docs/training.md, "Speed").
@@ -325,7 +333,7 @@ class NetworkConfig:
             self.activation_fn in ACTIVATIONS,
             "network.activation_fn",
             self.activation_fn,
-            f"use one of {ACTIVATIONS}",
+            f"use one of {tuple(ACTIVATIONS)}",
         )
 
 
@@ -439,6 +447,11 @@ class SweepConfig:
         _require(
             self.seeds_per_trial >= 1, "sweep.seeds_per_trial", self.seeds_per_trial, "use a positive integer"
         )
+
+    @property
+    def per_trial(self) -> bool:
+        """True when train.py runs a sweep trial (or several seeds) rather than one training run."""
+        return self.trial is not None or self.seeds_per_trial > 1
 
 
 @dataclass

@@ -34,16 +34,17 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
-from spacetime_rl.errors import ConfigError, SpaceTimeError
-from spacetime_rl.evaluation.runs import (
+from spacetime_rl.artifacts import (
     ModelSource,
+    check_same_save,
     config_hash,
     resolve_model,
     run_env_config,
     run_task_config,
+    write_json,
 )
-from spacetime_rl.godot import wire
-from spacetime_rl.training.artifacts import check_same_save, write_json
+from spacetime_rl.errors import ConfigError, SpaceTimeError
+from spacetime_rl.protocol import wire
 
 __all__ = ["ACTION_FIELDS", "OnnxPolicy", "export_onnx", "sidecar_path"]
 

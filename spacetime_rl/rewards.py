@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Final, Protocol
+from typing import Final
 
 import numpy as np
 
 from spacetime_rl.config import RewardConfig
-from spacetime_rl.godot.wire import OBS
+from spacetime_rl.protocol import Events
+from spacetime_rl.protocol.wire import OBS
 
 #: Names of the reward terms, in reporting order; each is also a `RewardConfig` weight.
 REWARD_TERMS: Final = tuple(f.name for f in fields(RewardConfig))
@@ -26,19 +27,6 @@ SPEED_FRACTION: Final = 0.8  # of max_speed
 SPEED_DEDUCTION: Final = 0.2
 ROLL_THRESHOLD: Final = 0.3  # radians
 ROLL_DEDUCTION: Final = 0.2
-
-
-class EventArrays(Protocol):
-    """Per-agent events since the previous action (the client's `Events`)."""
-
-    @property
-    def collisions(self) -> np.ndarray: ...  # int (N,)
-    @property
-    def fell(self) -> np.ndarray: ...  # bool (N,)
-    @property
-    def goal_reached(self) -> np.ndarray: ...  # bool (N,)
-    @property
-    def teleports(self) -> np.ndarray: ...  # int (N,)
 
 
 @dataclass(frozen=True)
@@ -111,7 +99,7 @@ class RewardCalculator:
         self,
         observations: np.ndarray,
         actions: np.ndarray,
-        events: EventArrays,
+        events: Events,
         truncated: np.ndarray,
     ) -> RewardBreakdown:
         """Rewards for the step that led to raw `observations` (N, 48), given the applied `actions`.

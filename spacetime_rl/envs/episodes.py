@@ -15,8 +15,9 @@ import numpy as np
 
 from spacetime_rl.config import EnvConfig, RewardConfig
 from spacetime_rl.envs.preprocessing import ActionSmoother
-from spacetime_rl.godot.wire import OBS
-from spacetime_rl.rewards import REWARD_TERMS, EventArrays, RewardCalculator
+from spacetime_rl.protocol import Events
+from spacetime_rl.protocol.wire import OBS
+from spacetime_rl.rewards import REWARD_TERMS, RewardCalculator
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class EpisodeTracker:
         return self.smoother(raw_actions)
 
     def record(
-        self, observations: np.ndarray, applied: np.ndarray, events: EventArrays, done: np.ndarray
+        self, observations: np.ndarray, applied: np.ndarray, events: Events, done: np.ndarray
     ) -> StepRecord:
         """Score one step; `observations` (N, 48) are each agent's last raw observation of it."""
         self.steps += 1
@@ -69,7 +70,7 @@ class EpisodeTracker:
         return StepRecord(rewards=breakdown.total.astype(np.float32), truncated=truncated)
 
     def episode_info(
-        self, agent: int, final_observation: np.ndarray, events: EventArrays, truncated: bool
+        self, agent: int, final_observation: np.ndarray, events: Events, truncated: bool
     ) -> dict[str, Any]:
         """Info entries for an agent whose episode just ended (before `start` clears its stats)."""
         length = int(self.steps[agent])

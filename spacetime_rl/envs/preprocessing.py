@@ -18,7 +18,7 @@ from typing import Final
 
 import numpy as np
 
-from spacetime_rl.godot.wire import ACTION_SIZE, OBS
+from spacetime_rl.protocol.wire import ACTION_SIZE, OBS
 
 #: World-axis 3-vectors rotated into the heading frame.
 _WORLD_VECTORS: Final = (

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from spacetime_rl.config import EnvConfig
 from spacetime_rl.errors import ConfigError, GodotConnectionError, GodotError, GodotTimeoutError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 
 __all__ = ["Recovery", "ServerPool", "launch_servers"]
 
@@ -245,8 +245,6 @@ class ServerPool:
         if self.config.token:  # in the environment, not the command line: `ps` shows the latter
             environment[TOKEN_VARIABLE] = self.config.token
         command = self._command(index)
-        if self.config.kind == "sim" and self.config.token:
-            command += ["--token", self.config.token]
         with (
             open(self._logs / f"{index}.out", "wb") as stdout,
             open(self._logs / f"{index}.err", "wb") as stderr,

@@ -15,7 +15,7 @@ import numpy as np
 
 from spacetime_rl.config import TasksConfig
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 
 __all__ = ["TaskSchedule"]
 

@@ -21,7 +21,6 @@ import logging
 import math
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard, TypeVar
 
 import numpy as np
@@ -33,7 +32,7 @@ from spacetime_rl.envs.episodes import EpisodeTracker
 from spacetime_rl.envs.preprocessing import preprocess_observations
 from spacetime_rl.envs.tasks import TaskSchedule
 from spacetime_rl.errors import ConfigError, GodotError, SpecMismatchError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import Events, ResetResult, RLSpec, StepResult, wire
 
 __all__ = ["AgentTransport", "SpaceTimeVecEnv", "make_clients", "observation_space", "reset_options"]
 
@@ -47,18 +46,18 @@ RECOVERY_ATTEMPTS = 3
 class AgentTransport(Protocol):
     """The seam between the VecEnv and a server: `GodotClient` or an in-process adapter."""
 
-    async def spec(self) -> Any: ...  # has .num_agents
+    async def spec(self) -> RLSpec: ...
 
     async def reset(
         self,
         seed: int | None = None,
         agents: Sequence[int] | None = None,
         options: Mapping[str, Any] | None = None,
-    ) -> Any: ...  # has .observations (k, 48)
+    ) -> ResetResult: ...
 
     def send_step(self, actions: np.ndarray, auto_reset: bool = False) -> None: ...
 
-    def receive_step(self) -> Any: ...  # a StepResult; raises the send's GodotError too
+    def receive_step(self) -> StepResult: ...  # raises the send's GodotError too
 
     async def close(self) -> None: ...
 
@@ -67,23 +66,9 @@ class AgentTransport(Protocol):
 Recovery = Callable[[int, GodotError], Awaitable[AgentTransport]]
 
 
-@dataclass(frozen=True)
-class _Events:
-    collisions: np.ndarray
-    fell: np.ndarray
-    goal_reached: np.ndarray
-    teleports: np.ndarray
-
-
 def observation_space(task_block: int = 0) -> spaces.Box:
     """The policy's observations: the 48 wire floats, then `task_block` task one-hot floats."""
     return spaces.Box(-np.inf, np.inf, shape=(wire.OBSERVATION_SIZE + task_block,), dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class _Reset:
-    observations: np.ndarray
-    ignored_options: tuple[str, ...]
 
 
 def action_space() -> spaces.Box:
@@ -216,7 +201,7 @@ class SpaceTimeVecEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         applied = self._applied
-        outcomes: list[Any] = []
+        outcomes: list[StepResult | BaseException] = []
         for transport in self._transports:
             try:
                 outcomes.append(transport.receive_step())
@@ -229,7 +214,7 @@ class SpaceTimeVecEnv(VecEnv):
         done = np.concatenate(
             [np.zeros(len(fresh[s]), bool) if r is None else r.done for s, r in enumerate(results)]
         )
-        events = _Events(
+        events = Events(
             *(
                 np.concatenate(
                     [
@@ -244,8 +229,8 @@ class SpaceTimeVecEnv(VecEnv):
         final = raw.copy()  # each agent's last observation of this step; `raw` gets the resets
         final[faulted] = self._last_raw[faulted]
         for offset, result in zip(self._offsets, results, strict=False):
-            for agent, row in result.terminal_observations.items() if result is not None else ():
-                final[offset + agent] = row
+            for agent, last in result.terminal_observations.items() if result is not None else ():
+                final[offset + agent] = last
         record = self._tracker.record(final, applied, events, done)
         finished_tasks = self._tasks.ids.copy()
         new_task = self._tasks.draw((record.truncated | done) & ~faulted)
@@ -442,7 +427,7 @@ class SpaceTimeVecEnv(VecEnv):
             mask[self._slices[server]] = True
         return mask
 
-    async def _prepare(self, transport: AgentTransport) -> Any:
+    async def _prepare(self, transport: AgentTransport) -> RLSpec:
         if self.config.kind == "godot":
             await transport.load_scene(self.config.scene)  # type: ignore[attr-defined]
         return await transport.spec()
@@ -476,7 +461,7 @@ class SpaceTimeVecEnv(VecEnv):
         transport: AgentTransport,
         seed: int | None = None,
         agents: np.ndarray | None = None,
-    ) -> Any:
+    ) -> ResetResult:
         """`/rl/reset` a server's `agents` (its own indices; all when None) with their tasks' options:
         one call per task among them, in the agents' order (a seed applies per agent, so the split
         changes nothing)."""
@@ -497,7 +482,7 @@ class SpaceTimeVecEnv(VecEnv):
             result = await transport.reset(seed=seed, agents=local[rows].tolist(), options=options)
             observations[rows] = result.observations
             ignored.update(result.ignored_options)
-        return _Reset(observations, tuple(sorted(ignored)))
+        return ResetResult(observations, tuple(sorted(ignored)))
 
     def _observe(self, raw: np.ndarray, tasks: np.ndarray) -> np.ndarray:
         """Policy observations of raw rows: preprocessed, then the task block of `tasks` (rows')."""

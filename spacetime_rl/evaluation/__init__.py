@@ -1,19 +1,5 @@
-"""The evaluation job behind evaluate.py, and the episode metrics training's evaluation shares.
+"""The evaluation job behind evaluate.py (`spacetime_rl.evaluation.job`).
 
-`spacetime_rl.evaluation.job` (SB3, torch) loads on first use of `evaluate`/`run`, so training can
-import `episodes` without a cycle.
+Nothing is imported here, so `evaluate.py` reads its schema (`evaluation.config`) without loading
+torch; the metrics it shares with training live in `spacetime_rl.metrics`.
 """
-
-from typing import Any
-
-from spacetime_rl.evaluation.episodes import METRICS, EpisodeResult, play_episodes, summarize
-
-__all__ = ["METRICS", "EpisodeResult", "evaluate", "play_episodes", "run", "summarize"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("evaluate", "run"):
-        from spacetime_rl.evaluation import job
-
-        return getattr(job, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ class EvaluateConfig:
     """What to evaluate and how; `env` and `reward` are training's groups (conf/env, conf/reward).
 
     With `model` a run directory, the run's own env and reward settings apply, and command-line
-    overrides of them apply on top (`spacetime_rl.evaluation.runs`).
+    overrides of them apply on top (`spacetime_rl.evaluation.settings`).
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)

@@ -23,22 +23,22 @@ from rich.table import Table
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from spacetime_rl.artifacts import ModelSource, check_same_save, resolve_model, write_json
 from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.evaluation.config import EvaluateConfig, to_evaluate_config
-from spacetime_rl.evaluation.episodes import (
+from spacetime_rl.evaluation.plots import plot_episodes
+from spacetime_rl.evaluation.policies import heuristic_policy, random_policy, trained_policy
+from spacetime_rl.evaluation.settings import apply_run_config
+from spacetime_rl.evaluation.trajectories import RecordingTransport, attach_paths
+from spacetime_rl.metrics import (
     METRICS,
     Act,
     play_episodes,
     seconds_per_step,
     summarize,
 )
-from spacetime_rl.evaluation.plots import plot_episodes
-from spacetime_rl.evaluation.policies import heuristic_policy, random_policy, trained_policy
-from spacetime_rl.evaluation.runs import ModelSource, apply_run_config, resolve_model
-from spacetime_rl.evaluation.trajectories import RecordingTransport, attach_paths
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed, seen_in_training
-from spacetime_rl.training.artifacts import check_same_save, write_json
 
 __all__ = ["evaluate", "job_config", "run"]
 

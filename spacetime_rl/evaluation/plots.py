@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Rectangle
 
-from spacetime_rl.evaluation.episodes import EpisodeResult
+from spacetime_rl.metrics import EpisodeResult
 
 __all__ = ["plot_episodes"]
 

@@ -12,8 +12,8 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from spacetime_rl.envs.preprocessing import yaw_angle
-from spacetime_rl.evaluation.episodes import Act
-from spacetime_rl.godot.wire import ACTION_SIZE, OBS
+from spacetime_rl.metrics import Act
+from spacetime_rl.protocol.wire import ACTION_SIZE, OBS
 
 __all__ = ["heuristic_policy", "random_policy", "trained_policy"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from spacetime_rl.evaluation.episodes import EpisodeResult, Path2D
-from spacetime_rl.godot.wire import OBS
+from spacetime_rl.metrics import EpisodeResult, Path2D
+from spacetime_rl.protocol.wire import OBS
 
 __all__ = ["RecordingTransport", "attach_paths"]
 

@@ -21,7 +21,7 @@ import time
 from typing import Final
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.sim.server import SCENES, create_app, load_whitelist, serve
 
 #: Godot addon flag (after `--`) -> this module's flag.

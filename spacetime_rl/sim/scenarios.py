@@ -15,7 +15,7 @@ from typing import Final
 
 import numpy as np
 
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 
 __all__ = ["GENERATORS", "MAX_BOXES", "MAX_PILLARS", "MAX_PITS", "PLATFORM_HALF_SIZE", "Arenas", "Generator"]
 

@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import Events, StepResult, encode_step, wire
 from spacetime_rl.sim.world import GOAL_RADIUS, PLATFORM_HALF_SIZE, StepOutcome, World, ignored_options
 
 __all__ = ["ENGINE", "MAIN_SCENE", "VERSION", "create_app", "load_whitelist", "serve"]
@@ -232,42 +232,14 @@ def _accepts_binary(accept: str) -> bool:
     return False
 
 
-_TERMINAL_RECORD: Final = np.dtype(list(wire.STEP_BINARY_TERMINAL_RECORD))
-
-
 def _binary_step(
     observations: np.ndarray, outcome: StepOutcome, finished: np.ndarray, terminal: np.ndarray
 ) -> web.Response:
     """The binary `/rl/step` answer (docs/protocol.md, "Binary step body"): `terminal` rows of `finished` agents."""
-    n = len(observations)
-    body = bytearray(wire.step_binary_size(n, len(finished)))
-    wire.STEP_BINARY_HEADER.pack_into(
-        body,
-        0,
-        wire.STEP_BINARY_MAGIC,
-        wire.STEP_BINARY_VERSION,
-        wire.STEP_BINARY_HEADER.size,
-        n,
-        wire.OBSERVATION_SIZE,
-        outcome.tick,
-        len(finished),
-        0,
-    )
-    offsets, terminal_at = wire.step_binary_offsets(n)
-    blocks = {
-        "observations": observations,
-        "collisions": outcome.collisions,
-        "teleports": outcome.teleports,
-        "done": outcome.done,
-        "fell": outcome.fell,
-        "goal_reached": outcome.goal_reached,
-    }
-    for name, dtype, per_agent in wire.STEP_BINARY_BLOCKS:
-        np.frombuffer(body, dtype, n * per_agent, offsets[name])[:] = blocks[name].ravel()
-    records = np.frombuffer(body, _TERMINAL_RECORD, len(finished), terminal_at)
-    records["agent"] = finished
-    records["observation"] = terminal
-    return web.Response(body=body, content_type=wire.STEP_BINARY_CONTENT_TYPE)
+    events = Events(outcome.collisions, outcome.fell, outcome.goal_reached, outcome.teleports)
+    terminal_observations = dict(zip(finished.tolist(), terminal, strict=True))
+    result = StepResult(observations, outcome.done, events, outcome.tick, terminal_observations)
+    return web.Response(body=encode_step(result), content_type=wire.STEP_BINARY_CONTENT_TYPE)
 
 
 # --- handlers ----------------------------------------------------------------------------------

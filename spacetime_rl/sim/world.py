@@ -3,7 +3,7 @@
 Pure NumPy, no I/O. Every per-agent quantity is an array indexed by agent; the step hot path loops
 only over the `action_repeat` physics frames, never over agents.
 
-Frames and units follow Godot (see `spacetime_rl.godot.wire`): +Y up, -Z forward, metres, seconds,
+Frames and units follow Godot (see `spacetime_rl.protocol.wire`): +Y up, -Z forward, metres, seconds,
 radians. The horizontal plane is stored as complex numbers `x + 1j*z`, so a heading is the unit
 complex `u = exp(-1j*yaw)`: the player's right is `u`, forward is `-1j*u`, and turning right
 (clockwise seen from above) by `a` radians multiplies `u` by `exp(1j*a)`. See `docs/simulator.md`
@@ -21,7 +21,7 @@ from typing import Any, Final
 import numpy as np
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.sim import scenarios
 from spacetime_rl.sim.scenarios import MAX_BOXES, MAX_PILLARS, MAX_PITS, PLATFORM_HALF_SIZE
 

@@ -20,7 +20,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig, OmegaConf
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.sweeps.study import default_storage, finished_trials, open_storage, tell_result
+from spacetime_rl.studies.storage import default_storage, finished_trials, open_storage, tell_result
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         )
 
     def _write_results(self, study: optuna.Study, directions: list[str]) -> None:
-        from spacetime_rl.sweeps.report import write_sweep_report
+        from spacetime_rl.studies.report import write_sweep_report
 
         if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             raise ConfigError(

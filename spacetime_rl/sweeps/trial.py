@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import optuna
 from hydra.utils import instantiate
@@ -23,10 +23,8 @@ from hydra.utils import instantiate
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import SweepConfig, TrainConfig
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.sweeps.study import open_storage, trial_id
-
-if TYPE_CHECKING:
-    from spacetime_rl.training.callbacks import EvalHook
+from spacetime_rl.metrics import EvalHook
+from spacetime_rl.studies.storage import open_storage, trial_id
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +72,15 @@ def open_trial(sweep: SweepConfig) -> optuna.trial.Trial:
     return optuna.trial.Trial(study, trial_id(storage, sweep.study_name, sweep.trial))
 
 
-def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn | None = None) -> float:
-    """Train each seed of the trial into `output_dir/seed_<k>/` and return the mean objective.
+def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn) -> float:
+    """Train each seed of the trial into `output_dir/seed_<k>/` with `train` and return the mean objective.
 
-    Outside a sweep (no `sweep.trial`, one seed) this is `train(config, output_dir)`. A pruned trial
-    is told PRUNED here and returns NaN; so does a seed whose objective is not finite. Any other
-    error is logged with its traceback (in the job's log) and re-raised: the sweeper records FAIL.
+    `train` is the training job (`spacetime_rl.training.train`), passed in so that this job does
+    not import that one. A pruned trial is told PRUNED here and returns NaN; so does a seed whose
+    objective is not finite. Any other error is logged with its traceback (in the job's log) and
+    re-raised: the sweeper records FAIL.
     """
-    if train is None:
-        from spacetime_rl.training import train as train_job  # torch loads only once the config is known good
-
-        train = train_job
     sweep = config.sweep
-    if sweep.trial is None and sweep.seeds_per_trial == 1:
-        return train(config, output_dir)
-
     trial = open_trial(sweep) if sweep.trial is not None else None
     reporter = (
         PruningReporter(trial, config.training.objective, plan_budget(config).trained)

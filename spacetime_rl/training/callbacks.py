@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,25 +17,10 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
-from spacetime_rl.evaluation.episodes import play_episodes, summarize
+from spacetime_rl.artifacts import checkpoint_path, save_snapshot
+from spacetime_rl.metrics import EVAL_METRICS, EvalHook, play_episodes, summarize
 from spacetime_rl.rewards import REWARD_TERMS
-from spacetime_rl.training.artifacts import checkpoint_path, save_snapshot
 from spacetime_rl.training.curriculum import Curriculum, TaskCurricula
-
-#: Called after each periodic evaluation with (agent-steps, metrics); returning False stops training.
-EvalHook = Callable[[int, dict[str, float]], bool]
-
-#: The metrics an evaluation reports; `training.objective` names one of them.
-EVAL_METRICS: Final = (
-    "eval/success_rate",
-    "eval/success_low",
-    "eval/success_high",
-    "eval/mean_reward",
-    "eval/mean_ep_length",
-    "eval/collisions",
-    "eval/falls",
-    "eval/comfort",
-)
 
 
 def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int, seed: int) -> dict[str, float]:

@@ -21,6 +21,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -36,12 +37,7 @@ from stable_baselines3.common.utils import get_latest_run_id, set_random_seed
 from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 from torch import nn
 
-from spacetime_rl.budget import plan_budget
-from spacetime_rl.config import TrainConfig, TrainingConfig
-from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
-from spacetime_rl.errors import ConfigError, GodotError
-from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
-from spacetime_rl.training.artifacts import (
+from spacetime_rl.artifacts import (
     check_same_save,
     checkpoint_path,
     load_state,
@@ -49,6 +45,12 @@ from spacetime_rl.training.artifacts import (
     stats_path,
     write_json,
 )
+from spacetime_rl.budget import plan_budget
+from spacetime_rl.config import ACTIVATIONS as config_activations
+from spacetime_rl.config import TrainConfig, TrainingConfig
+from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
+from spacetime_rl.errors import ConfigError, GodotError
+from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
 from spacetime_rl.training.callbacks import (
     EVAL_METRICS,
     CheckpointCallback,
@@ -79,13 +81,9 @@ RESUMABLE_PPO: Final = (
     "max_grad_norm",
     "target_kl",
 )
+#: network.activation_fn -> the torch module class (the names live once, in config.ACTIVATIONS).
 ACTIVATIONS: Final[dict[str, type[nn.Module]]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
+    name: getattr(nn, cls) for name, cls in config_activations.items()
 }
 TB_LOG_NAME: Final = "PPO"
 
@@ -102,9 +100,6 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     env_config, training = config.env, config.training
     if training.objective not in EVAL_METRICS:
         raise ConfigError(f"training.objective={training.objective!r} is invalid: use one of {EVAL_METRICS}")
-    # Derived sizes, once.
-    num_agents = env_config.num_agents
-    eval_agents = min(training.eval_episodes, env_config.agents_per_environment)
     sb3_verbose = 1 if config.verbose else 0
 
     output_dir = Path(output_dir)
@@ -128,67 +123,14 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     if resume and (best_dir / "best_model.zip").is_file():  # don't overwrite a better best model here
         record.best = resume_state.get("best") or {}
 
-    def connect(url: str) -> Any:
-        return make_clients([url], env_config)[0]
-
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(_stop_on_signals())
-        train_pool = ServerPool(env_config, seed=training.seed, verbose=config.verbose)
-        eval_pool = ServerPool(
-            env_config,
-            count=1,
-            agents=eval_agents,
-            seed=in_training_eval_seed(training.seed),
-            verbose=config.verbose,
-        )
-        train_urls = stack.enter_context(train_pool)
-        eval_urls = stack.enter_context(eval_pool)
-        train_venv = SpaceTimeVecEnv(
-            [connect(url) for url in train_urls],
-            env_config,
-            config.reward,
-            seed=training.seed,
-            recover=train_pool.recovery(connect),
-            tasks=config.task,
-        )
-        stack.callback(train_venv.close)
-        eval_venv = SpaceTimeVecEnv(
-            [connect(url) for url in eval_urls],
-            env_config,
-            config.reward,
-            recover=eval_pool.recovery(connect),
-            tasks=config.task,
-        )
-        stack.callback(eval_venv.close)
+        envs = _start_envs(stack, config)
+        train_venv, eval_venv = envs.train, envs.eval
         for venv in (train_venv, eval_venv):
             venv.set_max_goal_distance(curriculum.max_goal_distance)
             venv.set_task_max_goal_distances(task_curricula.max_goal_distances)
-        if train_venv.num_envs != num_agents:
-            raise ConfigError(
-                f"env.agents_per_environment={env_config.agents_per_environment} but the servers have "
-                f"{train_venv.num_envs} agents in all; set it to what the server runs"
-            )
-
-        if resume:
-            train_env = VecNormalize.load(str(stats_path(resume)), train_venv)
-            train_env.training = True
-            train_env.gamma = config.ppo.gamma  # discounts the returns reward normalisation scales by
-        else:
-            train_env = VecNormalize(
-                train_venv,
-                training=True,
-                norm_obs=env_config.normalize_observations,
-                norm_reward=env_config.normalize_reward,
-                clip_obs=env_config.clip_observations,
-                gamma=config.ppo.gamma,
-            )
-        eval_env = VecNormalize(
-            eval_venv,
-            training=False,
-            norm_obs=env_config.normalize_observations,
-            norm_reward=False,
-            clip_obs=env_config.clip_observations,
-        )
+        train_env, eval_env = _normalized(envs, config, resume)
         model = (
             _load_model(resume, train_env, config) if resume else _new_model(train_env, config, sb3_verbose)
         )
@@ -282,7 +224,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         faults = {
             "train": train_venv.faults,
             "eval": eval_venv.faults,
-            "restarts": train_pool.restarts + eval_pool.restarts,
+            "restarts": envs.train_pool.restarts + envs.eval_pool.restarts,
             "lost_agent_steps": train_venv.lost_agent_steps,
         }
 
@@ -304,6 +246,88 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
     return objective
+
+
+@dataclass
+class _Envs:
+    """The training and evaluation servers of a run, and the VecEnvs over them."""
+
+    train_pool: ServerPool
+    eval_pool: ServerPool
+    train: SpaceTimeVecEnv
+    eval: SpaceTimeVecEnv
+
+
+def _start_envs(stack: contextlib.ExitStack, config: TrainConfig) -> _Envs:
+    """Start (or attach to) the servers and open a VecEnv over each pool; `stack` closes them all.
+
+    Evaluation has a server of its own with min(eval_episodes, agents_per_environment) agents,
+    seeded apart from training's (spacetime_rl.seeds).
+    """
+    env_config, training = config.env, config.training
+
+    def connect(url: str) -> Any:
+        return make_clients([url], env_config)[0]
+
+    train_pool = ServerPool(env_config, seed=training.seed, verbose=config.verbose)
+    eval_pool = ServerPool(
+        env_config,
+        count=1,
+        agents=min(training.eval_episodes, env_config.agents_per_environment),
+        seed=in_training_eval_seed(training.seed),
+        verbose=config.verbose,
+    )
+    train_urls = stack.enter_context(train_pool)
+    eval_urls = stack.enter_context(eval_pool)
+    train_venv = SpaceTimeVecEnv(
+        [connect(url) for url in train_urls],
+        env_config,
+        config.reward,
+        seed=training.seed,
+        recover=train_pool.recovery(connect),
+        tasks=config.task,
+    )
+    stack.callback(train_venv.close)
+    eval_venv = SpaceTimeVecEnv(
+        [connect(url) for url in eval_urls],
+        env_config,
+        config.reward,
+        recover=eval_pool.recovery(connect),
+        tasks=config.task,
+    )
+    stack.callback(eval_venv.close)
+    if train_venv.num_envs != env_config.num_agents:
+        raise ConfigError(
+            f"env.agents_per_environment={env_config.agents_per_environment} but the servers have "
+            f"{train_venv.num_envs} agents in all; set it to what the server runs"
+        )
+    return _Envs(train_pool, eval_pool, train_venv, eval_venv)
+
+
+def _normalized(envs: _Envs, config: TrainConfig, resume: Path | None) -> tuple[VecNormalize, VecNormalize]:
+    """VecNormalize over the training env (a resumed run's saved statistics) and the frozen eval env."""
+    env_config = config.env
+    if resume:
+        train_env = VecNormalize.load(str(stats_path(resume)), envs.train)
+        train_env.training = True
+        train_env.gamma = config.ppo.gamma  # discounts the returns reward normalisation scales by
+    else:
+        train_env = VecNormalize(
+            envs.train,
+            training=True,
+            norm_obs=env_config.normalize_observations,
+            norm_reward=env_config.normalize_reward,
+            clip_obs=env_config.clip_observations,
+            gamma=config.ppo.gamma,
+        )
+    eval_env = VecNormalize(
+        envs.eval,
+        training=False,
+        norm_obs=env_config.normalize_observations,
+        norm_reward=False,
+        clip_obs=env_config.clip_observations,
+    )
+    return train_env, eval_env
 
 
 class _SignalFlag:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 import yaml
 
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 
 OPENAPI_PATH = Path(__file__).parents[2] / "docs" / "openapi.yaml"
 ANNOTATIONS = frozenset({"description", "example", "default", "title", "summary"})

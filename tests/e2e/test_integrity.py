@@ -20,11 +20,11 @@ import yaml
 from omegaconf import OmegaConf
 from stable_baselines3.common.save_util import load_from_zip_file
 
+from spacetime_rl.artifacts import config_hash
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import TrainConfig, compose_train_config
-from spacetime_rl.evaluation.runs import config_hash
 from spacetime_rl.export import export_onnx, resolve_model
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.seeds import held_out_seed
 from spacetime_rl.training.job import ACTIVATIONS
 

@@ -44,6 +44,8 @@ def fake_train(config: TrainConfig, output_dir: Path, on_eval=None) -> float:  #
 def main(cfg: DictConfig) -> float:
     def job() -> float:
         config, output_dir = job_config(cfg)
+        if not config.sweep.per_trial:
+            return fake_train(config, output_dir)
         return run_trial(config, output_dir, fake_train)
 
     return run_reporting_errors(job)

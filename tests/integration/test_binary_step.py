@@ -9,7 +9,8 @@ import pytest
 from aiohttp import web
 
 from spacetime_rl.errors import GodotHTTPError, ProtocolError
-from spacetime_rl.godot import GodotClient, wire
+from spacetime_rl.godot import GodotClient
+from spacetime_rl.protocol import wire
 
 AGENTS = 32
 STEPS = 60

@@ -20,7 +20,8 @@ from spacetime_rl.errors import (
     ProtocolError,
     SpecMismatchError,
 )
-from spacetime_rl.godot import GodotClient, Timeouts, wire
+from spacetime_rl.godot import GodotClient, Timeouts
+from spacetime_rl.protocol import wire
 
 N = 4
 

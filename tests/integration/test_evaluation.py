@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
+from spacetime_rl.artifacts import resolve_model
 from spacetime_rl.config import (
     CurriculumConfig,
     CurriculumStageConfig,
@@ -27,14 +28,13 @@ from spacetime_rl.config import (
     TrainingConfig,
 )
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.evaluation import METRICS
 from spacetime_rl.evaluation.config import EvaluateConfig, register_configs
-from spacetime_rl.evaluation.episodes import EpisodeResult, Path2D
 from spacetime_rl.evaluation.job import METRICS_FILE, PLOT_FILE, evaluate
 from spacetime_rl.evaluation.plots import plot_episodes
-from spacetime_rl.evaluation.runs import apply_run_config, resolve_model
-from spacetime_rl.godot import wire
+from spacetime_rl.evaluation.settings import apply_run_config
 from spacetime_rl.godot.client import GodotClient
+from spacetime_rl.metrics import METRICS, EpisodeResult, Path2D
+from spacetime_rl.protocol import wire
 from spacetime_rl.sim.world import World
 from spacetime_rl.training import train
 

@@ -14,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 from stable_baselines3 import PPO
 
+from spacetime_rl.artifacts import RUN_CONFIG, resolve_model
 from spacetime_rl.config import (
     EnvConfig,
     NetworkConfig,
@@ -25,9 +26,8 @@ from spacetime_rl.config import (
 )
 from spacetime_rl.envs.preprocessing import preprocess_observations
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.evaluation.runs import RUN_CONFIG, resolve_model
 from spacetime_rl.export import export_onnx, main, sidecar_path
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 
 SMOOTHING = 0.3
 

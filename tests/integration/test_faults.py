@@ -22,6 +22,13 @@ import orjson
 import pytest
 from fault_injection import CORRUPTIONS, CorruptingProxy, server_process, stop_for
 
+from spacetime_rl.artifacts import (
+    check_same_save,
+    load_state,
+    save_snapshot,
+    stats_path,
+    write_atomically,
+)
 from spacetime_rl.config import (
     CurriculumConfig,
     CurriculumStageConfig,
@@ -35,15 +42,8 @@ from spacetime_rl.config import (
 from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
 from spacetime_rl.envs.preprocessing import preprocess_observations
 from spacetime_rl.errors import ConfigError, GodotConnectionError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.training import train
-from spacetime_rl.training.artifacts import (
-    check_same_save,
-    load_state,
-    save_snapshot,
-    stats_path,
-    write_atomically,
-)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = EnvConfig(

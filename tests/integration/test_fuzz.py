@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 
 TOKEN: Final = "fuzz-token"
 AGENTS: Final = 4

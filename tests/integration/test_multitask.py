@@ -26,8 +26,8 @@ from spacetime_rl.config import (
 from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
 from spacetime_rl.envs.tasks import TaskSchedule
 from spacetime_rl.errors import ConfigError, GodotError
-from spacetime_rl.godot import wire
 from spacetime_rl.godot.client import GodotClient
+from spacetime_rl.protocol import wire
 from spacetime_rl.sim.server import create_app, serve
 from spacetime_rl.training.curriculum import TaskCurricula
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.sim.server import ENGINE, MAIN_SCENE, load_whitelist
 
 AGENTS = 3

@@ -15,7 +15,8 @@ from aiohttp import web
 from test_client import N, closed_port_url, fake, json_response, reply, spec_body, step_body
 
 from spacetime_rl.errors import GodotConnectionError, GodotHTTPError, GodotTimeoutError, ProtocolError
-from spacetime_rl.godot import GodotClient, StepResult, Timeouts, wire
+from spacetime_rl.godot import GodotClient, Timeouts
+from spacetime_rl.protocol import StepResult, wire
 
 __all__ = ["fake"]  # the fake-server fixture of test_client.py, used here as well
 

@@ -23,9 +23,10 @@ from omegaconf import OmegaConf
 
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import SweepConfig, TrainConfig, TrainingConfig
-from spacetime_rl.sweeps import PruningReporter, is_sweep_dir, run_trial, write_sweep_report
-from spacetime_rl.sweeps.report import importances_figure, param_importances
-from spacetime_rl.sweeps.study import default_storage, open_storage, tell_result
+from spacetime_rl.studies import is_sweep_dir, write_sweep_report
+from spacetime_rl.studies.report import importances_figure, param_importances
+from spacetime_rl.studies.storage import default_storage, open_storage, tell_result
+from spacetime_rl.sweeps import PruningReporter, run_trial
 from spacetime_rl.sweeps.sweeper import ResumableOptunaSweeperImpl
 
 FAKE_APP = Path(__file__).with_name("fake_train_app.py")
@@ -142,10 +143,9 @@ def test_a_pruned_trial_stops_training_and_is_told_pruned(storage: str, tmp_path
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pruned_at"] == 1
 
 
-def test_outside_a_sweep_a_run_is_plain_train(tmp_path: Path) -> None:
-    fake = FakeTrain()
-    assert run_trial(TrainConfig(), tmp_path, fake) == 0.5
-    assert fake.calls == [(0, tmp_path, 4)]
+def test_outside_a_sweep_train_py_trains_directly() -> None:
+    assert not TrainConfig().sweep.per_trial  # train.py calls train(), not run_trial()
+    assert SweepConfig(seeds_per_trial=2).per_trial and SweepConfig(trial=3).per_trial
 
 
 def test_a_nan_objective_fails_the_trial(storage: str, tmp_path: Path) -> None:

@@ -213,3 +213,19 @@ def test_config_file_unknown_key_is_named(tmp_path: Path) -> None:
 def test_config_file_missing_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_seed_config(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["ppo/default", "reward/default", "training/default", "network/default", "curriculum/none", "env/sim"],
+)
+def test_default_options_leave_every_value_to_the_schema(option: str) -> None:
+    """Each default is written once, in spacetime_rl/config.py: a default option file sets no key."""
+    assert OmegaConf.load(CONF / f"{option}.yaml") in ({}, None)
+
+
+def test_activations_are_named_once() -> None:
+    from spacetime_rl.config import ACTIVATIONS
+    from spacetime_rl.training.job import ACTIVATIONS as MODULES
+
+    assert list(MODULES) == list(ACTIVATIONS)

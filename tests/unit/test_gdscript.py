@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.sim import world
 
 GODOT = Path(__file__).parents[2] / "godot"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spacetime_rl.envs.preprocessing import ActionSmoother, preprocess_observations, yaw_angle
-from spacetime_rl.godot.wire import OBS, OBSERVATION_SIZE
+from spacetime_rl.protocol.wire import OBS, OBSERVATION_SIZE
 
 
 def raw_observation(yaw=0.0):

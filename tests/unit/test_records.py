@@ -10,7 +10,7 @@ import pytest
 
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import compose_train_config
-from spacetime_rl.evaluation.episodes import wilson_interval
+from spacetime_rl.metrics import wilson_interval
 from spacetime_rl.seed_config import hydra_value
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed, seen_in_training
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spacetime_rl.config import RewardConfig
-from spacetime_rl.godot.wire import OBS, OBSERVATION_SIZE
+from spacetime_rl.protocol.wire import OBS, OBSERVATION_SIZE
 from spacetime_rl.rewards import REWARD_TERMS, RewardCalculator, comfort_score, roll_angle
 
 MAX_SPEED = 2.0

@@ -7,7 +7,7 @@ import pytest
 from reachability import reachable
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
 from spacetime_rl.sim import scenarios
 from spacetime_rl.sim import world as w
 from spacetime_rl.sim.world import World, ignored_options

@@ -1,4 +1,5 @@
-"""The binary /rl/step body: layout constants, the simulator's encoder and the client's strict decoder (no sockets)."""
+"""The binary /rl/step body: layout constants, the protocol's encoder as the simulator answers with it,
+and its strict decoder (no sockets)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import numpy as np
 import pytest
 
 from spacetime_rl.errors import ProtocolError
-from spacetime_rl.godot import GodotClient, wire
-from spacetime_rl.godot.client import _Check
+from spacetime_rl.protocol import ResponseCheck, decode_step, wire
 from spacetime_rl.sim.server import _accepts_binary, _binary_step
 from spacetime_rl.sim.world import StepOutcome
 
@@ -45,7 +45,7 @@ def encoded(terminal_agents: tuple[int, ...] = (1, 3)) -> tuple[bytes, np.ndarra
 
 
 def decode(raw: bytes, rows: int | None = N):
-    return _Check(GodotClient("http://127.0.0.1:1"), "/rl/step", {}).binary_step(raw, rows)
+    return decode_step(raw, rows, ResponseCheck("http://127.0.0.1:1", "/rl/step"))
 
 
 def test_layout_is_aligned_and_sized_as_documented() -> None:

@@ -1,6 +1,6 @@
 class_name RLProtocol
 extends RefCounted
-## Constants of HTTP protocol v1, copied from spacetime_rl/godot/wire.py (the one source of truth).
+## Constants of HTTP protocol v1, copied from spacetime_rl/protocol/wire.py (the source of truth).
 ##
 ## tests/unit/test_gdscript.py checks that these values still equal wire.py's.
 ## Axes follow Godot: +Y up, -Z forward, +X right. Units: metres, seconds, radians.

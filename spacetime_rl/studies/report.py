@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from spacetime_rl.sweeps.study import default_storage, open_storage
+from spacetime_rl.studies.storage import default_storage, open_storage
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Wire types of HTTP protocol v1: the one place for the observation layout and protocol constants.
+"""Constants and field layouts of HTTP protocol v1: the one place for the observation layout.
 
 Both the client and the embedded simulator import from here; see `docs/protocol.md`.
 Axes follow Godot: +Y up, -Z forward. Units: metres, seconds, radians.

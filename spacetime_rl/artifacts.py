@@ -1,36 +1,120 @@
-"""Training runs on disk as evaluation, export and comparison read them.
+"""Run directories on disk, as every job reads and writes them; torch-free.
 
 A run directory is Hydra's output directory of one `train.py` job: `.hydra/config.yaml` (the
-composed config), `.hydra/overrides.yaml`, `best_models/best_model.zip` and the other snapshots
-with their `_vecnormalize.pkl` companions, `metrics.json` and `tensorboard/`.
+composed config), `.hydra/overrides.yaml`, the snapshots below and `metrics.json`.
+
+Snapshots: a model zip with its VecNormalize statistics and a JSON state, written atomically.
+
+A snapshot `NAME.zip` has two companions, `NAME_vecnormalize.pkl` and `NAME_state.json`. Each file
+is written to a temporary name and moved into place with `os.replace`, companions first, so a
+model zip on disk always has complete companions even if training dies mid-save. All three carry
+the same random `snapshot_id`: a fixed name (`best_model.zip`, `final_model.zip`) whose save was cut
+between the companions and the zip is caught by `check_same_save` instead of being used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from spacetime_rl.config import EnvConfig, TasksConfig
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.training.artifacts import stats_path
 
-__all__ = ["ModelSource", "apply_run_config", "config_hash", "load_run_config", "resolve_model"]
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.vec_env import VecNormalize
 
 _Group = TypeVar("_Group")
 
+CHECKPOINT_PREFIX: Final = "vr_nav_model"
+SNAPSHOT_ID: Final = "snapshot_id"  # an attribute of the saved model and statistics, a key of the state
 BEST_MODEL: Final = Path("best_models") / "best_model.zip"
 RUN_CONFIG: Final = Path(".hydra") / "config.yaml"
 RUN_OVERRIDES: Final = Path(".hydra") / "overrides.yaml"
-#: The config groups a run directory's settings replace in evaluate.py.
-RUN_GROUPS: Final = ("env", "reward", "task")
+
+
+def checkpoint_path(directory: Path, timesteps: int) -> Path:
+    return directory / f"{CHECKPOINT_PREFIX}_{timesteps}_steps.zip"
+
+
+def stats_path(model_path: Path) -> Path:
+    return model_path.with_name(f"{model_path.stem}_vecnormalize.pkl")
+
+
+def state_path(model_path: Path) -> Path:
+    return model_path.with_name(f"{model_path.stem}_state.json")
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Call `write(temporary path)`, then move the result to `path` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        write(str(temporary))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    def write(temporary: str) -> None:
+        Path(temporary).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    write_atomically(path, write)
+
+
+def save_snapshot(model: BaseAlgorithm, env: VecNormalize, path: Path, state: dict[str, Any]) -> None:
+    """Write `path` (a .zip), its VecNormalize statistics and `state`, tagged with one new id."""
+    snapshot_id = uuid.uuid4().hex
+    vars(model)[SNAPSHOT_ID] = vars(env)[SNAPSHOT_ID] = snapshot_id
+    write_atomically(stats_path(path), env.save)
+    write_json(state_path(path), state | {SNAPSHOT_ID: snapshot_id})
+    write_atomically(path, model.save)
+
+
+def check_same_save(
+    model_path: Path, model: object, statistics: object, state: Mapping[str, Any] | None = None
+) -> None:
+    """Raise ConfigError unless the loaded zip, statistics (and state) come from one save.
+
+    Snapshots written before the ids existed carry none and pass.
+    """
+    ids = {
+        model_path.name: vars(model).get(SNAPSHOT_ID),
+        stats_path(model_path).name: vars(statistics).get(SNAPSHOT_ID),
+    }
+    if state is not None:
+        ids[state_path(model_path).name] = state.get(SNAPSHOT_ID)
+    if len(set(ids.values())) > 1:
+        seen = ", ".join(f"{name}: {value or 'none'}" for name, value in ids.items())
+        raise ConfigError(
+            f"{model_path} and its companion files come from different saves (snapshot ids {seen}): "
+            "training stopped while writing them. Use another snapshot, e.g. the latest "
+            f"checkpoints/{CHECKPOINT_PREFIX}_<steps>_steps.zip of the run"
+        )
+
+
+def load_state(model_path: Path) -> dict[str, Any]:
+    """The state JSON of a snapshot, after checking every file of it is there."""
+    missing = [
+        str(p) for p in (model_path, stats_path(model_path), state_path(model_path)) if not p.is_file()
+    ]
+    if missing:
+        raise ConfigError(
+            f"resume={str(model_path)!r} is not a complete checkpoint: missing {', '.join(missing)}. "
+            f"Point resume at a {CHECKPOINT_PREFIX}_<steps>_steps.zip written by training"
+        )
+    state: dict[str, Any] = json.loads(state_path(model_path).read_text())
+    return state
 
 
 @dataclass(frozen=True)
@@ -113,62 +197,6 @@ def _run_group(run_config: DictConfig | None, group: str, schema: type[_Group]) 
         ) from exc
     assert isinstance(checked, schema)
     return checked
-
-
-def apply_run_config(
-    cfg: DictConfig, run_config: DictConfig, task_overrides: Sequence[str], config_dir: Path | None
-) -> list[str]:
-    """Evaluate as the run trained: its env, reward and task, at its curricula's final stages.
-
-    The run's `env` and `reward` replace `cfg`'s, its `task` replaces `cfg.task` whole (a run's
-    tasks never join evaluate.py's default), and where the run had a curriculum its last stage's
-    goal distance applies. Then the command line's changes to these groups apply on top: a task
-    choice (`task=maze`) keeps the task Hydra composed, an env or reward choice (`env=godot`)
-    re-applies that option file (`config_dir/<group>/<option>.yaml`) over the run's, a key
-    (`env.max_goal_distance=5`) its value. Returns what changed from the run's settings, for the log.
-    """
-    used: list[str] = []
-    overrides = OverridesParser.create().parse_overrides(list(task_overrides))
-    chosen = {o.key_or_group for o in overrides if not o.is_delete()}
-    try:
-        cfg.merge_with(OmegaConf.masked_copy(run_config, ["env", "reward"]))
-        if "task" in run_config and "task" not in chosen:  # else Hydra composed the chosen option
-            cfg.task = OmegaConf.merge(OmegaConf.structured(TasksConfig), run_config.task)
-        used += _final_stages(cfg, run_config)
-        for override in overrides:
-            key = override.key_or_group
-            if override.is_delete() or key.partition(".")[0] not in RUN_GROUPS or key == "task":
-                continue
-            if "." in key:
-                OmegaConf.update(cfg, key, override.value(), merge=False)
-            elif config_dir is not None:
-                cfg[key] = OmegaConf.merge(
-                    cfg[key], OmegaConf.load(config_dir / key / f"{override.value()}.yaml")
-                )
-            used.append(f"{override.input_line} (command line)")
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"the model's run config does not fit this version's schema: {exc}") from exc
-    return used
-
-
-def _final_stages(cfg: DictConfig, run_config: DictConfig) -> list[str]:
-    """Set the goal distances of the run's curricula's last stages in `cfg`; say which were set."""
-    used = []
-    curriculum = run_config.get("curriculum")
-    if curriculum is not None and curriculum.get("enabled") and curriculum.get("stages"):
-        last = curriculum.stages[-1]
-        cfg.env.max_goal_distance = last.max_goal_distance
-        used.append(f"env.max_goal_distance={last.max_goal_distance} (curriculum's last stage {last.name!r})")
-    for name, task in cfg.task.tasks.items():
-        if task.get("curriculum"):
-            last = task.curriculum[-1]
-            task.max_goal_distance = last.max_goal_distance
-            task.curriculum = []
-            used.append(
-                f"task.tasks.{name}.max_goal_distance={last.max_goal_distance} "
-                f"(the task's last stage {last.name!r})"
-            )
-    return used
 
 
 def config_hash(config: DictConfig | dict[str, Any] | None) -> str | None:

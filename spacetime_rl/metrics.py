@@ -1,7 +1,8 @@
-"""Playing a policy for a fixed number of episodes, and the metrics of those episodes.
+"""Playing a policy for a fixed number of episodes, the metrics of those episodes and their names.
 
 Training's periodic evaluation and `evaluate.py` both use `play_episodes` and `summarize`, so an
 `eval/*` number means the same thing in TensorBoard, `metrics.json` and `eval/metrics.json`.
+Torch-free, so `compare` can read the names without loading a model.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv
 
-from spacetime_rl.godot import wire
+from spacetime_rl.protocol import wire
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.vec_env import VecEnv
 
 __all__ = [
     "METRICS",
@@ -26,6 +29,21 @@ __all__ = [
     "summarize",
     "wilson_interval",
 ]
+
+#: The metrics training's evaluation reports; `training.objective` names one of them.
+EVAL_METRICS: Final = (
+    "eval/success_rate",
+    "eval/success_low",
+    "eval/success_high",
+    "eval/mean_reward",
+    "eval/mean_ep_length",
+    "eval/collisions",
+    "eval/falls",
+    "eval/comfort",
+)
+
+#: Called after each periodic evaluation with (agent-steps, metrics); returning False stops training.
+EvalHook = Callable[[int, dict[str, float]], bool]
 
 #: The normal quantile of a two-sided 95% interval.
 WILSON_Z: Final = 1.959963984540054
