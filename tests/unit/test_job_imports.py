@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Final
 
@@ -62,3 +64,10 @@ def test_compare_and_the_metric_names_load_no_torch() -> None:
             for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
         }
         assert not top & {"torch", "stable_baselines3"}, module
+
+
+def test_a_single_training_run_loads_neither_optuna_nor_pandas() -> None:
+    """train.py calls training directly; the sweeps job (Optuna, pandas) loads only for a sweep trial."""
+    code = "import sys, spacetime_rl.training, spacetime_rl.app; print(sorted({'optuna', 'pandas'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
