@@ -16,6 +16,8 @@ PROTOCOL_VERSION: Final = 1
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
 DEFAULT_SCENE: Final = "res://scenes/features/vr_locomotion_test.tscn"
+#: Most agents one server runs: a scene load allocates per agent, so a typo must not hang it.
+MAX_AGENTS: Final = 4096
 
 #: The one line a server prints on stdout once it listens, followed by its URL: the embedded
 #: simulator's, and the Godot addon's (godot/addons/spacetime_rl/rl_service.gd READY_LINE).

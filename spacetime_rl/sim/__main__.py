@@ -3,10 +3,13 @@
 Once listening it prints exactly one line to stdout, `spacetime-sim listening on http://HOST:PORT`,
 which launchers parse to learn the port (`--port 0` picks a free one).
 
+The token comes from `--token` or, kept out of the process list, `SPACETIME_RL_TOKEN`. Requests
+from web pages or under foreign host names are refused (protocol/access.py; `--allowed-host`,
+`--allowed-origin`), and a non-loopback `--host` needs a token or `--insecure`.
+
 It also accepts Godot's command line, so it can stand in for a headless Godot in launcher tests:
-`--headless --path PROJECT -- --rl-port=0 --rl-agents=4 ...` (the addon's `--rl-*` flags after `--`,
-the token also from `SPACETIME_RL_TOKEN`); it then prints Godot's ready line,
-`spacetime-rl listening on http://HOST:PORT`.
+`--headless --path PROJECT -- --rl-port=0 --rl-agents=4 ...` (the addon's `--rl-*` flags after `--`);
+it then prints Godot's ready line, `spacetime-rl listening on http://HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from typing import Final
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.protocol import wire
+from spacetime_rl.protocol import access, wire
 from spacetime_rl.sim.server import SCENES, create_app, load_whitelist, serve
 
 #: Godot addon flag (after `--`) -> this module's flag.
@@ -34,7 +37,11 @@ GODOT_FLAGS: Final = {
     "--rl-action-repeat": "--action-repeat",
     "--rl-scene": "--scene",
     "--rl-max-body-bytes": "--max-body-bytes",
+    "--rl-allowed-host": "--allowed-host",
+    "--rl-allowed-origin": "--allowed-origin",
 }
+#: Godot addon switches (no value) -> this module's.
+GODOT_SWITCHES: Final = {"--rl-insecure": "--insecure"}
 GODOT_ONLY_FLAGS: Final = frozenset({"--rl-poll-budget-ms"})  # accepted, meaningless here
 TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
 PARENT_POLL_SECONDS: Final = 0.5
@@ -47,6 +54,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _agent_count(text: str) -> int:
+    value = _positive(text)
+    if value > wire.MAX_AGENTS:
+        raise argparse.ArgumentTypeError(f"{value} agents is more than the {wire.MAX_AGENTS} one server runs")
     return value
 
 
@@ -70,12 +84,13 @@ def _from_godot(argv: list[str]) -> list[str] | None:
         flag, equals, value = arg.partition("=")
         if flag in GODOT_ONLY_FLAGS and equals:
             continue
+        if arg in GODOT_SWITCHES:
+            translated.append(GODOT_SWITCHES[arg])
+            continue
         if flag not in GODOT_FLAGS or not equals:
             print(f"error: unknown argument {arg!r}; use {', '.join(GODOT_FLAGS)}=VALUE", file=sys.stderr)
             raise SystemExit(2)
         translated += [GODOT_FLAGS[flag], value]
-    if "--token" not in translated and os.environ.get(TOKEN_VARIABLE):
-        translated += ["--token", os.environ[TOKEN_VARIABLE]]
     return [*translated, "--godot-ready-line"]
 
 
@@ -88,9 +103,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=wire.DEFAULT_HOST, help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=_non_negative, default=wire.DEFAULT_PORT, help="0 picks a free port")
-    parser.add_argument("--agents", type=_positive, default=16, help="agents in the RL scene (default 16)")
     parser.add_argument(
-        "--token", default=None, help="require 'Authorization: Bearer TOKEN' (except /health)"
+        "--agents",
+        type=_agent_count,
+        default=16,
+        help=f"agents in the RL scene (default 16, at most {wire.MAX_AGENTS})",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_VARIABLE) or None,
+        help=f"require 'Authorization: Bearer TOKEN' (except /health); default ${TOKEN_VARIABLE}, which "
+        "keeps it out of the process list",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (loopback names always are; '*' for any)",
+    )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="answer requests from this web origin (e.g. http://localhost:3000); none by default",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen on a non-loopback --host without a token: anyone on the network can drive it",
     )
     parser.add_argument("--scene", choices=sorted(SCENES), default=None, help="scene to load at start")
     parser.add_argument("--seed", type=_non_negative, default=None, help="seed of every scene load's reset")
@@ -125,6 +167,8 @@ async def _run(args: argparse.Namespace) -> None:
         seed=args.seed,
         action_repeat=args.action_repeat,
         max_body_bytes=args.max_body_bytes,
+        allowed_hosts=args.allowed_host,
+        allowed_origins=args.allowed_origin,
     )
     runner, port = await serve(app, args.host, args.port)
     stop = asyncio.Event()
@@ -175,6 +219,16 @@ class BusyPollSelector(selectors.DefaultSelector):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seconds = args.busy_poll_us / 1e6
+    if not access.is_loopback(access.host_name(args.host)) and not args.token:
+        if not args.insecure:
+            print(
+                f"error: --host {args.host} is reachable from other machines, and without a token anyone "
+                f"there can drive the simulator: pass --token (or set {TOKEN_VARIABLE}), or --insecure "
+                "if the network is yours alone",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"warning: serving on {args.host} without a token (--insecure)", file=sys.stderr, flush=True)
 
     def spinning_loop() -> asyncio.AbstractEventLoop:
         return asyncio.SelectorEventLoop(BusyPollSelector(seconds))

@@ -19,10 +19,10 @@ from typing import Any, Final
 
 import numpy as np
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.protocol import Events, StepResult, encode_step, wire
+from spacetime_rl.protocol import Events, StepResult, access, encode_step, wire
 from spacetime_rl.sim.world import GOAL_RADIUS, PLATFORM_HALF_SIZE, StepOutcome, World, ignored_options
 
 __all__ = ["ENGINE", "MAIN_SCENE", "VERSION", "create_app", "load_whitelist", "serve"]
@@ -148,6 +148,10 @@ async def _body(request: web.Request, *, empty_ok: bool = False) -> dict[str, An
 
 
 _NUMBER_TYPES: Final = frozenset((int, float))
+
+
+def _is_token(token: str) -> bool:
+    return 0 < len(token) <= 256 and token.isascii() and token.isprintable() and " " not in token
 
 
 def _is_number(value: object) -> bool:
@@ -382,7 +386,7 @@ async def debug_layout(request: web.Request) -> web.Response:
     sim = request.app[_SIM]
     world = sim.rl_world()
     raw = request.query.get("agent", "")
-    if not raw.isdigit() or not 0 <= int(raw) < world.num_agents:
+    if not (raw.isascii() and raw.isdigit()) or not 0 <= int(raw) < world.num_agents:  # "²".isdigit()
         raise RequestError(
             400, f"query 'agent' is {raw!r}; expected an agent index from 0 to {world.num_agents - 1}"
         )
@@ -416,7 +420,14 @@ def _http_error_message(request: web.Request, exc: web.HTTPException, max_body_b
     return exc.text or exc.reason
 
 
-def _middlewares(token: str | None, max_body_bytes: int) -> list[Any]:
+def _middlewares(
+    token: str | None,
+    max_body_bytes: int,
+    allowed_hosts: frozenset[str] = frozenset(),
+    allowed_origins: frozenset[str] = frozenset(),
+) -> list[Any]:
+    """Errors as JSON, then the web-page guard (protocol/access.py), then the token."""
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -439,18 +450,32 @@ def _middlewares(token: str | None, max_body_bytes: int) -> list[Any]:
             )
 
     @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = access.refusal(
+            host=request.headers.get(hdrs.HOST),
+            origin=request.headers.get(hdrs.ORIGIN),
+            content_type=request.headers.get(hdrs.CONTENT_TYPE),
+            has_body=request.body_exists,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
+        )
+        if refused is not None:
+            return _error(*refused)
+        return await handler(request)
+
+    @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token is not None and request.path != "/health":
-            expected = f"Bearer {token}".encode()
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            given = request.headers.get(hdrs.AUTHORIZATION, "")
+            # Tokens are ASCII (create_app); other bytes never match, and must not reach encode()
+            if not (given.isascii() and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())):
                 what = "wrong" if given else "missing"
                 return _error(
                     401, f"the Authorization header is {what}; send 'Authorization: Bearer <token>'"
                 )
         return await handler(request)
 
-    return [errors, auth]
+    return [errors, guard, auth]
 
 
 def create_app(
@@ -462,16 +487,24 @@ def create_app(
     seed: int | None = None,
     action_repeat: int = wire.DEFAULT_ACTION_REPEAT,
     max_body_bytes: int = 1 << 20,
+    allowed_hosts: Iterable[str] = (),
+    allowed_origins: Iterable[str] = (),
 ) -> web.Application:
     """The protocol v1 app. `scene` is loaded at once (else nothing is until POST /scene/load).
 
     `seed` seeds every scene load's reset (random when None); `whitelist` replaces the default
-    whitelist (the simulator's two scenes).
+    whitelist (the simulator's two scenes). Requests from web pages and under foreign host names
+    are refused unless `allowed_origins` / `allowed_hosts` name them (protocol/access.py).
     """
-    if num_agents < 1:
-        raise ConfigError(f"num_agents is {num_agents}; the simulator needs at least 1 agent")
+    if not 1 <= num_agents <= wire.MAX_AGENTS:
+        raise ConfigError(f"num_agents is {num_agents}; the simulator runs 1 to {wire.MAX_AGENTS} agents")
     if action_repeat < 1:
         raise ConfigError(f"action_repeat is {action_repeat}; it must be at least 1 physics frame")
+    if token is not None and not _is_token(token):
+        raise ConfigError(
+            "the token must be 1 to 256 visible ASCII characters (no spaces): it travels in an HTTP "
+            "header; e.g. python -c 'import secrets; print(secrets.token_urlsafe())'"
+        )
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes is {max_body_bytes}; it must be positive")
     if seed is not None and seed < 0:
@@ -481,7 +514,15 @@ def create_app(
         if scene not in SCENES:
             raise ConfigError(f"scene {scene!r} is not a simulator scene; known: {sorted(SCENES)}")
         sim.load(scene)
-    app = web.Application(client_max_size=max_body_bytes, middlewares=_middlewares(token, max_body_bytes))
+    app = web.Application(
+        client_max_size=max_body_bytes,
+        middlewares=_middlewares(
+            token,
+            max_body_bytes,
+            frozenset(host.lower() for host in allowed_hosts),
+            frozenset(allowed_origins),
+        ),
+    )
     app[_SIM] = sim
     app.router.add_get("/health", health)
     app.router.add_post("/scene/load", scene_load)

@@ -3,7 +3,8 @@
 A simulator subprocess (token, whitelist, small body limit) takes a few thousand generated requests:
 random JSON of every shape, near-valid bodies with wrong types and huge or non-finite numbers,
 unknown methods and paths, odd headers, raw malformed HTTP. Afterwards it must still be healthy
-and step correctly. Then eight clients step and reset the same scene concurrently.
+and step correctly. Then eight clients step and reset the same scene concurrently. A simulator
+without a token (the default) refuses what a web page the developer has open can send.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from spacetime_rl.protocol import wire
 TOKEN: Final = "fuzz-token"
 AGENTS: Final = 4
 MAX_BODY: Final = 64 * 1024
-AUTH: Final = {"Authorization": f"Bearer {TOKEN}"}
+AUTH: Final = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 PATHS: Final = [
     "/health",
     "/performance",
@@ -282,6 +283,7 @@ def test_token_and_whitelist_are_enforced(server: Server):
     assert server.request("GET", "/health")[0] == 200
     scene = json.dumps({"scene": "res://scenes/main.tscn"}).encode()  # exists, but not whitelisted
     assert server.request("POST", "/scene/load", scene, AUTH)[0] == 403
+    assert server.request("GET", "/rl/spec", headers={"Authorization": "Bearer \xff\xfe"})[0] == 401
 
 
 def test_binds_the_loopback_by_default():
@@ -339,3 +341,102 @@ def test_requests_add_up_to_thousands(server: Server):
     """Runs last in this module: the fuzz above sent thousands of requests and none got a 5xx."""
     assert server.requests >= 1000
     assert not any(status >= 500 for status in server.statuses)
+
+
+# ---------------------------------------------------------------- web pages and DNS rebinding
+
+SCENE_BODY: Final = json.dumps({"scene": wire.DEFAULT_SCENE}).encode()
+JSON: Final = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def open_server() -> Iterator[Server]:
+    """A simulator as Godot debug builds serve: no token, loopback."""
+    started = Server("--agents", "2", "--allowed-origin", "http://tool.localhost:3000")
+    yield started
+    started.stop()
+
+
+def test_a_web_page_cannot_drive_a_server_without_a_token(open_server: Server) -> None:
+    # What a page can send without a CORS preflight, under a rebound name: all of it refused.
+    attack = {"Origin": "http://evil.example", "Content-Type": "text/plain", "Host": "evil.example:8080"}
+    status, data = open_server.request("POST", "/scene/load", SCENE_BODY, attack)
+    assert status == 403 and "not this machine" in json.loads(data)["error"]
+    assert (
+        open_server.request("POST", "/scene/load", SCENE_BODY, {**JSON, "Host": "rebound.example"})[0] == 403
+    )
+    assert open_server.request("GET", "/rl/spec", headers={"Host": "192.168.1.20:8080"})[0] == 403
+    status, data = open_server.request(
+        "POST", "/scene/load", SCENE_BODY, {**JSON, "Origin": "http://evil.example"}
+    )
+    assert status == 403 and "web pages" in json.loads(data)["error"]
+    assert open_server.request("GET", "/health", headers={"Origin": "null"})[0] == 403
+    status, data = open_server.request("POST", "/scene/load", SCENE_BODY, {"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in json.loads(data)["error"]
+    assert open_server.request("POST", "/scene/load", SCENE_BODY)[0] == 415  # no Content-Type at all
+    status, data = open_server.request("GET", "/scene/state")
+    assert json.loads(data)["scene"] is None  # nothing above loaded a scene
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost:8080", "[::1]:8080", "127.1.2.3", "app.localhost"])
+def test_loopback_names_and_allowed_origins_are_served(open_server: Server, host: str) -> None:
+    assert open_server.request("POST", "/scene/load", SCENE_BODY, {**JSON, "Host": host})[0] == 200
+    allowed = {**JSON, "Host": host, "Origin": "http://tool.localhost:3000"}
+    assert open_server.request("POST", "/scene/load", SCENE_BODY, allowed)[0] == 200
+
+
+def test_allowed_host_extends_the_loopback_names() -> None:
+    server = Server("--agents", "1", "--allowed-host", "sim.internal")
+    try:
+        assert server.request("GET", "/health", headers={"Host": "sim.internal:9000"})[0] == 200
+        assert server.request("GET", "/health", headers={"Host": "other.internal"})[0] == 403
+    finally:
+        server.stop()
+
+
+def test_a_non_loopback_address_needs_a_token_or_insecure() -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "spacetime_rl.sim", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert (
+        "--token" in refused.stderr
+        and "SPACETIME_RL_TOKEN" in refused.stderr
+        and "--insecure" in refused.stderr
+    )
+    server = Server("--host", "0.0.0.0", "--agents", "1", "--insecure")
+    try:
+        assert server.request("GET", "/health", headers={"Host": "127.0.0.1"})[0] == 200
+        assert server.request("GET", "/health")[0] == 403  # Host: 0.0.0.0 names no machine
+    finally:
+        server.stop()
+
+
+def test_the_token_comes_from_the_environment_and_stays_off_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SPACETIME_RL_TOKEN", "from-env")
+    server = Server("--agents", "1")
+    try:
+        assert "from-env" not in " ".join(psutil.Process(server.process.pid).cmdline())
+        assert server.request("GET", "/rl/spec")[0] == 401
+        assert server.request("GET", "/scene/state", headers={"Authorization": "Bearer from-env"})[0] == 200
+    finally:
+        server.stop()
+
+
+def test_odd_digits_and_huge_agent_counts_are_4xx_or_refused(open_server: Server) -> None:
+    open_server.request("POST", "/scene/load", SCENE_BODY, JSON)
+    for agent in ("%C2%B2", "%D9%A3", "-1", "99999999999999999999"):  # "²", Arabic-Indic 3
+        status, data = open_server.request("GET", f"/debug/layout?agent={agent}")
+        assert_no_5xx(status, data, agent)
+    refused = subprocess.run(
+        [sys.executable, "-m", "spacetime_rl.sim", "--agents", "1000000000000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and f"more than the {wire.MAX_AGENTS}" in refused.stderr

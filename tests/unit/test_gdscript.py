@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spacetime_rl.protocol import wire
+from spacetime_rl.protocol import access, wire
 from spacetime_rl.sim import world
 
 GODOT = Path(__file__).parents[2] / "godot"
@@ -26,6 +26,8 @@ OPENAPI = Path(__file__).parents[2] / "docs" / "openapi.yaml"
 GD_FILES = sorted(GODOT.rglob("*.gd"))
 #: Statuses any route may answer besides its own: 405 for a known path asked with another method.
 TRANSPORT_STATUSES = {405}
+#: Statuses of the web-page guard, answered before routing on every path (protocol/access.py).
+GUARD_STATUSES = {403, 415}
 
 
 def gdtool(name: str) -> Path:
@@ -97,6 +99,17 @@ def test_whitelist_parses_and_names_the_rl_scene() -> None:
     assert wire.DEFAULT_SCENE in scenes
 
 
+def test_access_rules_match_the_simulator() -> None:
+    """rl_access.gd refuses what spacetime_rl/protocol/access.py refuses (Godot cannot run here)."""
+    source = (ADDON / "rl_access.gd").read_text()
+    assert frozenset(gd_value(gd_constant(source, "LOOPBACK_NAMES"))) == access.LOOPBACK_NAMES  # type: ignore[arg-type]
+    assert frozenset(gd_value(gd_constant(source, "BODY_TYPES"))) == access.BODY_TYPES  # type: ignore[arg-type]
+    assert gd_value(gd_constant(source, "ANY_HOST")) == access.ANY_HOST
+    api = (ADDON / "rl_api.gd").read_text()
+    handle = api.split("func handle(")[1].split("\nfunc ")[0]
+    assert handle.index("RLAccess.refusal(") < handle.index("_authorized(headers)")  # before the token
+
+
 def test_protocol_constants_match_wire() -> None:
     source = (ADDON / "rl_protocol.gd").read_text()
     fields = tuple(
@@ -153,7 +166,7 @@ def test_route_table_matches_openapi() -> None:
     }
     assert set(routes) == set(documented)
     for route, statuses in routes.items():
-        optional = {401} if route[0] in open_paths else set()
+        optional = GUARD_STATUSES | ({401} if route[0] in open_paths else set())
         assert statuses <= documented[route], f"{route} answers statuses docs/openapi.yaml does not list"
         assert documented[route] - statuses <= optional, f"{route} lacks statuses docs/openapi.yaml lists"
     emitted = {int(s) for s in re.findall(r"_error\((\d{3}),", source)}

@@ -42,6 +42,12 @@ func _init(owner_service: RLService) -> void:
 
 
 func handle(method: String, path: String, headers: Dictionary, body: PackedByteArray) -> Array:
+	var has_body := body.size() > 0 or str(headers.get("content-length", "0")).to_int() > 0
+	var refused := RLAccess.refusal(
+		headers, has_body, service.allowed_hosts, service.allowed_origins
+	)
+	if not refused.is_empty():
+		return _error(refused[0], refused[1])
 	if path not in OPEN_PATHS and not _authorized(headers):
 		var fix := "send the --rl-token value (or SPACETIME_RL_TOKEN)"
 		return _error(401, "missing or wrong 'Authorization: Bearer <token>' header; " + fix)
@@ -399,8 +405,14 @@ func _authorized(headers: Dictionary) -> bool:
 	var token: String = service.token
 	if token.is_empty():
 		return true
-	var expected := ("Bearer " + token).to_utf8_buffer()
-	var given: PackedByteArray = str(headers.get("authorization", "")).to_utf8_buffer()
+	# The token is visible ASCII (rl_service.gd refuses others); headers reach here decoded per
+	# byte, so a non-ASCII byte becomes a code point > 127 and the two can never be equal.
+	var expected := ("Bearer " + token).to_ascii_buffer()
+	var header := str(headers.get("authorization", ""))
+	for i in header.length():
+		if header.unicode_at(i) > 126:
+			return false
+	var given: PackedByteArray = header.to_ascii_buffer()
 	var difference := expected.size() ^ given.size()
 	for i in expected.size():
 		difference |= expected[i] ^ (given[i] if i < given.size() else 0)

@@ -9,6 +9,7 @@ const PROTOCOL_VERSION := 1
 const DEFAULT_HOST := "127.0.0.1"
 const DEFAULT_PORT := 8080
 const DEFAULT_SCENE := "res://scenes/features/vr_locomotion_test.tscn"
+const MAX_AGENTS := 4096
 
 ## [name, size] in wire order; sizes add up to OBSERVATION_SIZE.
 const OBSERVATION_FIELDS := [

@@ -6,7 +6,8 @@ extends Node
 ## `godot --headless --path . -- --rl-port=8080 --rl-agents=16 --rl-scene=res://...`:
 ##   --rl-port=PORT (8080; 0 lets the OS pick), --rl-host=ADDRESS (127.0.0.1), --rl-token=TOKEN
 ##   (or the SPACETIME_RL_TOKEN environment variable), --rl-seed=N, --rl-agents=N,
-##   --rl-action-repeat=N, --rl-scene=res://..., --rl-max-body-bytes=N, --rl-poll-budget-ms=N.
+##   --rl-action-repeat=N, --rl-scene=res://..., --rl-max-body-bytes=N, --rl-poll-budget-ms=N,
+##   --rl-allowed-host=NAME and --rl-allowed-origin=ORIGIN (repeatable), --rl-insecure.
 ## Once it listens (and the --rl-scene is loaded) it prints one line to stdout:
 ## `spacetime-rl listening on http://HOST:PORT`. Release exports serve only when an --rl- flag is
 ## given; debug builds (the editor's Play button) always do.
@@ -18,7 +19,9 @@ const FLAG_PREFIX := "--rl-"
 const INTEGER_FLAGS := [
 	"port", "seed", "agents", "action-repeat", "max-body-bytes", "poll-budget-ms"
 ]
-const TEXT_FLAGS := ["host", "token", "scene"]
+const TEXT_FLAGS := ["host", "token", "scene", "allowed-host", "allowed-origin"]
+## Flags without a value.
+const SWITCH_FLAGS := ["insecure"]
 ## Headless instances keep answering requests for this long per frame: a step then waits for a
 ## round trip, not for the next frame. Windowed runs answer once per frame to keep rendering smooth.
 const HEADLESS_POLL_BUDGET_MS := 10
@@ -33,6 +36,11 @@ var action_repeat := -1
 var seed_value: Variant = null
 var startup_scene := ""
 var poll_budget_ms := 0
+## Host names served besides the loopback ones, and web origins served at all (rl_access.gd).
+var allowed_hosts := PackedStringArray()
+var allowed_origins := PackedStringArray()
+## Listen on a non-loopback --rl-host without a token (anyone on the network can drive the game).
+var insecure := false
 var api: RLApi
 var _server: RLHttpServer
 var _whitelist := PackedStringArray()
@@ -164,6 +172,9 @@ func _parse_flags(args: PackedStringArray) -> String:
 			continue
 		var parts := arg.trim_prefix(FLAG_PREFIX).split("=", true, 1)
 		var flag := parts[0]
+		if flag in SWITCH_FLAGS and parts.size() == 1:
+			insecure = true
+			continue
 		if parts.size() != 2 or parts[1].is_empty():
 			return "%s needs a value: --rl-%s=VALUE" % [arg, flag]
 		var value := parts[1]
@@ -174,12 +185,30 @@ func _parse_flags(args: PackedStringArray) -> String:
 		elif flag in TEXT_FLAGS:
 			_set_text_flag(flag, value)
 		else:
-			var known := ", ".join(INTEGER_FLAGS + TEXT_FLAGS)
+			var known := ", ".join(INTEGER_FLAGS + TEXT_FLAGS + SWITCH_FLAGS)
 			return "unknown flag %s; the --rl- flags are: %s" % [arg, known]
 	if port > 65535:
 		return "--rl-port=%d is not a TCP port (0-65535)" % port
 	if num_agents == 0 or action_repeat == 0 or max_body_bytes == 0:
 		return "--rl-agents, --rl-action-repeat and --rl-max-body-bytes must be at least 1"
+	if num_agents > RLProtocol.MAX_AGENTS:
+		return (
+			"--rl-agents=%d is more than the %d one server runs"
+			% [num_agents, RLProtocol.MAX_AGENTS]
+		)
+	if not token.is_empty() and not RLAccess.is_valid_token(token):
+		return "the token must be 1 to 256 visible ASCII characters (no spaces)"
+	return _listen_problem()
+
+
+## A non-loopback --rl-host needs a token, or --rl-insecure (then a warning).
+func _listen_problem() -> String:
+	if RLAccess.is_loopback(RLAccess.host_name(host)) or not token.is_empty():
+		return ""
+	if not insecure:
+		var fix := "pass --rl-token (or set %s), or --rl-insecure" % TOKEN_VARIABLE
+		return "--rl-host=%s is reachable from other machines without a token; %s" % [host, fix]
+	push_warning("spacetime-rl: serving on %s without a token (--rl-insecure)" % host)
 	return ""
 
 
@@ -207,6 +236,10 @@ func _set_text_flag(flag: String, value: String) -> void:
 			token = value
 		"scene":
 			startup_scene = value
+		"allowed-host":
+			allowed_hosts.append(value.to_lower())
+		"allowed-origin":
+			allowed_origins.append(value)
 
 
 ## Scene paths from WHITELIST_PATH: a JSON list, or {"scenes": [...]}. Missing: nothing loads.
