@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import uuid
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ _Group = TypeVar("_Group")
 
 CHECKPOINT_PREFIX: Final = "vr_nav_model"
 SNAPSHOT_ID: Final = "snapshot_id"  # an attribute of the saved model and statistics, a key of the state
+TEMPORARY_SUFFIX: Final = ".tmp"
+STATS_SUFFIX: Final = "_vecnormalize.pkl"
+STATE_SUFFIX: Final = "_state.json"
+#: `resume=latest`: the newest complete checkpoint of any run under the outputs folder.
+LATEST: Final = "latest"
 BEST_MODEL: Final = Path("best_models") / "best_model.zip"
 RUN_CONFIG: Final = Path(".hydra") / "config.yaml"
 RUN_OVERRIDES: Final = Path(".hydra") / "overrides.yaml"
@@ -47,22 +53,99 @@ def checkpoint_path(directory: Path, timesteps: int) -> Path:
 
 
 def stats_path(model_path: Path) -> Path:
-    return model_path.with_name(f"{model_path.stem}_vecnormalize.pkl")
+    return model_path.with_name(f"{model_path.stem}{STATS_SUFFIX}")
 
 
 def state_path(model_path: Path) -> Path:
-    return model_path.with_name(f"{model_path.stem}_state.json")
+    return model_path.with_name(f"{model_path.stem}{STATE_SUFFIX}")
 
 
 def write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(temporary path)`, then move the result to `path` in one step."""
+    """Call `write(temporary path)`, then move the result to `path` in one step.
+
+    The file is flushed to disk before the move and the directory after it, so a power cut or a
+    SIGKILL leaves the old file or the new one, never a part (a leftover temporary is removed by
+    `clean_stale` at the next start).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}{TEMPORARY_SUFFIX}")
     try:
         write(str(temporary))
+        _fsync(temporary)
         os.replace(temporary, path)
+        _fsync(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def clean_stale(run_dir: Path) -> list[Path]:
+    """Remove what a killed save left in a run directory; return the removed paths.
+
+    That is temporaries (`.NAME.tmp`) and a snapshot's companions whose zip never arrived (the zip
+    is moved into place last, so companions without it belong to a cut save).
+    """
+    removed = []
+    for directory in (run_dir, run_dir / "checkpoints", run_dir / "best_models"):
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            stem = path.name.removesuffix(STATS_SUFFIX).removesuffix(STATE_SUFFIX)
+            temporary = path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIX)
+            orphan = stem != path.name and not (directory / f"{stem}.zip").exists()
+            if path.is_file() and (temporary or orphan):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints with every file of their snapshot on disk, fewest steps first."""
+    found = [
+        path
+        for path in (run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}_*_steps.zip")
+        if stats_path(path).is_file() and state_path(path).is_file() and zipfile.is_zipfile(path)
+    ]
+    return sorted(found, key=_checkpoint_steps)
+
+
+def _checkpoint_steps(path: Path) -> int:
+    steps = path.name.removeprefix(f"{CHECKPOINT_PREFIX}_").removesuffix("_steps.zip")
+    return int(steps) if steps.isdigit() else -1
+
+
+def resolve_resume(value: str, runs_root: Path) -> Path:
+    """The checkpoint `resume=value` names: a checkpoint zip, a run directory (its newest complete
+    checkpoint) or `latest` (the newest complete checkpoint of any run under `runs_root`)."""
+    if value == LATEST:
+        candidates = [p for run in _run_dirs(runs_root) for p in complete_checkpoints(run)]
+        if not candidates:
+            raise ConfigError(
+                f"resume=latest found no complete checkpoint under {runs_root}: give a checkpoint zip "
+                "or a run directory, e.g. resume=outputs/<date>/<time>"
+            )
+        return max(candidates, key=lambda p: p.stat().st_mtime)
+    path = Path(value).expanduser()
+    if path.is_dir():
+        checkpoints = complete_checkpoints(path)
+        if not checkpoints:
+            raise ConfigError(
+                f"resume={value!r} is a directory without a complete checkpoint in checkpoints/: point "
+                f"resume at a run directory that saved one, or at a {CHECKPOINT_PREFIX}_<steps>_steps.zip"
+            )
+        return checkpoints[-1]
+    return path
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    return [config.parent.parent for config in root.rglob(str(RUN_CONFIG))] if root.is_dir() else []
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -108,11 +191,16 @@ def load_state(model_path: Path) -> dict[str, Any]:
     missing = [
         str(p) for p in (model_path, stats_path(model_path), state_path(model_path)) if not p.is_file()
     ]
-    if missing:
-        raise ConfigError(
-            f"resume={str(model_path)!r} is not a complete checkpoint: missing {', '.join(missing)}. "
-            f"Point resume at a {CHECKPOINT_PREFIX}_<steps>_steps.zip written by training"
+    if missing or not zipfile.is_zipfile(model_path):
+        run_dir = model_path.parent.parent
+        newest = complete_checkpoints(run_dir) if (run_dir / "checkpoints").is_dir() else []
+        fix = (
+            f"resume from the newest complete one, resume={newest[-1]}"
+            if newest
+            else f"point resume at a {CHECKPOINT_PREFIX}_<steps>_steps.zip written by training"
         )
+        what = f"missing {', '.join(missing)}" if missing else "the zip is cut short"
+        raise ConfigError(f"resume={str(model_path)!r} is not a complete checkpoint ({what}): {fix}")
     state: dict[str, Any] = json.loads(state_path(model_path).read_text())
     return state
 

@@ -468,7 +468,7 @@ class TrainConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     preset: str = "quick_test"  # set by the chosen conf/preset file, recorded for comparisons
     config_file: str | None = None  # a seed-format JSON config merged over the preset
-    resume: str | None = None  # a checkpoint zip to continue from
+    resume: str | None = None  # a checkpoint zip, a run directory (its newest checkpoint), or latest
     verbose: bool = False
 
     def __post_init__(self) -> None:

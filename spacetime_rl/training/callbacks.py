@@ -214,19 +214,29 @@ class CurriculumCallback(BaseCallback):
 
 
 class CheckpointCallback(_PeriodicCallback):
-    """Every `save_freq` agent-steps write `vr_nav_model_<steps>_steps.zip` and its companions."""
+    """Every `save_freq` agent-steps write `vr_nav_model_<steps>_steps.zip` and its companions.
+
+    Like evaluations, a checkpoint is written once the rollout that crosses the mark has been
+    trained on (at the next rollout's start; train() calls `save_if_due` after the last one), so
+    `<steps>` is what the saved policy has learned from and a resume starts on a rollout boundary.
+    """
 
     def __init__(self, directory: Path, save_freq: int, state: Callable[[], dict[str, Any]]) -> None:
         super().__init__(save_freq)
         self.directory = directory
         self.state = state
 
+    def _on_rollout_start(self) -> None:
+        self.save_if_due()
+
     def _on_step(self) -> bool:
+        return True
+
+    def save_if_due(self) -> None:
         if self._due():
             env = self.model.get_env()
             assert isinstance(env, VecNormalize)
             save_snapshot(self.model, env, checkpoint_path(self.directory, self.num_timesteps), self.state())
-        return True
 
 
 class EpisodeMetricsCallback(BaseCallback):

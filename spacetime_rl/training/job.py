@@ -40,7 +40,9 @@ from torch import nn
 from spacetime_rl.artifacts import (
     check_same_save,
     checkpoint_path,
+    clean_stale,
     load_state,
+    resolve_resume,
     save_snapshot,
     stats_path,
     write_json,
@@ -86,6 +88,8 @@ ACTIVATIONS: Final[dict[str, type[nn.Module]]] = {
     name: getattr(nn, cls) for name, cls in config_activations.items()
 }
 TB_LOG_NAME: Final = "PPO"
+#: Where `resume=latest` looks for runs: Hydra's default run directories (conf/train.yaml).
+RUNS_ROOT: Final = Path("outputs")
 
 
 def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None) -> float:
@@ -104,7 +108,13 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
 
     output_dir = Path(output_dir)
     checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
-    resume = Path(config.resume) if config.resume else None
+    for path in clean_stale(output_dir):
+        log.warning("removed %s, left by a save that was cut short", path)
+    resume = resolve_resume(config.resume, RUNS_ROOT) if config.resume else None
+    if resume is not None:
+        for path in clean_stale(resume.parent.parent):
+            log.warning("removed %s, left by a save that was cut short", path)
+        log.info("resume=%s: continuing from %s", config.resume, resume)
     resume_state = load_state(resume) if resume else {}
     budget = plan_budget(config, int(resume_state.get("num_timesteps", 0)))
     for note in budget.notes:
@@ -164,6 +174,8 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                 "best": record.best,
             }
 
+        stop_on_signal = _StopOnSignal(stop)
+        checkpoint_callback = CheckpointCallback(checkpoint_dir, training.save_freq, snapshot_state)
         curriculum_callback = CurriculumCallback(curriculum, eval_env, task_curricula, verbose=sb3_verbose)
         eval_callback = EvalCallback(evaluator, training.eval_freq, curriculum_callback, on_eval)
         callbacks = CallbackList(
@@ -171,9 +183,9 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                 RolloutThreads(training.rollout_torch_threads),
                 curriculum_callback,
                 EpisodeMetricsCallback(),
-                CheckpointCallback(checkpoint_dir, training.save_freq, snapshot_state),
+                checkpoint_callback,
                 eval_callback,
-                _StopOnSignal(stop),
+                stop_on_signal,
             ]
         )
 
@@ -203,6 +215,8 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                 )
                 raise
         if stop.signum is not None:
+            if stop_on_signal.rollout_start is not None:
+                model.num_timesteps = stop_on_signal.rollout_start
             path = save_checkpoint()
             log.warning(
                 "interrupted by %s at %d steps; saved %s. Continue with resume=%s",
@@ -214,6 +228,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             stack.close()  # stop the servers before exiting
             raise SystemExit(128 + stop.signum)
         if not eval_callback.stopped:  # the policy after the last update, as final_model.zip holds it
+            checkpoint_callback.save_if_due()
             evaluator(model, model.logger)
             model.logger.dump(model.num_timesteps)
         save_snapshot(model, train_env, output_dir / "final_model.zip", snapshot_state())
@@ -238,6 +253,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "held_out": held_out,
             "num_timesteps": model.num_timesteps,
             "requested_timesteps": training.total_timesteps,
+            "resumed_from": str(resume) if resume else None,
             "budget_notes": budget.notes,
             "env_used": env_used,
             "curriculum": curriculum.to_dict() | {"name": curriculum.stage_name},
@@ -363,9 +379,20 @@ def _stop_on_signals() -> Iterator[_SignalFlag]:
 
 
 class _StopOnSignal(BaseCallback):
+    """Stop at the next step once a signal came; remember where the cut rollout began.
+
+    A rollout cut short is never trained on, so the last complete state is the one at its start:
+    the interrupt checkpoint is saved with that step count, and resuming it ends exactly at
+    training.total_timesteps, not a rollout later.
+    """
+
     def __init__(self, flag: _SignalFlag) -> None:
         super().__init__()
         self.flag = flag
+        self.rollout_start: int | None = None
+
+    def _on_rollout_start(self) -> None:
+        self.rollout_start = self.num_timesteps
 
     def _on_step(self) -> bool:
         return self.flag.signum is None

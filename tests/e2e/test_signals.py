@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -61,8 +62,11 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_stop_the_servers(tmp_path: Pat
         assert process.returncode == 128 + sig, stderr
         assert "Traceback" not in stderr
         assert f"interrupted by {sig.name}" in stdout + stderr and "resume=" in stdout + stderr
-        steps = max(int(p.name.split("_")[3]) for p in checkpoints.glob("*_steps.zip"))
-        assert steps > 512  # the interrupt's own checkpoint, beyond the periodic one
+        saved = re.search(r"saved (\S+vr_nav_model_(\d+)_steps\.zip)", stdout + stderr)
+        assert saved, stdout + stderr
+        steps = int(saved.group(2))
+        # the last complete state: a whole number of rollouts (64 steps x 4 agents), not the cut one
+        assert steps >= 512 and steps % 256 == 0
         state = json.loads((checkpoints / f"vr_nav_model_{steps}_steps_state.json").read_text())
         assert state["num_timesteps"] == steps
         assert (checkpoints / f"vr_nav_model_{steps}_steps_vecnormalize.pkl").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,30 @@ def test_seed_json_config_trains_as_is(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["num_timesteps"] == 512
     assert (run_dir / "checkpoints" / "vr_nav_model_256_steps.zip").is_file()
+
+
+def test_resume_a_run_directory_after_a_killed_save(tiny_run: Path, tmp_path: Path) -> None:
+    """What SIGKILL during the 1024-step save leaves: a temporary and companions without their zip."""
+    killed = tmp_path / "killed"
+    shutil.copytree(tiny_run, killed)
+    checkpoints = killed / "checkpoints"
+    for name in ("vr_nav_model_1024_steps_state.json", "vr_nav_model_1024_steps_vecnormalize.pkl"):
+        (checkpoints / name).rename(checkpoints / name.replace("1024", "1536"))
+    (checkpoints / ".vr_nav_model_1536_steps.zip.tmp").write_bytes(b"PK\x03\x04 cut short")
+    (checkpoints / "vr_nav_model_1024_steps.zip").write_bytes(b"PK\x03\x04 cut short too")  # a torn zip
+
+    named = run_train(
+        *TINY, f"resume={checkpoints / 'vr_nav_model_1024_steps.zip'}", f"hydra.run.dir={tmp_path / 'a'}"
+    )
+    assert named.returncode == 1 and "Traceback" not in named.stderr
+    assert f"resume={checkpoints / 'vr_nav_model_512_steps.zip'}" in named.stdout + named.stderr  # the fix
+
+    result = run_train(
+        *TINY, "training.total_timesteps=1536", f"resume={killed}", f"hydra.run.dir={tmp_path / 'b'}"
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == str(checkpoints / "vr_nav_model_512_steps.zip")
+    assert metrics["num_timesteps"] == 1536
+    assert sorted(p.name for p in checkpoints.iterdir() if "1536" in p.name) == []  # the orphans are gone
+    assert not list(checkpoints.glob(".*.tmp"))

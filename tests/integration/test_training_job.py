@@ -69,7 +69,8 @@ def test_train_writes_models_checkpoints_and_metrics(trained):
         and metrics["final"]["time/total_timesteps"] == metrics["num_timesteps"]
     )
     assert metrics["best"]
-    for name in ("final_model", "best_models/best_model", "checkpoints/vr_nav_model_1000_steps"):
+    # save_freq=1000 with rollouts of 256: saved once the crossing rollout has been trained on
+    for name in ("final_model", "best_models/best_model", "checkpoints/vr_nav_model_1024_steps"):
         for suffix in (".zip", "_vecnormalize.pkl", "_state.json"):
             assert (output_dir / f"{name}{suffix}").is_file(), name + suffix
     assert not list(output_dir.rglob("*.tmp"))
@@ -101,23 +102,23 @@ def test_tensorboard_has_reward_terms_eval_and_curriculum(trained):
 
 def test_resume_continues_steps_statistics_and_run_dir(trained, tmp_path):
     output_dir, _ = trained
-    checkpoint = output_dir / "checkpoints" / "vr_nav_model_1000_steps.zip"
-    state = json.loads(checkpoint.with_name("vr_nav_model_1000_steps_state.json").read_text())
-    assert state["num_timesteps"] == 1000 and state["curriculum"]["stage"] == 1
-    with open(checkpoint.with_name("vr_nav_model_1000_steps_vecnormalize.pkl"), "rb") as file:
+    checkpoint = output_dir / "checkpoints" / "vr_nav_model_1024_steps.zip"
+    state = json.loads(checkpoint.with_name("vr_nav_model_1024_steps_state.json").read_text())
+    assert state["num_timesteps"] == 1024 and state["curriculum"]["stage"] == 1
+    with open(checkpoint.with_name("vr_nav_model_1024_steps_vecnormalize.pkl"), "rb") as file:
         count_before = pickle.load(file).obs_rms.count
 
     train(tiny_config(total_timesteps=1500, resume=str(checkpoint)), tmp_path)
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert 1500 <= metrics["num_timesteps"] < 1500 + 256  # the overall target, at most one rollout over
+    assert metrics["num_timesteps"] == 1536  # whole rollouts from the checkpoint's 1024
     with open(tmp_path / "final_model_vecnormalize.pkl", "rb") as file:
         count_after = pickle.load(file).obs_rms.count
-    assert count_after >= count_before + (metrics["num_timesteps"] - 1000)
+    assert count_after >= count_before + (metrics["num_timesteps"] - 1024)
     # The same TensorBoard run continues from the checkpoint's step count.
     (run_dir,) = (output_dir / "tensorboard").iterdir()
     steps = [step for step, _ in scalars(run_dir, "time/fps")]
-    assert steps[-1] == metrics["num_timesteps"] and 1000 < steps[-2] < steps[-1]
+    assert steps[-1] == metrics["num_timesteps"] and 1024 < steps[-2] < steps[-1]
     assert not (tmp_path / "tensorboard").exists()
 
 
