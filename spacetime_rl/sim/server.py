@@ -23,7 +23,8 @@ from aiohttp import web
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.protocol import Events, StepResult, encode_step, wire
-from spacetime_rl.sim.world import GOAL_RADIUS, PLATFORM_HALF_SIZE, StepOutcome, World, ignored_options
+from spacetime_rl.sim.scenarios import PLATFORM_HALF_SIZE
+from spacetime_rl.sim.world import GOAL_RADIUS, StepOutcome, World, ignored_options
 
 __all__ = ["ENGINE", "MAIN_SCENE", "VERSION", "create_app", "load_whitelist", "serve"]
 
