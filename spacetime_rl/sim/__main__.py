@@ -36,7 +36,6 @@ GODOT_FLAGS: Final = {
     "--rl-max-body-bytes": "--max-body-bytes",
 }
 GODOT_ONLY_FLAGS: Final = frozenset({"--rl-poll-budget-ms"})  # accepted, meaningless here
-TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
 PARENT_POLL_SECONDS: Final = 0.5
 
 #: Give the core to another runnable process, if any (`os.sched_yield` where the OS has it).
@@ -74,8 +73,8 @@ def _from_godot(argv: list[str]) -> list[str] | None:
             print(f"error: unknown argument {arg!r}; use {', '.join(GODOT_FLAGS)}=VALUE", file=sys.stderr)
             raise SystemExit(2)
         translated += [GODOT_FLAGS[flag], value]
-    if "--token" not in translated and os.environ.get(TOKEN_VARIABLE):
-        translated += ["--token", os.environ[TOKEN_VARIABLE]]
+    if "--token" not in translated and os.environ.get(wire.TOKEN_VARIABLE):
+        translated += ["--token", os.environ[wire.TOKEN_VARIABLE]]
     return [*translated, "--godot-ready-line"]
 
 
@@ -88,7 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=wire.DEFAULT_HOST, help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=_non_negative, default=wire.DEFAULT_PORT, help="0 picks a free port")
-    parser.add_argument("--agents", type=_positive, default=16, help="agents in the RL scene (default 16)")
+    parser.add_argument(
+        "--agents",
+        type=_positive,
+        default=wire.DEFAULT_AGENTS,
+        help="agents in the RL scene (default %(default)s)",
+    )
     parser.add_argument(
         "--token", default=None, help="require 'Authorization: Bearer TOKEN' (except /health)"
     )

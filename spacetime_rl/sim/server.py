@@ -456,7 +456,7 @@ def _middlewares(token: str | None, max_body_bytes: int) -> list[Any]:
 
 def create_app(
     *,
-    num_agents: int = 16,
+    num_agents: int = wire.DEFAULT_AGENTS,
     token: str | None = None,
     whitelist: Iterable[str] | None = None,
     scene: str | None = None,

@@ -117,9 +117,10 @@ def test_protocol_constants_match_wire() -> None:
     assert gd_value(gd_constant(source, "DEFAULT_MAX_ROTATION_SPEED")) == rotation
 
 
-def test_ready_line_is_the_one_the_launcher_reads() -> None:
-    ready_line = gd_value(gd_constant((ADDON / "rl_service.gd").read_text(), "READY_LINE"))
-    assert ready_line == wire.GODOT_READY_PREFIX + "http://%s:%d"
+def test_ready_line_and_token_variable_are_the_ones_the_launcher_uses() -> None:
+    source = (ADDON / "rl_service.gd").read_text()
+    assert gd_value(gd_constant(source, "READY_LINE")) == wire.GODOT_READY_PREFIX + "http://%s:%d"
+    assert gd_value(gd_constant(source, "TOKEN_VARIABLE")) == wire.TOKEN_VARIABLE
 
 
 @pytest.mark.parametrize("script", ["rl_agent.gd", "rl_environment.gd"])
