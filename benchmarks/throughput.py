@@ -22,8 +22,8 @@ import numpy as np
 
 from benchmarks.godot_rl_peer import FramedJSONClient
 from spacetime_rl.config import BUSY_POLL_SECONDS, EnvConfig
-from spacetime_rl.envs import launch_servers
 from spacetime_rl.godot import GodotClient
+from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.protocol import wire
 from spacetime_rl.sim.world import World
 

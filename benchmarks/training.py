@@ -23,7 +23,8 @@ from stable_baselines3.common.vec_env import VecNormalize
 from benchmarks.inprocess import InProcessTransport
 from benchmarks.memory import ROOT, run_sampled
 from spacetime_rl.config import TrainConfig, compose_train_config
-from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
+from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.training.callbacks import RolloutThreads
 from spacetime_rl.training.job import _new_model
 

@@ -63,10 +63,10 @@ class EnvConfig:
     token: str | None = None
     scene: str = wire.DEFAULT_SCENE
     num_environments: int = 1  # servers stepped concurrently
-    agents_per_environment: int = 16
+    agents_per_environment: int = wire.DEFAULT_AGENTS
     max_episode_steps: int = 200  # client-side time limit, in actions
-    connect_timeout: float = 10.0  # seconds to reach a server before giving up
-    request_timeout: float = 30.0
+    connect_timeout: float = wire.DEFAULT_CONNECT_TIMEOUT  # seconds to reach a server before giving up
+    request_timeout: float = wire.DEFAULT_REQUEST_TIMEOUT
     binary_step: bool = True  # ask /rl/step for the binary body (docs/protocol.md); JSON if unsupported
     # Spin instead of sleeping while a /rl/step answer (client) or the next request (launched
     # simulators) is due; auto: simulators always, the client when servers + trainer fit the cores

@@ -82,7 +82,6 @@ class RewardCalculator:
         self, config: RewardConfig | Sequence[RewardConfig], num_agents: int, max_speed: float
     ) -> None:
         configs = [config] if isinstance(config, RewardConfig) else list(config)
-        self.config = configs[0]
         #: term -> (tasks,) weights; indexed by `task` each step, so every agent has its own weights.
         self.weights = {name: np.array([getattr(c, name) for c in configs]) for name in REWARD_TERMS}
         self.task = np.zeros(num_agents, dtype=np.int64)

@@ -6,16 +6,13 @@ Importing this package registers `SpaceTime/VRNavigation-v0` with Gymnasium.
 import gymnasium as gym
 
 from spacetime_rl.envs.gym_env import ENV_ID, SpaceTimeEnv
-from spacetime_rl.envs.servers import ServerPool, launch_servers
 from spacetime_rl.envs.vec_env import AgentTransport, SpaceTimeVecEnv, make_clients
 
 __all__ = [
     "ENV_ID",
     "AgentTransport",
-    "ServerPool",
     "SpaceTimeEnv",
     "SpaceTimeVecEnv",
-    "launch_servers",
     "make_clients",
 ]
 

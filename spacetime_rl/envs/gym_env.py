@@ -16,9 +16,9 @@ import numpy as np
 from spacetime_rl.config import EnvConfig, RewardConfig
 from spacetime_rl.envs.episodes import EpisodeTracker
 from spacetime_rl.envs.preprocessing import preprocess_observations
-from spacetime_rl.envs.servers import ServerPool
 from spacetime_rl.envs.vec_env import action_space, make_clients, observation_space, reset_options
 from spacetime_rl.errors import ConfigError
+from spacetime_rl.godot.launcher import ServerPool
 
 __all__ = ["ENV_ID", "SpaceTimeEnv"]
 

@@ -7,10 +7,11 @@ concurrently on an event loop the VecEnv owns. Finished agents are reset by the 
 (the curriculum), are reset with one batched `/rl/reset` per server.
 
 A server that faults (unreachable, timed out, an error status, an answer breaking the protocol) is
-handed to the `recover` callback, which restarts it or waits for it (`servers.ServerPool.recovery`)
-and returns a new transport; its agents' episodes are then truncated, with the last good
-observation as `terminal_observation`, and every agent starts afresh. Nothing from the faulty
-answer reaches the policy. Without `recover`, or once it gives up, the error propagates.
+handed to the `recover` callback, which restarts it or waits for it
+(`godot.launcher.ServerPool.recovery`) and returns a new transport; its agents' episodes are then
+truncated, with the last good observation as `terminal_observation`, and every agent starts afresh.
+Nothing from the faulty answer reaches the policy. Without `recover`, or once it gives up, the error
+propagates.
 """
 
 from __future__ import annotations

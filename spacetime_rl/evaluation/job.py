@@ -24,13 +24,14 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from spacetime_rl.artifacts import ModelSource, check_same_save, resolve_model, write_json
-from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.evaluation.config import EvaluateConfig, to_evaluate_config
 from spacetime_rl.evaluation.plots import plot_episodes
 from spacetime_rl.evaluation.policies import heuristic_policy, random_policy, trained_policy
 from spacetime_rl.evaluation.settings import apply_run_config
 from spacetime_rl.evaluation.trajectories import RecordingTransport, attach_paths
+from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.metrics import (
     METRICS,
     Act,

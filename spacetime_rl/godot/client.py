@@ -53,8 +53,8 @@ _BINARY_STEP_HEADERS: Final = {
 class Timeouts:
     """Seconds. `connect` bounds reaching the server, `request` a whole call including the answer."""
 
-    connect: float = 5.0
-    request: float = 30.0
+    connect: float = wire.DEFAULT_CONNECT_TIMEOUT
+    request: float = wire.DEFAULT_REQUEST_TIMEOUT
 
     def __post_init__(self) -> None:
         for key in ("connect", "request"):

@@ -16,6 +16,13 @@ PROTOCOL_VERSION: Final = 1
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
 DEFAULT_SCENE: Final = "res://scenes/features/vr_locomotion_test.tscn"
+DEFAULT_AGENTS: Final = 16  # agents in the RL scene: the simulator's and env.agents_per_environment's default
+#: Seconds a client waits to reach a server, and for a whole call including the answer.
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+DEFAULT_REQUEST_TIMEOUT: Final = 30.0
+#: The environment variable a server reads its token from (the Godot addon's rl_service.gd
+#: TOKEN_VARIABLE): a launcher sets it there, where `ps` does not show it.
+TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
 #: Most agents one server runs: a scene load allocates per agent, so a typo must not hang it.
 MAX_AGENTS: Final = 4096
 

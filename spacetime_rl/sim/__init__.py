@@ -1,6 +1,7 @@
 """The embedded simulator: a stand-in for Godot's `vr_locomotion_test` scene serving protocol v1.
 
-`world` is the physics (pure NumPy, no I/O); `server` is its aiohttp app; `python -m
+`world` is the physics (pure NumPy, no I/O) over `collisions` (players against obstacles) and
+`layouts` (arenas drawn per reset, with `scenarios`); `server` is its aiohttp app; `python -m
 spacetime_rl.sim` runs it. It knows only `spacetime_rl.protocol` and `spacetime_rl.errors`.
 """
 

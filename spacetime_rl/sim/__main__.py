@@ -43,7 +43,6 @@ GODOT_FLAGS: Final = {
 #: Godot addon switches (no value) -> this module's.
 GODOT_SWITCHES: Final = {"--rl-insecure": "--insecure"}
 GODOT_ONLY_FLAGS: Final = frozenset({"--rl-poll-budget-ms"})  # accepted, meaningless here
-TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
 PARENT_POLL_SECONDS: Final = 0.5
 
 #: Give the core to another runnable process, if any (`os.sched_yield` where the OS has it).
@@ -106,13 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--agents",
         type=_agent_count,
-        default=16,
-        help=f"agents in the RL scene (default 16, at most {wire.MAX_AGENTS})",
+        default=wire.DEFAULT_AGENTS,
+        help=f"agents in the RL scene (default %(default)s, at most {wire.MAX_AGENTS})",
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get(TOKEN_VARIABLE) or None,
-        help=f"require 'Authorization: Bearer TOKEN' (except /health); default ${TOKEN_VARIABLE}, which "
+        default=os.environ.get(wire.TOKEN_VARIABLE) or None,
+        help=f"require 'Authorization: Bearer TOKEN' (except /health); default ${wire.TOKEN_VARIABLE}, which "
         "keeps it out of the process list",
     )
     parser.add_argument(
@@ -223,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.insecure:
             print(
                 f"error: --host {args.host} is reachable from other machines, and without a token anyone "
-                f"there can drive the simulator: pass --token (or set {TOKEN_VARIABLE}), or --insecure "
+                f"there can drive the simulator: pass --token (or set {wire.TOKEN_VARIABLE}), or --insecure "
                 "if the network is yours alone",
                 file=sys.stderr,
             )

@@ -23,7 +23,8 @@ from aiohttp import hdrs, web
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.protocol import Events, StepResult, access, encode_step, wire
-from spacetime_rl.sim.world import GOAL_RADIUS, PLATFORM_HALF_SIZE, StepOutcome, World, ignored_options
+from spacetime_rl.sim.scenarios import PLATFORM_HALF_SIZE
+from spacetime_rl.sim.world import GOAL_RADIUS, StepOutcome, World, ignored_options
 
 __all__ = ["ENGINE", "MAIN_SCENE", "VERSION", "create_app", "load_whitelist", "serve"]
 
@@ -480,7 +481,7 @@ def _middlewares(
 
 def create_app(
     *,
-    num_agents: int = 16,
+    num_agents: int = wire.DEFAULT_AGENTS,
     token: str | None = None,
     whitelist: Iterable[str] | None = None,
     scene: str | None = None,

@@ -6,8 +6,10 @@ only over the `action_repeat` physics frames, never over agents.
 Frames and units follow Godot (see `spacetime_rl.protocol.wire`): +Y up, -Z forward, metres, seconds,
 radians. The horizontal plane is stored as complex numbers `x + 1j*z`, so a heading is the unit
 complex `u = exp(-1j*yaw)`: the player's right is `u`, forward is `-1j*u`, and turning right
-(clockwise seen from above) by `a` radians multiplies `u` by `exp(1j*a)`. See `docs/simulator.md`
-for the arena, the sensors and every constant below.
+(clockwise seen from above) by `a` radians multiplies `u` by `exp(1j*a)`. Arenas are drawn by
+`layouts.py` (the other scenarios' generators are `scenarios.py`); distances, rays and contacts
+against obstacles are `collisions.py`. See `docs/simulator.md` for the arena, the sensors and every
+constant.
 """
 
 from __future__ import annotations
@@ -22,30 +24,34 @@ import numpy as np
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.protocol import wire
-from spacetime_rl.sim import scenarios
-from spacetime_rl.sim.scenarios import MAX_BOXES, MAX_PILLARS, MAX_PITS, PLATFORM_HALF_SIZE
+from spacetime_rl.sim import layouts
+from spacetime_rl.sim.collisions import (
+    BOX_COLUMNS,
+    CONTACT_SLOP,
+    PILLAR_COLUMNS,
+    PIT_COLUMNS,
+    PLAYER_RADIUS,
+    SOLID_COLUMNS,
+    Neighbourhood,
+    gaps,
+    obstacle_table,
+    ray_distances,
+)
+from spacetime_rl.sim.scenarios import MAX_BOXES, MAX_PILLARS, MAX_PITS, UNUSED
 
 __all__ = ["Layout", "StepOutcome", "World", "ignored_options"]
 
-# --- arena -------------------------------------------------------------------------------------
-NUM_BOXES: Final = 10  # axis-aligned boxes per open-field arena, 2.5 m tall
-NUM_PILLARS: Final = 10  # round pillars per open-field arena, 2.5 m tall
-NUM_PITS: Final = 4  # rectangular holes in the floor per open-field arena
-BOX_HALF_EXTENT: Final = (0.25, 1.5)  # m, range of each half side
-PILLAR_RADIUS: Final = (0.15, 0.5)  # m
-PIT_HALF_EXTENT: Final = (0.75, 2.0)  # m
+# --- goal --------------------------------------------------------------------------------------
 DEFAULT_GOAL_DISTANCE: Final = (3.0, 15.0)  # m, used while the options leave them unset
 MAX_GOAL_DISTANCE: Final = 40.0  # m; far enough for 30 m curricula, close enough to fit the platform
 GOAL_RADIUS: Final = 0.6  # m, horizontal distance at which the goal counts as reached
 
 # --- player ------------------------------------------------------------------------------------
-PLAYER_RADIUS: Final = 0.3  # m, capsule radius
 EYE_HEIGHT: Final = 1.7  # m above the XR origin (the floor under the player)
 RAY_HEIGHT: Final = 1.2  # m, chest height the sensor rays are cast at
 MAX_ACCELERATION: Final = 8.0  # m/s^2: 0 -> 2 m/s in 0.25 s, so jerky commands show as acceleration
 MAX_SPEED_LIMIT: Final = 10.0  # m/s; keeps a frame's move (0.11 m) well under PLAYER_RADIUS
 MAX_ROTATION_SPEED_LIMIT: Final = 720.0  # deg/s
-CONTACT_SLOP: Final = 1e-3  # m; within PLAYER_RADIUS + slop of an obstacle counts as touching it
 SNAP_THRESHOLD: Final = 0.5  # |r| above which snap turning turns
 SNAP_COOLDOWN_FRAMES: Final = 27  # 0.3 s at 90 Hz between snaps while the stick stays deflected
 DEFAULT_SNAP_ANGLE: Final = 45.0  # deg
@@ -61,28 +67,7 @@ HAND_SWING: Final = 0.08  # m of fore-aft hand swing at full walking speed
 LEFT_HAND_OFFSET: Final = (-0.2, 1.1, -0.35)
 RIGHT_HAND_OFFSET: Final = (0.2, 1.1, -0.35)
 
-# --- layout sampling ---------------------------------------------------------------------------
-GRID_CELL: Final = 1.0  # m, cell of the reachability grid
-PIT_MARGIN: Final = 0.1  # m kept between walkable grid cells and pit edges
-MAX_LAYOUT_ATTEMPTS: Final = 16  # then fall back to an empty arena (never needed in practice)
-CANDIDATES: Final = 64  # start/goal pairs tried per layout attempt
-
 DT: Final = 1.0 / wire.PHYSICS_HZ
-_SENTINEL: Final = scenarios.UNUSED  # where unused obstacle slots live: far from everything, never near
-_BORDER_WIDTH: Final = 100.0  # m; the void around the platform is four wide "pits"
-# Obstacle columns of the (N, K) layout arrays. A pillar is a zero-size rectangle with a radius, so
-# one "distance to the nearest point, minus the radius" covers every kind.
-_BOXES: Final = slice(0, MAX_BOXES)
-_PILLARS: Final = slice(MAX_BOXES, MAX_BOXES + MAX_PILLARS)
-_SOLIDS: Final = slice(0, MAX_BOXES + MAX_PILLARS)
-_PITS: Final = slice(_SOLIDS.stop, _SOLIDS.stop + MAX_PITS)
-_DROPS: Final = slice(_SOLIDS.stop, None)  # pits, then the four border "pits" around the platform
-_NUM_OBSTACLES: Final = _PITS.stop + 4
-_GRID_SIZE: Final = int(2 * PLATFORM_HALF_SIZE / GRID_CELL)
-_RAY_ROTATIONS: Final = -1j * np.exp(1j * np.arange(wire.NUM_RAYS) * (2 * np.pi / wire.NUM_RAYS))
-_IS_RECT: Final = np.ones(_NUM_OBSTACLES, bool)
-_IS_RECT[_PILLARS] = False
-_RECT_COLUMNS: Final = np.flatnonzero(_IS_RECT)
 # Observation fields that are a horizontal vector (complex x + 1j*z) and a height (y), in the order
 # _observations stacks them; each one's x, y, z columns are consecutive from wire.OBS.
 _PLANAR_FIELDS: Final = (
@@ -193,22 +178,10 @@ class World:
         self._snap_angle = np.full(n, math.radians(DEFAULT_SNAP_ANGLE))
         self._scenario = np.zeros(n, np.int64)  # index into wire.SCENARIOS
 
-        # layout, one column per obstacle (see _BOXES...): rectangle x0, z0, x1, z1 planes and a
-        # radius; unused slots hold the sentinel
-        self._rects = np.full((4, n, _NUM_OBSTACLES), _SENTINEL)
-        self._radius = np.zeros((n, _NUM_OBSTACLES))
-        half, far = PLATFORM_HALF_SIZE, PLATFORM_HALF_SIZE + _BORDER_WIDTH
-        border = np.array(
-            [
-                [-far, -far, -half, far],
-                [half, -far, far, far],
-                [-far, -far, far, -half],
-                [-far, half, far, far],
-            ]
-        )
-        self._rects[..., _PITS.stop :] = border.T[:, None]
+        # layout: the obstacle table (collisions.py), one column per obstacle slot
+        self._rects, self._radius = obstacle_table(n)
         self._goal = np.zeros(n, complex)
-        self._gap = np.zeros((n, _NUM_OBSTACLES))  # _gaps() as of the last observation
+        self._gap = np.zeros_like(self._radius)  # collisions.gaps() as of the last observation
 
         # player state
         self._pos = np.zeros(n, complex)
@@ -222,7 +195,7 @@ class World:
         self._roll_rate = np.zeros(n)
         self._pitch_rate = np.zeros(n)
         self._cooldown = np.zeros(n, np.int64)  # frames until the next snap turn is allowed
-        self._contact = np.zeros((n, _SOLIDS.stop), bool)
+        self._contact = np.zeros((n, SOLID_COLUMNS.stop), bool)
         self._done = np.zeros(n, bool)
         self._events = self._no_events()
         self._obs = np.zeros((n, wire.OBSERVATION_SIZE), np.float32)
@@ -314,7 +287,11 @@ class World:
         # per-frame tests; they are chosen once here, with the farthest an agent can move.
         reach = self._max_speed * (self.action_repeat * DT) + CONTACT_SLOP
         near = (self._gap <= (PLAYER_RADIUS + reach)[:, None]) & active[:, None]
-        sub = _Neighbourhood(self, near) if np.count_nonzero(near) else None
+        sub = None
+        if np.count_nonzero(near):
+            # a player moves at most max(max_speed, its speed now) * DT per frame
+            per_frame = np.maximum(self._max_speed, np.abs(self._vel)) * DT
+            sub = Neighbourhood(near, self._rects, self._radius, self._contact, self._gap, per_frame)
         goal_idx = np.flatnonzero((np.abs(self._pos - self._goal) < GOAL_RADIUS + reach) & active)
 
         pos, vel, u = self._pos, self._vel, self._u
@@ -378,11 +355,12 @@ class World:
         """The arena of one agent (unused obstacle slots left out)."""
         i = int(self._agent_indices([agent])[0])
         rects = self._rects[:, i].T
-        used = rects[:, 0] < _SENTINEL
-        boxes, pits = rects[_BOXES][used[_BOXES]], rects[_PITS][used[_PITS]]
-        pillars = np.stack([rects[_PILLARS, 0], rects[_PILLARS, 1], self._radius[i, _PILLARS]], axis=1)
+        used = rects[:, 0] < UNUSED
+        boxes, pits = rects[BOX_COLUMNS][used[BOX_COLUMNS]], rects[PIT_COLUMNS][used[PIT_COLUMNS]]
+        pillar = PILLAR_COLUMNS
+        pillars = np.stack([rects[pillar, 0], rects[pillar, 1], self._radius[i, pillar]], axis=1)
         goal = np.array([self._goal[i].real, self._goal[i].imag])
-        return Layout(boxes, pillars[used[_PILLARS]], pits, goal)
+        return Layout(boxes, pillars[used[pillar]], pits, goal)
 
     def position(self, agent: int) -> tuple[float, float, float]:
         """(x, z, yaw) of one agent's XR origin: metres and radians (yaw 0 faces -Z)."""
@@ -521,50 +499,28 @@ class World:
     def _sample_episodes(self, idx: np.ndarray) -> None:
         """Draw a layout, a start and a reachable goal for each agent in `idx` from its own RNG."""
         low, high = self._goal_range(idx)
-        pending = np.arange(idx.size)
-        yaw = np.zeros(idx.size)
-        for _ in range(MAX_LAYOUT_ATTEMPTS):
-            if not pending.size:
-                break
-            solved = np.zeros(pending.size, bool)
-            for scenario in np.unique(self._scenario[idx[pending]]):  # one batch per scenario
-                rows = np.flatnonzero(self._scenario[idx[pending]] == scenario)
-                batch = pending[rows]
-                generator = _GENERATORS[wire.SCENARIOS[scenario]]
-                draws = np.stack([self._rngs[i].random(generator.draws) for i in idx[batch]])
-                ok, sample = _pick_reachable(generator.generate(draws, low[batch], high[batch]))
-                for j, agent_row in zip(np.flatnonzero(ok), batch[ok], strict=True):
-                    self._store_arena(int(idx[agent_row]), sample, int(j))
-                yaw[batch[ok]] = sample["yaw"][ok]
-                solved[rows] = ok
-            pending = pending[~solved]
-        for agent_row in pending:  # fallback: an empty arena, start and goal along the diagonal
-            i = int(idx[agent_row])
-            start = -(PLATFORM_HALF_SIZE - 2.0) * (1 + 1j)
-            goal = start + float(low[agent_row] + high[agent_row]) / 2 * (1 + 1j) / math.sqrt(2)
-            self.set_layout(i, goal=(goal.real, goal.imag))
-            self._pos[i] = start
+        arenas = layouts.draw_arenas([self._rngs[i] for i in idx], self._scenario[idx], low, high)
+        for i, arena in zip(idx.tolist(), arenas, strict=True):
+            pillars = arena.pillars
+            centres = np.concatenate([pillars[:, :2], pillars[:, :2]], axis=1)
+            self._store_obstacles(i, arena.boxes, centres, pillars[:, 2], arena.pits)
+            self._pos[i] = arena.start
+            self._goal[i] = arena.goal
+        yaw = np.array([arena.yaw for arena in arenas], dtype=float)
         self._yaw[idx] = yaw
         self._u[idx] = np.exp(-1j * yaw)
         self._vel[idx] = 0.0
         self._restart(idx)
 
-    def _store_arena(self, i: int, sample: dict[str, np.ndarray], j: int) -> None:
-        pillars = sample["pillars"][j]
-        centres = np.concatenate([pillars[:, :2], pillars[:, :2]], axis=1)
-        self._store_obstacles(i, sample["boxes"][j], centres, pillars[:, 2], sample["pits"][j])
-        self._pos[i] = sample["start"][j]
-        self._goal[i] = sample["goal"][j]
-
     def _store_obstacles(
         self, i: int, boxes: np.ndarray, pillar_rects: np.ndarray, radii: np.ndarray, pits: np.ndarray
     ) -> None:
         """Write one arena's obstacles (rows of x0, z0, x1, z1) into agent `i`'s columns."""
-        self._rects[:, i, : _PITS.stop] = _SENTINEL
-        for slots, rows in ((_BOXES, boxes), (_PILLARS, pillar_rects), (_PITS, pits)):
+        self._rects[:, i, : PIT_COLUMNS.stop] = UNUSED
+        for slots, rows in ((BOX_COLUMNS, boxes), (PILLAR_COLUMNS, pillar_rects), (PIT_COLUMNS, pits)):
             self._rects[:, i, slots.start : slots.start + len(rows)] = rows.T
-        self._radius[i, _PILLARS] = 0.0
-        self._radius[i, _PILLARS.start : _PILLARS.start + len(radii)] = radii
+        self._radius[i, PILLAR_COLUMNS] = 0.0
+        self._radius[i, PILLAR_COLUMNS.start : PILLAR_COLUMNS.start + len(radii)] = radii
 
     def _restart(self, idx: np.ndarray) -> None:
         """Clear the episode state of `idx` (pose and layout kept) and refresh their observations."""
@@ -583,12 +539,6 @@ class World:
         for array in self._events:
             array[idx] = 0
         self._obs[idx] = self._observations(idx)
-
-    def _gaps(self, sel: _Selection = _ALL) -> np.ndarray:
-        """(k, K) horizontal distance from each player's centre to each obstacle (0 inside one)."""
-        offset = _offsets(_xz(self._pos[sel])[..., None], self._rects[:, sel])
-        distance = np.sqrt(_dot(offset, offset))
-        return np.maximum(distance - self._radius[sel], 0.0)
 
     def _finish_action(self, vel_start: np.ndarray, yaw_rate: np.ndarray, active: np.ndarray) -> None:
         """Per-action bookkeeping: exact heading, walking phase, low-passed roll and pitch."""
@@ -653,271 +603,8 @@ class World:
         obs[:, _PLANAR_X + 1] = height.T
         obs[:, _PLANAR_X + 2] = planar.imag.T
         obs[:, wire.OBS["camera_rotation"]] = rotation.T
-        obs[:, wire.OBS["ray_distances"]] = self._ray_distances(sel)
+        rects, radius = self._rects[:, sel], self._radius[sel]
+        gap = self._gap[sel] = gaps(pos, rects, radius)  # kept: the next step starts from these positions
+        obs[:, wire.OBS["ray_distances"]] = ray_distances(pos, u, rects, radius, gap)
         obs[:, wire.OBS["goal_distance"]] = distance[:, None]
         return obs
-
-    def _ray_distances(self, sel: _Selection = _ALL) -> np.ndarray:
-        """(k, 16) distance along each horizontal ray to the first obstacle surface or drop-off edge.
-
-        A ray ends where it enters a box, pillar, pit or the void beyond the platform; rays start at
-        the player's centre (so touching a wall reads PLAYER_RADIUS) and read RAY_RANGE on a miss.
-        Only the (agent, obstacle) pairs closer than RAY_RANGE are traced.
-        """
-        pos, rects, radius = self._pos[sel], self._rects[:, sel], self._radius[sel]
-        out = np.full((len(pos), wire.NUM_RAYS), wire.RAY_RANGE)
-        gap = self._gap[sel] = self._gaps(sel)  # kept: the next step starts from these positions
-        near = gap <= wire.RAY_RANGE
-        if not np.count_nonzero(near):
-            return out
-        # Directions once per agent, not per pair; rectangles and circles are gathered separately
-        # so no pair array is masked or scattered. Arrays run (x and z, ray, pair): each formula is
-        # one NumPy call for both axes, over rows as long as the number of pairs.
-        d = self._u[sel] * _RAY_ROTATIONS[:, None]  # (16, k) unit directions
-        direction = np.array([d.real, d.imag])
-        origin = _xz(pos)
-        agent, column = np.nonzero(near[:, _RECT_COLUMNS])
-        if agent.size:  # slab test against the rectangle
-            step = np.where(np.abs(direction) < 1e-12, 1e-12, direction)[..., agent]
-            corners = rects[:, agent, _RECT_COLUMNS[column]].reshape(2, 2, -1) - origin[:, agent]
-            t = corners[:, :, None] / step  # (corner, axis, ray, pair)
-            first, last = np.minimum(t[0], t[1]), np.maximum(t[0], t[1])
-            enter = np.maximum(np.maximum(first[0], first[1]), 0.0)
-            leave = np.minimum(last[0], last[1])
-            _nearest_per_agent(out, agent, np.where(enter <= leave, enter, np.inf))
-        agent, column = np.nonzero(near[:, _PILLARS])
-        if agent.size:  # ray against the pillar's circle
-            k = column + _PILLARS.start
-            offset = rects[:2, agent, k] - origin[:, agent]  # (axis, pair) to the centre
-            b = _dot(direction[..., agent], offset[:, None])  # along the ray to the closest approach
-            disc = b * b - (_dot(offset, offset) - radius[agent, k] ** 2)
-            root = np.sqrt(np.maximum(disc, 0.0))
-            t = np.where((disc >= 0) & (b + root >= 0), np.maximum(b - root, 0.0), np.inf)
-            _nearest_per_agent(out, agent, t)
-        return out
-
-
-def _xz(points: np.ndarray) -> np.ndarray:
-    """(2, k) x and z rows of the complex `points` (k,)."""
-    return np.array([points.real, points.imag])
-
-
-def _offsets(xz: np.ndarray, rects: np.ndarray) -> np.ndarray:
-    """x, z from the nearest point of each rectangle (x0, z0, x1, z1 first) to the point `xz`."""
-    return xz - np.minimum(np.maximum(xz, rects[:2]), rects[2:])
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dot products of vectors whose x and z lie along the first axis."""
-    products = a * b
-    return products[0] + products[1]
-
-
-def _nearest_per_agent(out: np.ndarray, agent: np.ndarray, t: np.ndarray) -> None:
-    """out[a, r] = min(out[a, r], t[r, p] of every pair p that belongs to agent a)."""
-    # on flat indices: NumPy's fast path for ufunc.at is one-dimensional
-    rays = out.shape[1]
-    np.minimum.at(out.reshape(-1), (np.arange(rays)[:, None] + agent * rays).ravel(), t.ravel())
-
-
-class _Neighbourhood:
-    """The (agent, obstacle) pairs that can touch during an action, gathered once for per-frame tests.
-
-    Any other obstacle stays farther than PLAYER_RADIUS + CONTACT_SLOP from its agent all action, so
-    it can neither touch nor push it. Solid pairs come first, then drop pairs; each kind is sorted.
-    """
-
-    def __init__(self, world: World, near: np.ndarray):
-        self.solid_agent, self.solid = np.nonzero(near[:, _SOLIDS])
-        drop_agent, drop = np.nonzero(near[:, _DROPS])
-        self.agent = np.concatenate([self.solid_agent, drop_agent])
-        column = np.concatenate([self.solid, drop + _DROPS.start])
-        self.rects = world._rects[:, self.agent, column]
-        self.radius = world._radius[self.solid_agent, self.solid]
-        self.contact = world._contact[self.solid_agent, self.solid]
-        self.new_contacts = np.zeros(self.solid.size, np.int64)  # rising edges of contact so far
-        self.pushed = np.unique(self.solid_agent)  # the agents a solid can push
-        self.row = np.searchsorted(self.pushed, self.solid_agent)
-        # The first frames, before any pair can touch or reach its drop, need no tests: a player
-        # moves at most max(max_speed, its speed now) * DT per frame (1e-9 m covers rounding).
-        room = world._gap[self.agent, column] - 1e-9
-        room[: self.solid.size] -= PLAYER_RADIUS + CONTACT_SLOP
-        per_frame = np.maximum(world._max_speed, np.abs(world._vel))[self.agent] * DT
-        self.quiet_frames = max(math.ceil(np.min(room / np.maximum(per_frame, 1e-9))) - 1, 0)
-
-    def collide(self, pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
-        """Push the players out of solids, slide their velocity and count new contacts; returns the
-        agents whose centre is over a drop (inside a pit or the void, edge included)."""
-        offset = _offsets(_xz(pos[self.agent]), self.rects)
-        d2 = _dot(offset, offset)
-        solids = self.solid.size
-        gap = np.sqrt(d2[:solids]) - self.radius
-        contact = gap < PLAYER_RADIUS + CONTACT_SLOP
-        self.new_contacts += contact > self.contact
-        self.contact = contact
-        hit = gap < PLAYER_RADIUS
-        if np.count_nonzero(hit):
-            self._push_out(pos, vel, offset[:, :solids], gap, hit)
-        over_drop = d2[solids:] == 0.0
-        if np.count_nonzero(over_drop):
-            return np.unique(self.agent[solids:][over_drop])
-        return self.agent[:0]
-
-    def _push_out(
-        self, pos: np.ndarray, vel: np.ndarray, offset: np.ndarray, gap: np.ndarray, hit: np.ndarray
-    ) -> None:
-        """Push out along each obstacle's outward normal by the penetration depth, then slide.
-
-        Each agent's sums run over a row of all its solids, zeros included, so they add up in one
-        fixed order whichever pairs are near.
-        """
-        outward = offset[0] + 1j * offset[1]
-        centre_gap = gap + self.radius
-        normal = np.divide(outward, centre_gap, out=np.zeros_like(outward), where=centre_gap > 0)
-        inward = np.minimum((normal.conjugate() * vel[self.solid_agent]).real, 0.0) * hit
-        push, slide = np.zeros((2, self.pushed.size, _SOLIDS.stop), complex)
-        push[self.row, self.solid] = normal * np.where(hit, PLAYER_RADIUS - gap, 0.0)
-        slide[self.row, self.solid] = inward * normal
-        pos[self.pushed] += push.sum(1)
-        vel[self.pushed] -= slide.sum(1)
-
-
-def _draw_layout_slices() -> tuple[dict[str, slice], int]:
-    sizes = {
-        "boxes": NUM_BOXES * 4,
-        "pillars": NUM_PILLARS * 3,
-        "pits": NUM_PITS * 4,
-        "start": CANDIDATES * 2,
-        "jitter": CANDIDATES * 2,
-        "distance": CANDIDATES,
-        "angle": CANDIDATES,
-        "yaw": 1,
-    }
-    slices, start = {}, 0
-    for name, size in sizes.items():
-        slices[name] = slice(start, start + size)
-        start += size
-    return slices, start
-
-
-_DRAW, _DRAWS_PER_ATTEMPT = _draw_layout_slices()
-
-
-def _rects(centre_x: np.ndarray, centre_z: np.ndarray, half_x: np.ndarray, half_z: np.ndarray) -> np.ndarray:
-    return np.stack([centre_x - half_x, centre_z - half_z, centre_x + half_x, centre_z + half_z], axis=-1)
-
-
-def _uniform(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
-    return bounds[0] + u * (bounds[1] - bounds[0])
-
-
-def _open_field(draws: np.ndarray, low: np.ndarray, high: np.ndarray) -> scenarios.Arenas:
-    """The seed's arena for each row of uniform `draws`: scattered obstacles, CANDIDATES start/goal pairs.
-
-    Rows are independent of each other, so an agent's arena depends only on its own draws.
-    """
-    k = draws.shape[0]
-    half = PLATFORM_HALF_SIZE
-    b = draws[:, _DRAW["boxes"]].reshape(k, NUM_BOXES, 4)
-    bhx, bhz = _uniform(b[..., 2], BOX_HALF_EXTENT), _uniform(b[..., 3], BOX_HALF_EXTENT)
-    boxes = _rects((2 * b[..., 0] - 1) * (half - bhx), (2 * b[..., 1] - 1) * (half - bhz), bhx, bhz)
-    p = draws[:, _DRAW["pits"]].reshape(k, NUM_PITS, 4)
-    phx, phz = _uniform(p[..., 2], PIT_HALF_EXTENT), _uniform(p[..., 3], PIT_HALF_EXTENT)
-    pits = _rects((2 * p[..., 0] - 1) * (half - phx), (2 * p[..., 1] - 1) * (half - phz), phx, phz)
-    c = draws[:, _DRAW["pillars"]].reshape(k, NUM_PILLARS, 3)
-    radius = _uniform(c[..., 2], PILLAR_RADIUS)
-    pillars = np.stack(
-        [(2 * c[..., 0] - 1) * (half - radius), (2 * c[..., 1] - 1) * (half - radius), radius], -1
-    )
-    g = _GRID_SIZE
-    cell = np.minimum((draws[:, _DRAW["start"]].reshape(k, CANDIDATES, 2) * g).astype(np.int64), g - 1)
-    jitter = (draws[:, _DRAW["jitter"]].reshape(k, CANDIDATES, 2) - 0.5) * 0.5
-    start_xz = -half + (cell + 0.5 + jitter) * GRID_CELL
-    start = start_xz[..., 0] + 1j * start_xz[..., 1]
-    distance = low[:, None] + draws[:, _DRAW["distance"]] * (high - low)[:, None]
-    angle = 2 * np.pi * draws[:, _DRAW["angle"]]
-    goal = start + distance * (np.cos(angle) + 1j * np.sin(angle))
-    yaw = 2 * np.pi * draws[:, _DRAW["yaw"]][:, 0] - np.pi
-    return scenarios.Arenas(boxes, pillars, pits, start, goal, yaw)
-
-
-_GENERATORS: Final = {wire.DEFAULT_SCENARIO: scenarios.Generator(_DRAWS_PER_ATTEMPT, _open_field)}
-_GENERATORS.update(scenarios.GENERATORS)
-
-
-def _pick_reachable(arenas: scenarios.Arenas) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Each arena's first start/goal candidate in walkable cells: (ok, arrays), ok False where that
-    candidate's goal is not reachable or no candidate lies in walkable cells."""
-    boxes, pillars, pits = arenas.boxes, arenas.pillars, arenas.pits
-    k = boxes.shape[0]
-    free = _free_cells(boxes, pillars, pits)
-    g = _GRID_SIZE
-
-    def cells(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        xz = np.stack([points.real, points.imag], -1)
-        cell = np.floor((xz + PLATFORM_HALF_SIZE) / GRID_CELL).astype(np.int64)
-        return np.clip(cell, 0, g - 1), np.all((cell >= 0) & (cell < g), axis=-1)
-
-    (start_cell, start_on), (goal_cell, goal_on) = cells(arenas.start), cells(arenas.goal)
-    rows = np.arange(k)[:, None]
-    valid = (
-        start_on
-        & goal_on
-        & free[rows, start_cell[..., 0], start_cell[..., 1]]
-        & free[rows, goal_cell[..., 0], goal_cell[..., 1]]
-    )
-    pick = valid.argmax(1)
-    ok = valid[np.arange(k), pick]
-    ok &= _reachable(free, start_cell[np.arange(k), pick], goal_cell[np.arange(k), pick])
-    sample = {
-        "boxes": boxes,
-        "pillars": pillars,
-        "pits": pits,
-        "start": arenas.start[np.arange(k), pick],
-        "goal": arenas.goal[np.arange(k), pick],
-        "yaw": arenas.yaw,
-    }
-    return ok, sample
-
-
-def _free_cells(boxes: np.ndarray, pillars: np.ndarray, pits: np.ndarray) -> np.ndarray:
-    """(k, G, G) bool: grid cells where the player can stand anywhere without touching a solid or a drop.
-
-    Conservative: boxes grown by the player radius as squares, pits grown by PIT_MARGIN, the outer
-    ring of cells blocked. Cell (i, j) spans x in [-24 + i, -23 + i], z likewise with j.
-    """
-    lo = -PLATFORM_HALF_SIZE + np.arange(_GRID_SIZE) * GRID_CELL
-    hi = lo + GRID_CELL
-
-    def overlap(rects: np.ndarray, grow: float) -> np.ndarray:
-        ox = (lo < rects[..., 2:3] + grow) & (hi > rects[..., 0:1] - grow)  # (k, K, G)
-        oz = (lo < rects[..., 3:4] + grow) & (hi > rects[..., 1:2] - grow)
-        return np.any(ox[..., :, None] & oz[..., None, :], axis=1)
-
-    blocked = overlap(boxes, PLAYER_RADIUS) | overlap(pits, PIT_MARGIN)
-    cx, cz, r = pillars[..., 0:1], pillars[..., 1:2], pillars[..., 2:3]
-    gx = np.maximum(np.maximum(lo - cx, cx - hi), 0.0)  # (k, K, G) gap from the centre to the cell
-    gz = np.maximum(np.maximum(lo - cz, cz - hi), 0.0)
-    blocked |= (gx[..., :, None] ** 2 + gz[..., None, :] ** 2 < (r[..., None] + PLAYER_RADIUS) ** 2).any(1)
-    blocked[:, [0, -1], :] = True
-    blocked[:, :, [0, -1]] = True
-    return ~blocked
-
-
-def _reachable(free: np.ndarray, start: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """(k,) bool: a 4-connected path of free cells joins each start cell to its goal cell (flood fill)."""
-    k = free.shape[0]
-    rows = np.arange(k)
-    reached = np.zeros_like(free)
-    reached[rows, start[:, 0], start[:, 1]] = free[rows, start[:, 0], start[:, 1]]
-    while True:
-        grown = reached.copy()
-        grown[:, 1:] |= reached[:, :-1]
-        grown[:, :-1] |= reached[:, 1:]
-        grown[:, :, 1:] |= reached[:, :, :-1]
-        grown[:, :, :-1] |= reached[:, :, 1:]
-        grown &= free
-        at_goal = grown[rows, goal[:, 0], goal[:, 1]]
-        if at_goal.all() or np.array_equal(grown, reached):
-            return np.asarray(at_goal, dtype=bool)
-        reached = grown

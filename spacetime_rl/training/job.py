@@ -50,8 +50,9 @@ from spacetime_rl.artifacts import (
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import ACTIVATIONS as config_activations
 from spacetime_rl.config import TrainConfig, TrainingConfig
-from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.errors import ConfigError, GodotError
+from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
 from spacetime_rl.training.callbacks import (
     EVAL_METRICS,

@@ -39,9 +39,10 @@ from spacetime_rl.config import (
     TrainConfig,
     TrainingConfig,
 )
-from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.envs.preprocessing import preprocess_observations
 from spacetime_rl.errors import ConfigError, GodotConnectionError
+from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.protocol import wire
 from spacetime_rl.training import train
 

@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from spacetime_rl.config import BUSY_POLL_SECONDS, EnvConfig, RewardConfig
-from spacetime_rl.envs import ServerPool, SpaceTimeVecEnv, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
+from spacetime_rl.godot.launcher import ServerPool
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "launcher-secret"
@@ -185,7 +186,7 @@ def test_simulators_stop_by_themselves_when_the_launcher_is_killed():
             "-c",
             "import sys, time\n"
             "from spacetime_rl.config import EnvConfig\n"
-            "from spacetime_rl.envs import ServerPool\n"
+            "from spacetime_rl.godot.launcher import ServerPool\n"
             "pool = ServerPool(EnvConfig(num_environments=2, agents_per_environment=2), seed=0)\n"
             "pool.start()\n"
             "print(*pool.pids, flush=True)\n"

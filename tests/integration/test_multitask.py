@@ -23,10 +23,11 @@ from spacetime_rl.config import (
     TrainingConfig,
     compose_train_config,
 )
-from spacetime_rl.envs import SpaceTimeVecEnv, launch_servers, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.envs.tasks import TaskSchedule
 from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot.client import GodotClient
+from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.protocol import wire
 from spacetime_rl.sim.server import create_app, serve
 from spacetime_rl.training.curriculum import TaskCurricula

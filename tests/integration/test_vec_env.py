@@ -13,8 +13,9 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from spacetime_rl.config import EnvConfig, RewardConfig
-from spacetime_rl.envs import ENV_ID, ServerPool, SpaceTimeEnv, SpaceTimeVecEnv, launch_servers, make_clients
+from spacetime_rl.envs import ENV_ID, SpaceTimeEnv, SpaceTimeVecEnv, make_clients
 from spacetime_rl.errors import GodotConnectionError, GodotTimeoutError
+from spacetime_rl.godot.launcher import ServerPool, launch_servers
 from spacetime_rl.protocol.wire import OBS
 
 # Short episodes and near goals, so a few dozen steps see goals reached and time limits hit.

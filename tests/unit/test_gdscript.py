@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spacetime_rl.envs import preprocessing
 from spacetime_rl.protocol import access, wire
-from spacetime_rl.sim import world
+from spacetime_rl.sim import collisions, layouts, world
 
 GODOT = Path(__file__).parents[2] / "godot"
 ADDON = GODOT / "addons" / "spacetime_rl"
@@ -28,6 +29,8 @@ GD_FILES = sorted(GODOT.rglob("*.gd"))
 TRANSPORT_STATUSES = {405}
 #: Statuses of the web-page guard, answered before routing on every path (protocol/access.py).
 GUARD_STATUSES = {403, 415}
+#: The simulator modules whose constants the addon copies, each before the ones that import from it.
+SIMULATOR = (collisions, layouts, world)
 
 
 def gdtool(name: str) -> Path:
@@ -127,20 +130,43 @@ def test_protocol_constants_match_wire() -> None:
     assert gd_value(gd_constant(source, "DEFAULT_MAX_ROTATION_SPEED")) == rotation
 
 
-def test_ready_line_is_the_one_the_launcher_reads() -> None:
-    ready_line = gd_value(gd_constant((ADDON / "rl_service.gd").read_text(), "READY_LINE"))
-    assert ready_line == wire.GODOT_READY_PREFIX + "http://%s:%d"
+def test_ready_line_and_token_variable_are_the_ones_the_launcher_uses() -> None:
+    source = (ADDON / "rl_service.gd").read_text()
+    assert gd_value(gd_constant(source, "READY_LINE")) == wire.GODOT_READY_PREFIX + "http://%s:%d"
+    assert gd_value(gd_constant(source, "TOKEN_VARIABLE")) == wire.TOKEN_VARIABLE
 
 
 @pytest.mark.parametrize("script", ["rl_agent.gd", "rl_environment.gd"])
 def test_constants_shared_with_the_simulator_match(script: str) -> None:
     source = (ADDON / script).read_text()
-    shared = [name for name in re.findall(r"^const (\w+) :=", source, re.MULTILINE) if hasattr(world, name)]
-    assert shared, f"{script} shares no constant with spacetime_rl/sim/world.py"
-    for name in shared:
-        expected = getattr(world, name)
+    names = re.findall(r"^const (\w+) :=", source, re.MULTILINE)
+    owners = {name: [module for module in SIMULATOR if hasattr(module, name)] for name in names}
+    shared = {name: found[0] for name, found in owners.items() if found}
+    assert shared, f"{script} shares no constant with the simulator (spacetime_rl/sim)"
+    for name, module in shared.items():
+        expected = getattr(module, name)
         expected = tuple(expected) if isinstance(expected, tuple | list) else expected
-        assert gd_value(gd_constant(source, name)) == expected, f"{script} {name} differs from world.py"
+        assert gd_value(gd_constant(source, name)) == expected, (
+            f"{script} {name} differs from {module.__name__}"
+        )
+
+
+def test_world_axis_vectors_match_preprocessing_and_wire() -> None:
+    """rl_policy.gd rotates the same world-axis 3-vectors into the heading frame as preprocessing.py,
+    and every observation field the addon names is one of wire.OBSERVATION_FIELDS with that size."""
+    source = (ADDON / "rl_policy.gd").read_text()
+    block = source.split("const WORLD_VECTORS := [")[1].split("]")[0]
+    vectors = tuple(re.findall(r'"(\w+)"', block))
+    assert vectors == preprocessing._WORLD_VECTORS
+    sizes = dict(wire.OBSERVATION_FIELDS)
+    assert all(sizes.get(name) == 3 for name in vectors), f"WORLD_VECTORS {vectors} are not all 3-vectors"
+    named = {
+        name
+        for path in ADDON.glob("*.gd")
+        for name in re.findall(r'(?:offset_of|_vector)\((?:obs, )?"(\w+)"', path.read_text())
+    }
+    assert named, "no observation field named through offset_of() or _vector() any more"
+    assert named <= set(sizes), f"the addon names fields wire.py does not have: {sorted(named - set(sizes))}"
 
 
 def test_known_reset_options_match_the_simulator() -> None:

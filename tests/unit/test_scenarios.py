@@ -9,7 +9,7 @@ from reachability import reachable
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.protocol import wire
 from spacetime_rl.sim import scenarios
-from spacetime_rl.sim import world as w
+from spacetime_rl.sim.layouts import NUM_PILLARS
 from spacetime_rl.sim.world import World, ignored_options
 
 AGENTS = 40
@@ -114,9 +114,9 @@ def test_scenario_option_persists_and_null_restores_the_default() -> None:
     world = World(2, seed=0)
     world.reset(agents=[0], options={"scenario": "maze"})
     world.reset(seed=1)
-    assert len(world.layout(0).pillars) == 0 and len(world.layout(1).pillars) == w.NUM_PILLARS
+    assert len(world.layout(0).pillars) == 0 and len(world.layout(1).pillars) == NUM_PILLARS
     world.reset(agents=[0], options={"scenario": None})
-    assert len(world.layout(0).pillars) == w.NUM_PILLARS
+    assert len(world.layout(0).pillars) == NUM_PILLARS
     assert ignored_options({"scenario": "maze"}) == []
 
 

@@ -11,6 +11,8 @@ from reachability import reachable
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.protocol import wire
 from spacetime_rl.sim import world as w
+from spacetime_rl.sim.collisions import PLAYER_RADIUS
+from spacetime_rl.sim.layouts import NUM_BOXES, NUM_PITS
 from spacetime_rl.sim.world import World, ignored_options
 
 OBS = wire.OBS
@@ -146,7 +148,7 @@ class TestCollisions:
         outcomes = run(world, FORWARD, 30)
         assert sum(int(o.collisions[0]) for o in outcomes) == 1
         x, _, _ = world.position(0)
-        assert x == pytest.approx(1.0 - w.PLAYER_RADIUS, abs=1e-9)
+        assert x == pytest.approx(1.0 - PLAYER_RADIUS, abs=1e-9)
         assert not outcomes[-1].done[0]
 
     def test_sliding_along_a_wall_keeps_one_contact(self) -> None:
@@ -155,7 +157,7 @@ class TestCollisions:
         outcomes = run(world, np.array([[-0.5, 1.0, 0.0]]), 30)
         assert sum(int(o.collisions[0]) for o in outcomes) == 1
         x, z, _ = world.position(0)
-        assert x == pytest.approx(1.0 - w.PLAYER_RADIUS, abs=1e-9) and z < -1.0
+        assert x == pytest.approx(1.0 - PLAYER_RADIUS, abs=1e-9) and z < -1.0
 
     def test_leaving_and_returning_counts_again(self) -> None:
         world = empty_world(yaw=-math.pi / 2, boxes=[(1.0, -2.0, 3.0, 2.0)])
@@ -169,7 +171,7 @@ class TestCollisions:
         outcomes = run(world, FORWARD, 20)
         assert sum(int(o.collisions[0]) for o in outcomes) == 1
         x, z, _ = world.position(0)
-        assert math.hypot(x, z + 2.0) == pytest.approx(0.5 + w.PLAYER_RADIUS, abs=1e-9)
+        assert math.hypot(x, z + 2.0) == pytest.approx(0.5 + PLAYER_RADIUS, abs=1e-9)
 
     def test_no_tunnelling_through_a_thin_wall_at_top_speed(self) -> None:
         world = empty_world()
@@ -177,7 +179,7 @@ class TestCollisions:
         world.set_layout(0, goal=(20.0, 20.0), boxes=[(-5.0, -3.02, 5.0, -3.0)])  # 2 cm thick
         world.set_pose(0, (0.0, 0.0))
         run(world, FORWARD, 30)
-        assert world.position(0)[1] == pytest.approx(-3.0 + w.PLAYER_RADIUS, abs=1e-9)
+        assert world.position(0)[1] == pytest.approx(-3.0 + PLAYER_RADIUS, abs=1e-9)
 
 
 class TestEpisodeEnd:
@@ -363,7 +365,7 @@ def test_goals_are_reachable_over_many_seeds() -> None:
         for agent in range(world.num_agents):
             x, z, _ = world.position(agent)
             layout = world.layout(agent)
-            assert len(layout.boxes) == w.NUM_BOXES and len(layout.pits) == w.NUM_PITS
+            assert len(layout.boxes) == NUM_BOXES and len(layout.pits) == NUM_PITS
             assert reachable(layout, (x, z)), f"seed {seed} agent {agent}"
 
 
@@ -381,8 +383,8 @@ def test_layouts_are_moderately_dense() -> None:
         for x0, z0, x1, z1 in np.concatenate([layout.boxes, layout.pits]):
             dx = np.maximum(np.maximum(x0 - samples.real, samples.real - x1), 0)
             dz = np.maximum(np.maximum(z0 - samples.imag, samples.imag - z1), 0)
-            blocked |= np.hypot(dx, dz) < w.PLAYER_RADIUS
+            blocked |= np.hypot(dx, dz) < PLAYER_RADIUS
         for px, pz, r in layout.pillars:
-            blocked |= np.abs(samples - complex(px, pz)) < r + w.PLAYER_RADIUS
+            blocked |= np.abs(samples - complex(px, pz)) < r + PLAYER_RADIUS
         clear += not blocked.any()
     assert 0.6 * world.num_agents < clear < world.num_agents

@@ -10,7 +10,7 @@ extends CharacterBody3D
 ## floor under the player. An XROrigin3D child (with XRCamera3D and XRController3D children) is used
 ## as it is; without one the agent builds the rig itself.
 
-# --- shared with the simulator (same names and values as spacetime_rl/sim/world.py) -------------
+# --- shared with the simulator (same names and values as spacetime_rl/sim/world.py, collisions.py)
 const PLAYER_RADIUS := 0.3
 const EYE_HEIGHT := 1.7
 const RAY_HEIGHT := 1.2

@@ -1,10 +1,11 @@
-"""The servers training talks to: simulators or headless Godots it starts, or a Godot it attaches to.
+"""The launcher: the servers training talks to, simulators or headless Godots it starts, or a Godot
+it attaches to.
 
 `ServerPool` starts `python -m spacetime_rl.sim` (env=sim) or `env.executable --headless` (env=godot
-with env.executable) on free loopback ports, restarts one that fails (bounded and rate-limited) and
-stops them all at exit. With env=godot and env.url it attaches to one running server instead, and
-recovering means waiting for it with backoff. `recovery(connect)` is what `SpaceTimeVecEnv` calls
-when a server faults.
+with env.executable) on free loopback ports, waits for each one's ready line and `/health` (through
+`GodotClient`), restarts one that fails (bounded and rate-limited) and stops them all at exit. With
+env=godot and env.url it attaches to one running server instead, and recovering means waiting for
+it with backoff. `recovery(connect)` is what `SpaceTimeVecEnv` calls when a server faults.
 """
 
 from __future__ import annotations
@@ -21,21 +22,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from spacetime_rl.config import EnvConfig
 from spacetime_rl.errors import ConfigError, GodotConnectionError, GodotError, GodotTimeoutError
+from spacetime_rl.godot.client import GodotClient, Timeouts
 from spacetime_rl.protocol import wire
 
 __all__ = ["Recovery", "ServerPool", "launch_servers"]
 
 log = logging.getLogger(__name__)
 
-TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"  # the Godot addon reads the token from here
 _POLL_SECONDS: Final = 0.02
 _STOP_GRACE_SECONDS: Final = 5.0
 _STDERR_TAIL_CHARS: Final = 2000
@@ -51,7 +50,8 @@ class ServerPool:
     reaches only train.py, which saves before stopping them, and a Godot's children die with it);
     its stdout and stderr go to files in a private temporary directory (a pipe nobody reads could
     fill up and stall the server), and the ready line is read from the stdout file. `stop()` also
-    runs at interpreter exit, so a crash leaves no orphans.
+    runs at interpreter exit, so a crash leaves no orphans. `start()` runs its own event loop for the
+    health checks, so it is called outside one; `restart()` is awaited inside the VecEnv's.
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class ServerPool:
         atexit.register(self.stop)
         try:
             self._processes = [self._spawn(index) for index in range(self.count)]
-            self.urls = [self._wait_ready(index) for index in range(self.count)]
+            self.urls = asyncio.run(self._wait_all_ready())
         except BaseException:
             self.stop()
             raise
@@ -128,7 +128,7 @@ class ServerPool:
             self._logs = None
         atexit.unregister(self.stop)
 
-    def restart(self, index: int, fault: GodotError | None = None) -> str:
+    async def restart(self, index: int, fault: GodotError | None = None) -> str:
         """Kill server `index` and start it again; returns its new URL.
 
         Raises `GodotConnectionError` once env.max_restarts restarts happened within
@@ -151,7 +151,7 @@ class ServerPool:
         _signal_group(process, signal.SIGKILL)  # it failed: nothing of its state is worth a grace period
         process.wait()
         self._processes[index] = self._spawn(index)
-        self.urls[index] = self._wait_ready(index)
+        self.urls[index] = await self._wait_ready(index)
         log.warning("restarted server %d (%s) at %s", index, self.name, self.urls[index])
         return self.urls[index]
 
@@ -159,7 +159,7 @@ class ServerPool:
         """The VecEnv's fault handler: `connect(url)` makes a transport for a (re)started server."""
 
         async def restart(index: int, fault: GodotError) -> Any:
-            return connect(self.restart(index, fault))
+            return connect(await self.restart(index, fault))
 
         async def wait_for_server(index: int, fault: GodotError) -> Any:
             delay, waited = self.config.retry_backoff, 0.0
@@ -243,7 +243,7 @@ class ServerPool:
         assert self._logs is not None
         environment = dict(os.environ)
         if self.config.token:  # in the environment, not the command line: `ps` shows the latter
-            environment[TOKEN_VARIABLE] = self.config.token
+            environment[wire.TOKEN_VARIABLE] = self.config.token
         command = self._command(index)
         with (
             open(self._logs / f"{index}.out", "wb") as stdout,
@@ -263,7 +263,10 @@ class ServerPool:
                     f"env.executable={command[0]!r} cannot be started ({exc}): set it to the Godot binary"
                 ) from exc
 
-    def _wait_ready(self, index: int) -> str:
+    async def _wait_all_ready(self) -> list[str]:
+        return [await self._wait_ready(index) for index in range(self.count)]
+
+    async def _wait_ready(self, index: int) -> str:
         assert self._logs is not None
         process = self._processes[index]
         stdout = self._logs / f"{index}.out"
@@ -275,7 +278,7 @@ class ServerPool:
                 for prefix in (wire.SIM_READY_PREFIX, wire.GODOT_READY_PREFIX):
                     if line.startswith(prefix):
                         url = line[len(prefix) :].strip()
-                        self._wait_healthy(index, url, deadline)
+                        await self._wait_healthy(index, url, deadline)
                         return url
             if process.poll() is not None:
                 raise self._failure(index, GodotConnectionError, f"exited with code {process.returncode}")
@@ -287,20 +290,24 @@ class ServerPool:
                     f"was not ready within env.connect_timeout={timeout:g} s{seen}; raise "
                     "env.connect_timeout on a slow or busy machine",
                 )
-            time.sleep(_POLL_SECONDS)
+            await asyncio.sleep(_POLL_SECONDS)
 
-    def _wait_healthy(self, index: int, url: str, deadline: float) -> None:
-        """Poll `/health` until it answers 200: a Godot may print its line before it serves."""
+    async def _wait_healthy(self, index: int, url: str, deadline: float) -> None:
+        """Poll `/health` until it answers: a Godot may print its line before it serves."""
         while True:
+            remaining = max(deadline - time.monotonic(), 0.1)
+            # named as make_clients names the clients that talk to these servers next
+            client = GodotClient(url, timeouts=Timeouts(connect=remaining, request=remaining), name="env.url")
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=max(deadline - time.monotonic(), 0.1)):
-                    return
-            except (OSError, urllib.error.URLError) as exc:
+                async with client:
+                    await client.health()
+                return
+            except GodotError as exc:
                 if time.monotonic() > deadline:
                     raise self._failure(
                         index, GodotTimeoutError, f"printed its ready line but {url}/health fails ({exc})"
                     ) from exc
-            time.sleep(_POLL_SECONDS)
+            await asyncio.sleep(_POLL_SECONDS)
 
     def _failure(self, index: int, kind: type[Exception], what: str) -> Exception:
         assert self._logs is not None
