@@ -6,13 +6,14 @@ Importing this package registers `SpaceTime/VRNavigation-v0` with Gymnasium.
 import gymnasium as gym
 
 from spacetime_rl.envs.gym_env import ENV_ID, SpaceTimeEnv
-from spacetime_rl.envs.vec_env import AgentTransport, SpaceTimeVecEnv, make_clients
+from spacetime_rl.envs.vec_env import AgentTransport, SpaceTimeVecEnv, connector, make_clients
 
 __all__ = [
     "ENV_ID",
     "AgentTransport",
     "SpaceTimeEnv",
     "SpaceTimeVecEnv",
+    "connector",
     "make_clients",
 ]
 

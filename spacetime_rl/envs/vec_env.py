@@ -33,6 +33,7 @@ from spacetime_rl.envs.episodes import EpisodeTracker
 from spacetime_rl.envs.preprocessing import preprocess_observations
 from spacetime_rl.envs.tasks import TaskSchedule
 from spacetime_rl.errors import ConfigError, GodotError, SpecMismatchError
+from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.protocol import Events, ResetResult, RLSpec, StepResult, wire
 
 __all__ = ["AgentTransport", "SpaceTimeVecEnv", "make_clients", "observation_space", "reset_options"]
@@ -88,8 +89,9 @@ def reset_options(config: EnvConfig, max_goal_distance: float | None = None) -> 
     }
 
 
-def make_clients(urls: Sequence[str], config: EnvConfig) -> list[Any]:
-    """One `GodotClient` per URL, with the env's token, timeouts and busy polling."""
+def make_clients(urls: Sequence[str], config: EnvConfig, name: str = "env.url") -> list[Any]:
+    """One `GodotClient` per URL, with the env's token, timeouts and busy polling; `name` says in
+    messages which server it is (a launcher's `describe(url)`, or the config key)."""
     from spacetime_rl.godot.client import GodotClient, Timeouts
 
     timeouts = Timeouts(connect=config.connect_timeout, request=config.request_timeout)
@@ -98,12 +100,22 @@ def make_clients(urls: Sequence[str], config: EnvConfig) -> list[Any]:
             url,
             token=config.token,
             timeouts=timeouts,
-            name="env.url",
+            name=name,
             binary_step=config.binary_step,
             busy_poll=config.client_busy_poll(),
         )
         for url in urls
     ]
+
+
+def connector(pool: ServerPool, config: EnvConfig) -> Callable[[str], Any]:
+    """Makes the client of a pool's server by URL, named for messages (`train server 0 (..., pid N)`);
+    what `SpaceTimeVecEnv` gets at start and, through `pool.recovery`, after a restart."""
+
+    def connect(url: str) -> Any:
+        return make_clients([url], config, name=pool.describe(url) if pool.launched else "env.url")[0]
+
+    return connect
 
 
 async def _close_quietly(transport: AgentTransport) -> None:
@@ -399,7 +411,8 @@ class SpaceTimeVecEnv(VecEnv):
         agents = self._slices[server].stop - self._slices[server].start
         self.faults += 1
         self.lost_agent_steps += agents
-        log.warning("server %d fault, recovering (its %d episodes are truncated): %s", server, agents, fault)
+        name = self._server_name(server)
+        log.warning("%s faulted, recovering (its %d episodes are truncated): %s", name, agents, fault)
         for _ in range(RECOVERY_ATTEMPTS):
             await _close_quietly(self._transports[server])
             self._transports[server] = transport = await self._recover(server, fault)
@@ -407,7 +420,7 @@ class SpaceTimeVecEnv(VecEnv):
                 spec = await self._prepare(transport)
                 if spec.num_agents != agents:
                     raise ConfigError(
-                        f"server {server} came back with {spec.num_agents} agents instead of {agents}: "
+                        f"{name} came back with {spec.num_agents} agents instead of {agents}: "
                         "restart training with env.agents_per_environment matching the server"
                     )
                 result = await self._reset_server(server, transport)
@@ -415,12 +428,15 @@ class SpaceTimeVecEnv(VecEnv):
                 if not self._recoverable(error):
                     raise
                 fault = error
-                log.warning("server %d failed again while recovering: %s", server, fault)
+                log.warning("%s failed again while recovering: %s", name, fault)
                 continue
             self._stale_options[self._slices[server]] = False
             observations: np.ndarray = result.observations
             return observations
         raise fault
+
+    def _server_name(self, server: int) -> str:
+        return str(getattr(self._transports[server], "name", f"server {server}"))
 
     def _agents_of(self, servers: Iterable[int]) -> np.ndarray:
         mask = np.zeros(self.num_envs, dtype=bool)

@@ -62,8 +62,10 @@ class ServerPool:
         agents: int | None = None,
         seed: int | None = None,
         verbose: bool = False,
+        role: str = "",
     ) -> None:
         self.config = config
+        self.role = role  # "train" or "eval": which servers these are, in messages
         self.count = config.num_environments if count is None else count
         self.agents = config.agents_per_environment if agents is None else agents
         self.seed = seed
@@ -92,6 +94,15 @@ class ServerPool:
         return (
             f"{self.config.executable} (env.executable)" if self.launched else f"{self.config.url} (env.url)"
         )
+
+    def describe(self, url: str) -> str:
+        """The server at `url` for messages: its role, index, port and process (`train server 0 ...`)."""
+        role = f"{self.role} " if self.role else ""
+        if not self.launched or url not in self.urls:
+            return f"{role}server {url} ({self.name})"
+        index = self.urls.index(url)
+        port = url.rsplit(":", 1)[-1]
+        return f"{role}server {index} ({self.name}, port {port}, pid {self._processes[index].pid})"
 
     @property
     def pids(self) -> list[int]:
@@ -139,7 +150,8 @@ class ServerPool:
             self._recent_restarts.popleft()
         if len(self._recent_restarts) >= self.config.max_restarts:
             raise GodotConnectionError(
-                f"Gave up on server {index} ({self.name}): {len(self._recent_restarts)} restarts within "
+                f"Gave up on {self.role + ' ' if self.role else ''}server {index} ({self.name}): "
+                f"{len(self._recent_restarts)} restarts within "
                 f"env.restart_window={self.config.restart_window:g} s already (env.max_restarts="
                 f"{self.config.max_restarts}). Last fault: {fault}. Check the server's log, or raise "
                 "env.max_restarts",
@@ -152,7 +164,9 @@ class ServerPool:
         process.wait()
         self._processes[index] = self._spawn(index)
         self.urls[index] = await self._wait_ready(index)
-        log.warning("restarted server %d (%s) at %s", index, self.name, self.urls[index])
+        log.warning(
+            "restarted %s after a fault; its agents' episodes were truncated", self.describe(self.urls[index])
+        )
         return self.urls[index]
 
     def recovery(self, connect: Callable[[str], Any]) -> Recovery:

@@ -17,6 +17,7 @@ launched server past env.max_restarts) also saves a checkpoint before the error 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import signal
 import threading
@@ -50,7 +51,7 @@ from spacetime_rl.artifacts import (
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import ACTIVATIONS as config_activations
 from spacetime_rl.config import TrainConfig, TrainingConfig
-from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, connector
 from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
@@ -205,6 +206,9 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                     tb_log_name=TB_LOG_NAME,
                     progress_bar=training.progress_bar,
                 )
+            except KeyboardInterrupt:
+                if not stop.interrupted_update or stop.signum is None:
+                    raise  # a second signal: stop at once, save nothing
             except GodotError:
                 path = save_checkpoint()
                 log.error(
@@ -215,9 +219,10 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                     path,
                 )
                 raise
+            finally:
+                stop.updating = False  # a signal from here on stops at the next safe point
         if stop.signum is not None:
-            if stop_on_signal.rollout_start is not None:
-                model.num_timesteps = stop_on_signal.rollout_start
+            stop_on_signal.roll_back(model)
             path = save_checkpoint()
             log.warning(
                 "interrupted by %s at %d steps; saved %s. Continue with resume=%s",
@@ -283,33 +288,32 @@ def _start_envs(stack: contextlib.ExitStack, config: TrainConfig) -> _Envs:
     """
     env_config, training = config.env, config.training
 
-    def connect(url: str) -> Any:
-        return make_clients([url], env_config)[0]
-
-    train_pool = ServerPool(env_config, seed=training.seed, verbose=config.verbose)
+    train_pool = ServerPool(env_config, seed=training.seed, verbose=config.verbose, role="train")
     eval_pool = ServerPool(
         env_config,
         count=1,
         agents=min(training.eval_episodes, env_config.agents_per_environment),
         seed=in_training_eval_seed(training.seed),
         verbose=config.verbose,
+        role="eval",
     )
+
     train_urls = stack.enter_context(train_pool)
     eval_urls = stack.enter_context(eval_pool)
     train_venv = SpaceTimeVecEnv(
-        [connect(url) for url in train_urls],
+        [connector(train_pool, env_config)(url) for url in train_urls],
         env_config,
         config.reward,
         seed=training.seed,
-        recover=train_pool.recovery(connect),
+        recover=train_pool.recovery(connector(train_pool, env_config)),
         tasks=config.task,
     )
     stack.callback(train_venv.close)
     eval_venv = SpaceTimeVecEnv(
-        [connect(url) for url in eval_urls],
+        [connector(eval_pool, env_config)(url) for url in eval_urls],
         env_config,
         config.reward,
-        recover=eval_pool.recovery(connect),
+        recover=eval_pool.recovery(connector(eval_pool, env_config)),
         tasks=config.task,
     )
     stack.callback(eval_venv.close)
@@ -348,15 +352,18 @@ def _normalized(envs: _Envs, config: TrainConfig, resume: Path | None) -> tuple[
 
 
 class _SignalFlag:
-    """The first SIGINT/SIGTERM received, if any."""
+    """The first SIGINT/SIGTERM received, if any, and whether PPO is updating (not stepping) now."""
 
     signum: int | None = None
+    updating: bool = False
+    interrupted_update: bool = False
 
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[_SignalFlag]:
-    """Turn the first SIGINT or SIGTERM into a flag (training stops at the next step); a second one
-    raises KeyboardInterrupt at once. Only the main thread can take signals: elsewhere, nothing changes.
+    """Turn the first SIGINT or SIGTERM into a flag (training stops at the next step, or at once
+    during a PPO update, which train() then undoes); a second one raises KeyboardInterrupt at once.
+    Only the main thread can take signals: elsewhere, nothing changes.
     """
     flag = _SignalFlag()
     if threading.current_thread() is not threading.main_thread():
@@ -370,6 +377,9 @@ def _stop_on_signals() -> Iterator[_SignalFlag]:
         log.warning(
             "%s received: stopping after this step (again to stop at once)", signal.Signals(signum).name
         )
+        if flag.updating:  # an update takes up to minutes: cut it, train() rolls it back
+            flag.interrupted_update = True
+            raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -380,10 +390,11 @@ def _stop_on_signals() -> Iterator[_SignalFlag]:
 
 
 class _StopOnSignal(BaseCallback):
-    """Stop at the next step once a signal came; remember where the cut rollout began.
+    """Stop at the next step once a signal came; keep what the current rollout started from.
 
-    A rollout cut short is never trained on, so the last complete state is the one at its start:
-    the interrupt checkpoint is saved with that step count, and resuming it ends exactly at
+    A rollout cut short is never trained on, and an update cut short is half done, so the last
+    complete state is the one at the rollout's start: its step count, policy and optimiser. The
+    interrupt checkpoint is saved from it (`roll_back`), and resuming it ends exactly at
     training.total_timesteps, not a rollout later.
     """
 
@@ -391,12 +402,30 @@ class _StopOnSignal(BaseCallback):
         super().__init__()
         self.flag = flag
         self.rollout_start: int | None = None
+        self._weights: dict[str, Any] = {}
 
     def _on_rollout_start(self) -> None:
+        self.flag.updating = False
         self.rollout_start = self.num_timesteps
+        policy = self.model.policy
+        self._weights = copy.deepcopy(
+            {"policy": policy.state_dict(), "optimizer": policy.optimizer.state_dict()}
+        )
+
+    def _on_rollout_end(self) -> None:
+        self.flag.updating = True  # PPO's update follows
 
     def _on_step(self) -> bool:
         return self.flag.signum is None
+
+    def roll_back(self, model: BaseAlgorithm) -> None:
+        """Put `model` back at the current rollout's start (nothing to undo before the first)."""
+        self.flag.updating = False
+        if self.rollout_start is None:
+            return
+        model.num_timesteps = self.rollout_start
+        model.policy.load_state_dict(self._weights["policy"])
+        model.policy.optimizer.load_state_dict(self._weights["optimizer"])
 
 
 def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> PPO:

@@ -73,3 +73,34 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_stop_the_servers(tmp_path: Pat
         assert not list(checkpoints.glob(".*.tmp"))
         _, alive = psutil.wait_procs(servers, timeout=10)
         assert not alive
+
+
+def test_ctrl_c_during_a_long_update_stops_at_once_and_saves_the_last_complete_state(tmp_path: Path) -> None:
+    """An update of 200,000 epochs would take many minutes: Ctrl-C must cut it, not wait for it, and
+    the checkpoint must be the state before it (its rollout untrained), so a resume ends exactly."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *LONG_RUN,
+            "ppo.n_epochs=200000",
+            "training.save_freq=100000000",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # The first rollout (256 steps) is collected in well under a second; then the update starts.
+    wait_for(lambda: (run_dir / "tensorboard").is_dir(), "the run's start", process)
+    time.sleep(5.0)  # inside the first update by now (it lasts minutes)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=STARTUP_LIMIT)  # without the fix: minutes
+
+    assert process.returncode == 130, stderr
+    saved = re.search(r"saved (\S+vr_nav_model_(\d+)_steps\.zip)", stdout + stderr)
+    assert saved and int(saved.group(2)) == 0, stdout + stderr  # the first update was cut and undone
+    state = json.loads(Path(saved.group(1).replace(".zip", "_state.json")).read_text())
+    assert state["num_timesteps"] == 0

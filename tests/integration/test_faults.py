@@ -39,7 +39,7 @@ from spacetime_rl.config import (
     TrainConfig,
     TrainingConfig,
 )
-from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, connector, make_clients
 from spacetime_rl.envs.preprocessing import preprocess_observations
 from spacetime_rl.errors import ConfigError, GodotConnectionError
 from spacetime_rl.godot.launcher import ServerPool
@@ -58,10 +58,6 @@ ENV = EnvConfig(
 ACTIONS = np.zeros((4, wire.ACTION_SIZE), dtype=np.float32)
 
 
-def connector(config: EnvConfig):
-    return lambda url: make_clients([url], config)[0]
-
-
 def assert_truncated_at(infos: list[dict], dones: np.ndarray, agents: range, last_raw: np.ndarray) -> None:
     expected = preprocess_observations(last_raw, heading_frame=True)
     for agent in agents:
@@ -74,14 +70,14 @@ def assert_truncated_at(infos: list[dict], dones: np.ndarray, agents: range, las
 @contextlib.contextmanager
 def recovering_venv(config: EnvConfig, seed: int | None = 0) -> Iterator[tuple[ServerPool, SpaceTimeVecEnv]]:
     """Launched simulators and a VecEnv over them that restarts a faulty one, as training does."""
-    pool = ServerPool(config, seed=0)
+    pool = ServerPool(config, seed=0, role="train")
     urls = pool.start()
     venv = SpaceTimeVecEnv(
-        make_clients(urls, config),
+        [connector(pool, config)(url) for url in urls],
         config,
         RewardConfig(),
         seed=seed,
-        recover=pool.recovery(connector(config)),
+        recover=pool.recovery(connector(pool, config)),
     )
     try:
         yield pool, venv
@@ -90,14 +86,22 @@ def recovering_venv(config: EnvConfig, seed: int | None = 0) -> Iterator[tuple[S
         pool.stop()
 
 
-def test_a_killed_simulator_is_restarted_and_only_its_episodes_are_truncated():
+def test_a_killed_simulator_is_restarted_and_only_its_episodes_are_truncated(caplog):
     with recovering_venv(ENV) as (pool, venv):
         venv.reset()
         for _ in range(3):
             venv.step(ACTIONS)
         last_raw, old_url = venv._last_raw.copy(), pool.urls[0]
-        server_process(old_url).kill()
-        obs, rewards, dones, infos = venv.step(ACTIONS)
+        killed = server_process(old_url)
+        killed.kill()
+        with caplog.at_level(logging.WARNING):
+            obs, rewards, dones, infos = venv.step(ACTIONS)
+        # The messages name the server: its role, index, port and process, and what was done.
+        port = old_url.rsplit(":", 1)[1]
+        named = f"train server 0 (python -m spacetime_rl.sim, port {port}, pid {killed.pid}) faulted"
+        assert named in caplog.text and "its 2 episodes are truncated" in caplog.text
+        assert "restarted train server 0 (python -m spacetime_rl.sim, port" in caplog.text
+        assert "env.url" not in caplog.text
         assert_truncated_at(infos, dones, range(2), last_raw)
         assert not dones[2:].any() and "server_fault" not in infos[2]
         assert np.isfinite(obs).all() and np.isfinite(rewards).all()
@@ -140,7 +144,7 @@ def attached_via_proxy() -> Iterator[tuple[CorruptingProxy, SpaceTimeVecEnv]]:
             make_clients(attached.start(), config),
             config,
             RewardConfig(),
-            recover=attached.recovery(connector(config)),
+            recover=attached.recovery(connector(attached, config)),
         )
         try:
             yield proxy, venv
