@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from benchmarks.inprocess import InProcessTransport
 from benchmarks.memory import ROOT, run_sampled
-from spacetime_rl.config import TrainConfig, compose_train_config
+from spacetime_rl.config import TrainConfig, compose_train_config, torch_threads
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.training.callbacks import RolloutThreads
@@ -79,8 +79,7 @@ class TrainingRate:
 def measure_training(config: TrainConfig, transport: str, rollouts: int) -> TrainingRate:
     """Steps per second of `model.learn` for `rollouts` rollouts, set-up excluded."""
     threads = torch.get_num_threads()
-    if config.training.torch_threads:  # as the training job does
-        torch.set_num_threads(config.training.torch_threads)
+    torch.set_num_threads(torch_threads(config))  # as the training job does
     with contextlib.ExitStack() as stack:
         stack.callback(torch.set_num_threads, threads)
         venv = stack.enter_context(vec_env(config, transport))

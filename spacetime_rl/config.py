@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from spacetime_rl.errors import ConfigError
-from spacetime_rl.protocol import wire
+from spacetime_rl.protocol import access, wire
 from spacetime_rl.seed_config import expand_config_file
 
 #: The `conf/` tree beside the package (a source checkout, as `train.py` uses it).
@@ -405,7 +405,10 @@ class TrainingConfig:
     seed: int = 0
     objective: str = "eval/success_rate"  # the metric train.py returns to sweepers
     progress_bar: bool = True
-    torch_threads: int = 0  # 0: let torch decide; sweeps running trials in parallel set 1
+    # Threads for PPO updates. 0 (auto): the cores left after the servers this run starts (or the
+    # loopback Godot it attaches to), at least 1: torch's own default takes every core and fights the
+    # simulators (quick_test took 1 min 45 s instead of 17 s). Parallel sweep trials set 1.
+    torch_threads: int = 0
     # While collecting rollouts the policy runs on this many threads, leaving the other cores to
     # the simulator or Godot; 0: the same as torch_threads
     rollout_torch_threads: int = 1
@@ -480,6 +483,21 @@ class TrainConfig:
             f"it must not exceed the rollout size ppo.n_steps x agents = {self.ppo.n_steps} x "
             f"{self.env.num_agents} = {rollout}; lower ppo.batch_size or raise ppo.n_steps",
         )
+
+
+def torch_threads(config: TrainConfig) -> int:
+    """`training.torch_threads`, with 0 (auto) resolved to the cores the run's servers leave free."""
+    if config.training.torch_threads:
+        return config.training.torch_threads
+    env = config.env
+    launched = env.num_environments + 1  # and one evaluation server
+    servers = (1 if _loopback_url(env.url) else 0) if env.attached else launched
+    return max(1, _usable_cores() - servers)
+
+
+def _loopback_url(url: str | None) -> bool:
+    host = (url or "").split("://", 1)[-1].split("/", 1)[0]
+    return access.is_loopback(access.host_name(host))
 
 
 def register_configs() -> None:

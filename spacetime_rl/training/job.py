@@ -50,7 +50,7 @@ from spacetime_rl.artifacts import (
 )
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import ACTIVATIONS as config_activations
-from spacetime_rl.config import TrainConfig, TrainingConfig
+from spacetime_rl.config import TrainConfig, TrainingConfig, torch_threads
 from spacetime_rl.envs import SpaceTimeVecEnv, connector
 from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot.launcher import ServerPool
@@ -122,8 +122,13 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     for note in budget.notes:
         log.warning("%s", note)
 
-    if training.torch_threads:
-        torch.set_num_threads(training.torch_threads)
+    threads = torch_threads(config)
+    torch.set_num_threads(threads)
+    if not training.torch_threads:
+        log.info(
+            "training.torch_threads=0 (auto): %d thread(s) for PPO updates, the cores the servers leave",
+            threads,
+        )
     set_random_seed(training.seed)
     curriculum = Curriculum(
         config.curriculum,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fault_injection import CorruptingProxy, server_process, stop_for
 
-import spacetime_rl.training.job as job
+import spacetime_rl.envs.vec_env as vec_env
 from spacetime_rl.config import EnvConfig, NetworkConfig, PPOConfig, TrainConfig, TrainingConfig
 from spacetime_rl.training import train
 
@@ -61,9 +61,13 @@ def test_training_survives_killed_frozen_and_garbage_talking_servers(tmp_path: P
         proxies.append(proxy)
         return proxy
 
-    real_make_clients = job.make_clients
+    real_make_clients = vec_env.make_clients
     monkeypatch.setattr(
-        job, "make_clients", lambda urls, config: real_make_clients([make_proxy(u).url for u in urls], config)
+        vec_env,
+        "make_clients",
+        lambda urls, config, name="env.url": real_make_clients(
+            [make_proxy(u).url for u in urls], config, name
+        ),
     )
     config = TrainConfig(
         env=EnvConfig(

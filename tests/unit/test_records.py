@@ -107,3 +107,17 @@ def test_json_values_survive_the_trip_through_hydra_overrides(value: object, tmp
     (override,) = OverridesParser.create().parse_overrides([f"key={hydra_value(value)}"])
     assert override.value() == value
     assert json.loads(json.dumps(value)) == value
+
+
+def test_torch_threads_auto_leaves_the_servers_their_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import spacetime_rl.config as config_module
+
+    monkeypatch.setattr(config_module, "_usable_cores", lambda: 8)
+    assert config_module.torch_threads(compose_train_config()) == 6  # one training + one eval simulator
+    assert config_module.torch_threads(compose_train_config(["env.num_environments=3"])) == 4
+    assert config_module.torch_threads(compose_train_config(["env.num_environments=9"])) == 1  # at least 1
+    assert config_module.torch_threads(compose_train_config(["training.torch_threads=3"])) == 3
+    local = ["env=godot", "env.url=http://127.0.0.1:8080"]
+    assert config_module.torch_threads(compose_train_config(local)) == 7  # Godot runs here too
+    remote = ["env=godot", "env.url=http://gpu-box:8080", "env.token=t"]
+    assert config_module.torch_threads(compose_train_config(remote)) == 8
