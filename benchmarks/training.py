@@ -11,7 +11,7 @@ import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -109,7 +109,7 @@ class CommandRun:
     status: int
 
 
-def quick_test_run(interval: float = 0.1) -> CommandRun:
+def quick_test_run(interval: float = 0.1, overrides: Sequence[str] = ()) -> CommandRun:
     """`python train.py preset=quick_test` from command to final checkpoint, in a fresh output dir."""
     with tempfile.TemporaryDirectory(prefix="bench-quick-test-") as out:
         command = [
@@ -117,6 +117,7 @@ def quick_test_run(interval: float = 0.1) -> CommandRun:
             "train.py",
             "preset=quick_test",
             "training.progress_bar=false",
+            *overrides,
             f"hydra.run.dir={out}",
         ]
         start = time.perf_counter()

@@ -46,6 +46,8 @@ LATEST: Final = "latest"
 BEST_MODEL: Final = Path("best_models") / "best_model.zip"
 RUN_CONFIG: Final = Path(".hydra") / "config.yaml"
 RUN_OVERRIDES: Final = Path(".hydra") / "overrides.yaml"
+#: The folder inside a run directory that evaluate.py writes that run's evaluations to.
+EVALUATIONS: Final = "evaluations"
 
 
 def checkpoint_path(directory: Path, timesteps: int) -> Path:

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spacetime_rl import studies
-from spacetime_rl.artifacts import RUN_CONFIG, load_overrides
+from spacetime_rl.artifacts import EVALUATIONS, RUN_CONFIG, load_overrides
 from spacetime_rl.metrics import EVAL_METRICS
 
 __all__ = ["RunRow", "compare", "find_runs", "is_sweep_dir", "learning_curves", "report_sweep"]
@@ -84,13 +84,17 @@ def report_sweep(sweep_dir: Path, out_dir: Path) -> None:
 
 
 def find_runs(paths: Sequence[Path]) -> list[Path]:
-    """Run directories among `paths`: each path is a run directory or holds run directories below it."""
+    """Training run directories among `paths`: each path is a run directory or holds run directories
+    below it (evaluations kept inside runs, `<run>/evaluations/...`, are not runs)."""
     runs: list[Path] = []
     for path in paths:
         if (path / RUN_CONFIG).is_file():
             runs.append(path)
         else:
-            runs.extend(sorted((p.parent.parent for p in path.rglob(str(RUN_CONFIG))), key=_natural))
+            found = (p.parent.parent for p in path.rglob(str(RUN_CONFIG)))
+            runs.extend(
+                sorted((r for r in found if EVALUATIONS not in r.relative_to(path).parts), key=_natural)
+            )
     return list(dict.fromkeys(runs))
 
 

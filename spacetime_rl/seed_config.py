@@ -8,6 +8,7 @@ command line, and `.hydra/config.yaml`, `.hydra/overrides.yaml` and `--cfg job` 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -129,6 +130,19 @@ def write_example(path: str | Path = "example_config.json") -> Path:
     return file
 
 
-if __name__ == "__main__":
-    written = write_example(*sys.argv[1:2])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spacetime_rl.seed_config",
+        description="Write an example JSON config in the format of the original rl_config.py.",
+    )
+    parser.add_argument(
+        "path", nargs="?", default="example_config.json", help="the file to write (default %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    written = write_example(args.path)
     print(f"Wrote {written}. Edit it, then train with: python train.py config_file={written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from spacetime_rl.artifacts import EVALUATIONS, RUN_CONFIG
 from spacetime_rl.config import EnvConfig, RewardConfig, TasksConfig, check_keys
 from spacetime_rl.errors import ConfigError
 
@@ -48,8 +50,23 @@ class EvaluateConfig:
 
 
 def register_configs() -> None:
-    """Register the root schema so `conf/evaluate.yaml` can extend it (`defaults: [evaluate_schema]`)."""
+    """Register the root schema so `conf/evaluate.yaml` can extend it (`defaults: [evaluate_schema]`),
+    and the `evaluation_root` resolver its output directory uses."""
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+    OmegaConf.register_new_resolver("evaluation_root", evaluation_root, replace=True)
+
+
+def evaluation_root(model: str | None) -> str:
+    """Where evaluate.py writes: beside the evaluated run (`<run>/evaluations`), else `evaluations/`.
+
+    Never among training runs (`outputs/<date>`), where `compare` and TensorBoard would mix them in.
+    """
+    if model:
+        path = Path(str(model)).expanduser()
+        for candidate in (path, path.parent, path.parent.parent):
+            if (candidate / RUN_CONFIG).is_file():
+                return str(candidate / EVALUATIONS)
+    return EVALUATIONS
 
 
 def to_evaluate_config(cfg: DictConfig) -> EvaluateConfig:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import signal
 import threading
 from collections.abc import Iterator
@@ -272,7 +273,41 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
+    log.info("%s", _summary(output_dir, record, held_out))
     return objective
+
+
+def _summary(output_dir: Path, record: EvalRecord, held_out: dict[str, Any]) -> str:
+    """Where the run went and what to do next, for the end of the log."""
+
+    def score(metrics: dict[str, float]) -> str:
+        rate = metrics.get("eval/success_rate", math.nan)
+        low, high = metrics.get("eval/success_low", math.nan), metrics.get("eval/success_high", math.nan)
+        return f"success {rate:.2f} [{low:.2f}, {high:.2f}]"
+
+    best = record.best
+    lines = [
+        f"run directory  {output_dir}",
+        f"final model    {output_dir / 'final_model.zip'}  ({score(record.last)}, "
+        f"mean return {record.last.get('eval/mean_reward', math.nan):.1f})",
+    ]
+    if best:
+        lines.append(
+            f"best model     {output_dir / 'best_models' / 'best_model.zip'}  ({score(best)} at "
+            f"{int(best.get('time/total_timesteps', 0))} steps)"
+        )
+    if held_out.get("best"):
+        lines.append(
+            f"held out       {held_out['episodes']} episodes never trained or selected on: best "
+            f"{score(held_out['best'])}, final {score(held_out['final'])}"
+        )
+    lines += [
+        f"metrics        {output_dir / 'metrics.json'}",
+        f"next           python evaluate.py model={output_dir}",
+        f"               python -m spacetime_rl.export {output_dir} {output_dir / 'policy.onnx'}",
+        f"               tensorboard --logdir {output_dir / 'tensorboard'}",
+    ]
+    return "\n".join(["the run:", *lines])
 
 
 @dataclass

@@ -84,3 +84,26 @@ def test_a_curve_no_run_logged_says_so_in_the_picture(multirun: Path, tmp_path: 
     shutil.copytree(multirun / "0" / ".hydra", bare / ".hydra")
     (ax, _) = learning_curves_figure([read_run(bare, None)], ["bare"]).axes
     assert not ax.lines and ax.texts[0].get_text() == "no data: no run logged eval/success_rate"
+
+
+def test_evaluate_help_lists_only_the_groups_it_takes() -> None:
+    result = run("evaluate.py", "--help")
+    assert result.returncode == 0, result.stderr
+    for rejected in ("preset:", "ppo:", "sweep:", "network:", "curriculum:"):
+        assert rejected not in result.stdout, rejected
+    conf = ROOT / "conf"
+    for group in ("env", "reward", "task"):
+        for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
+            assert option in result.stdout, f"{group}={option}"
+
+
+def test_evaluations_go_beside_the_run_and_compare_ignores_them(multirun: Path) -> None:
+    result = run("evaluate.py", f"model={multirun / '0'}", "episodes=2", "plot_episodes=0")
+    assert result.returncode == 0, result.stderr
+    (written,) = (multirun / "0" / "evaluations").iterdir()
+    assert (written / "eval" / "metrics.json").is_file()
+    assert str(written / "eval") in result.stdout + result.stderr  # says where it went
+    compared = run("-m", "spacetime_rl.compare", str(multirun), "--out", str(written / "cmp"))
+    assert compared.returncode == 0, compared.stderr
+    with open(written / "cmp" / "comparison.csv", newline="") as file:
+        assert sorted(row["run"] for row in csv.DictReader(file)) == ["0", "1"]

@@ -34,11 +34,45 @@ def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_run_and_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run_dir = tmp_path_factory.mktemp("run")
     result = run_train(*TINY, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
-    return run_dir
+    return run_dir, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_run_and_output: tuple[Path, str]) -> Path:
+    return tiny_run_and_output[0]
+
+
+def test_a_run_ends_saying_where_everything_went_and_what_next(tiny_run_and_output: tuple[Path, str]) -> None:
+    run_dir, output = tiny_run_and_output
+    summary = output[output.index("the run:") :]
+    for line in (
+        f"run directory  {run_dir}",
+        f"final model    {run_dir / 'final_model.zip'}",
+        f"best model     {run_dir / 'best_models' / 'best_model.zip'}",
+        "held out       4 episodes",
+        f"python evaluate.py model={run_dir}",
+        f"python -m spacetime_rl.export {run_dir} {run_dir / 'policy.onnx'}",
+        f"tensorboard --logdir {run_dir / 'tensorboard'}",
+    ):
+        assert line in summary, line
+    assert (
+        "training.torch_threads=0 (auto): 1 thread(s)" in output or "training.torch_threads" not in TINY_RUN
+    )
+
+
+def test_seed_config_help_is_help_not_a_file_name(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "spacetime_rl.seed_config", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and "usage:" in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tiny_run_leaves_checkpoints_best_model_and_events(tiny_run: Path) -> None:
