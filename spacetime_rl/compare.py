@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after ..." per run
     missing = [str(p) for p in args.paths if not p.is_dir()]
     if missing:
         log.error(
