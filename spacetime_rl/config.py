@@ -63,7 +63,8 @@ class EnvConfig:
     token: str | None = None
     scene: str = wire.DEFAULT_SCENE
     num_environments: int = 1  # servers stepped concurrently
-    agents_per_environment: int = wire.DEFAULT_AGENTS
+    # null: the attached server's own count, read from its /rl/spec (env=godot with env.url)
+    agents_per_environment: int | None = wire.DEFAULT_AGENTS
     max_episode_steps: int = 200  # client-side time limit, in actions
     connect_timeout: float = wire.DEFAULT_CONNECT_TIMEOUT  # seconds to reach a server before giving up
     request_timeout: float = wire.DEFAULT_REQUEST_TIMEOUT
@@ -105,9 +106,16 @@ class EnvConfig:
         for key in ("max_restarts", "retries"):
             value = getattr(self, key)
             _require(value >= 0, f"env.{key}", value, "use 0 (never) or a positive integer")
+        _require(
+            self.agents_per_environment is not None or self.attached,
+            "env.agents_per_environment",
+            None,
+            "only an attached server (env=godot env.url=...) tells its own count; for the instances "
+            "train.py starts give one, e.g. env.agents_per_environment=16",
+        )
         for key in ("num_environments", "agents_per_environment", "max_episode_steps", "action_repeat"):
             value = getattr(self, key)
-            _require(value >= 1, f"env.{key}", value, "use a positive integer")
+            _require(value is None or value >= 1, f"env.{key}", value, "use a positive integer")
         for key in (
             "connect_timeout",
             "request_timeout",
@@ -140,8 +148,18 @@ class EnvConfig:
         )
 
     @property
+    def agents(self) -> int:
+        """`agents_per_environment`, once known (`envs.with_server_agents` reads an attached server's)."""
+        if self.agents_per_environment is None:
+            raise ConfigError(
+                "env.agents_per_environment=None is not known yet: ask the server with "
+                "spacetime_rl.envs.with_server_agents(config) first"
+            )
+        return self.agents_per_environment
+
+    @property
     def num_agents(self) -> int:
-        return self.num_environments * self.agents_per_environment
+        return self.num_environments * self.agents
 
     @property
     def attached(self) -> bool:
@@ -475,6 +493,8 @@ class TrainConfig:
     verbose: bool = False
 
     def __post_init__(self) -> None:
+        if self.env.agents_per_environment is None:
+            return  # checked again once the server said its count (envs.with_server_agents)
         rollout = self.ppo.n_steps * self.env.num_agents
         _require(
             self.ppo.batch_size <= rollout,

@@ -6,7 +6,13 @@ Importing this package registers `SpaceTime/VRNavigation-v0` with Gymnasium.
 import gymnasium as gym
 
 from spacetime_rl.envs.gym_env import ENV_ID, SpaceTimeEnv
-from spacetime_rl.envs.vec_env import AgentTransport, SpaceTimeVecEnv, connector, make_clients
+from spacetime_rl.envs.vec_env import (
+    AgentTransport,
+    SpaceTimeVecEnv,
+    connector,
+    make_clients,
+    with_server_agents,
+)
 
 __all__ = [
     "ENV_ID",
@@ -15,6 +21,7 @@ __all__ = [
     "SpaceTimeVecEnv",
     "connector",
     "make_clients",
+    "with_server_agents",
 ]
 
 if ENV_ID not in gym.registry:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import warnings
@@ -106,6 +107,22 @@ def make_clients(urls: Sequence[str], config: EnvConfig, name: str = "env.url") 
         )
         for url in urls
     ]
+
+
+def with_server_agents(config: EnvConfig) -> EnvConfig:
+    """`config` with its agent count known: as given, or (null, attaching) the server's, from `/rl/spec`
+    after loading `env.scene` as the VecEnv will."""
+    if config.agents_per_environment is not None:
+        return config
+
+    async def ask() -> int:
+        async with make_clients([config.url or ""], config)[0] as client:
+            await client.load_scene(config.scene)
+            return (await client.spec()).num_agents
+
+    agents = asyncio.run(ask())
+    log.info("env.agents_per_environment=null: the server at %s runs %d agents", config.url, agents)
+    return dataclasses.replace(config, agents_per_environment=agents)
 
 
 def connector(pool: ServerPool, config: EnvConfig) -> Callable[[str], Any]:

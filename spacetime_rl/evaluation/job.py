@@ -24,7 +24,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from spacetime_rl.artifacts import ModelSource, check_same_save, resolve_model, write_json
-from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
+from spacetime_rl.envs import SpaceTimeVecEnv, make_clients, with_server_agents
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.evaluation.config import EvaluateConfig, to_evaluate_config
 from spacetime_rl.evaluation.plots import plot_episodes
@@ -118,9 +118,9 @@ def evaluate(config: EvaluateConfig, output_dir: Path, source: ModelSource | Non
     """
     if config.policy == "trained" and source is None:
         raise ConfigError("policy=trained needs model=<run directory or model zip>")
-    env_config = config.env
+    env_config = with_server_agents(config.env)
     seed = held_out_seed(0) if config.seed is None else config.seed
-    agents = min(config.episodes, env_config.agents_per_environment)
+    agents = min(config.episodes, env_config.agents)
     with contextlib.ExitStack() as stack:
         urls = stack.enter_context(
             launch_servers(env_config, count=1, agents=agents, seed=seed, verbose=config.verbose)

@@ -67,7 +67,7 @@ class ServerPool:
         self.config = config
         self.role = role  # "train" or "eval": which servers these are, in messages
         self.count = config.num_environments if count is None else count
-        self.agents = config.agents_per_environment if agents is None else agents
+        self.agents = config.agents if agents is None else agents
         self.seed = seed
         self.verbose = verbose
         self.urls: list[str] = []

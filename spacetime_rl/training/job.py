@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import signal
@@ -52,7 +53,7 @@ from spacetime_rl.artifacts import (
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import ACTIVATIONS as config_activations
 from spacetime_rl.config import TrainConfig, TrainingConfig, torch_threads
-from spacetime_rl.envs import SpaceTimeVecEnv, connector
+from spacetime_rl.envs import SpaceTimeVecEnv, connector, with_server_agents
 from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
@@ -104,6 +105,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     every periodic evaluation; when it returns False training stops and the objective is that
     evaluation's (sweeps prune trials this way).
     """
+    config = dataclasses.replace(config, env=with_server_agents(config.env))  # re-runs its checks
     env_config, training = config.env, config.training
     if training.objective not in EVAL_METRICS:
         raise ConfigError(f"training.objective={training.objective!r} is invalid: use one of {EVAL_METRICS}")
@@ -332,7 +334,7 @@ def _start_envs(stack: contextlib.ExitStack, config: TrainConfig) -> _Envs:
     eval_pool = ServerPool(
         env_config,
         count=1,
-        agents=min(training.eval_episodes, env_config.agents_per_environment),
+        agents=min(training.eval_episodes, env_config.agents),
         seed=in_training_eval_seed(training.seed),
         verbose=config.verbose,
         role="eval",

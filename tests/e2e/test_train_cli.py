@@ -232,3 +232,36 @@ def test_resume_a_run_directory_after_a_killed_save(tiny_run: Path, tmp_path: Pa
     assert metrics["num_timesteps"] == 1536
     assert sorted(p.name for p in checkpoints.iterdir() if "1536" in p.name) == []  # the orphans are gone
     assert not list(checkpoints.glob(".*.tmp"))
+
+
+def test_attaching_takes_the_agent_count_from_the_server(tmp_path: Path) -> None:
+    """env=godot env.url=... with no agent count: the server's /rl/spec says 6, and 6 train."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "spacetime_rl.sim", "--port", "0", "--agents", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[-1]
+        overrides = [o for o in TINY if not o.startswith("env.agents_per_environment=")]
+        result = run_train(*overrides, "env=godot", f"env.url={url}", f"hydra.run.dir={tmp_path}")
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"env.agents_per_environment=null: the server at {url} runs 6 agents" in result.stdout + result.stderr
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["env_used"]["agents"] == 6
+    assert metrics["num_timesteps"] == 1152  # whole rollouts of 64 x 6
+
+
+def test_launched_godot_needs_an_agent_count(tmp_path: Path) -> None:
+    result = run_train(
+        "env=godot", "env.executable=/bin/true", f"env.project={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}"
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "env.agents_per_environment=None is invalid" in result.stdout + result.stderr
