@@ -56,7 +56,8 @@ class ResponseCheck:
                 self.fail(
                     f"field 'observation_fields' entry {i} is {entry!r}, expected {{name: str, size: int}}"
                 )
-            observation_fields.append((entry["name"], entry["size"]))
+            name = wire.OBSERVATION_FIELD_ALIASES.get(entry["name"], entry["name"])  # the seed's names
+            observation_fields.append((name, entry["size"]))
         scenarios = self.typed(body, "scenarios", list) if "scenarios" in body else []
         if not all(isinstance(name, str) for name in scenarios):
             self.fail(f"field 'scenarios' is {scenarios!r}, expected a list of strings")

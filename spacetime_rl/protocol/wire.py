@@ -48,6 +48,13 @@ OBSERVATION_FIELDS: Final[tuple[tuple[str, int], ...]] = (
 )
 
 
+#: The seed README's names (its example `get_rl_observation()`) for documented fields, same layout:
+#: a scene written from that example says `ray_sensors` and `goal_position` in its /rl/spec.
+OBSERVATION_FIELD_ALIASES: Final[Mapping[str, str]] = types.MappingProxyType(
+    {"ray_sensors": "ray_distances", "goal_position": "goal_relative_position"}
+)
+
+
 def _field_slices() -> dict[str, slice]:
     slices, start = {}, 0
     for name, size in OBSERVATION_FIELDS:
