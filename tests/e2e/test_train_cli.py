@@ -265,3 +265,22 @@ def test_launched_godot_needs_an_agent_count(tmp_path: Path) -> None:
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "env.agents_per_environment=None is invalid" in result.stdout + result.stderr
+
+
+def test_console_scripts_are_the_entry_points() -> None:
+    bin_dir = Path(sys.executable).parent
+    shown = subprocess.run(
+        [str(bin_dir / "spacetime-train"), "--cfg", "job", "preset=full_training"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout)["training"]["total_timesteps"] == 5_000_000
+    typo = subprocess.run(
+        [str(bin_dir / "spacetime-train"), "+ppo.learnin_rate=1"], capture_output=True, text=True, timeout=120
+    )
+    assert typo.returncode == 1 and "did you mean ppo.learning_rate?" in typo.stderr
+    for name in ("spacetime-evaluate", "spacetime-export", "spacetime-compare", "spacetime-sim"):
+        helped = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True, timeout=120)
+        assert helped.returncode == 0 and helped.stdout, name
