@@ -52,7 +52,7 @@ from spacetime_rl.artifacts import (
 )
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import ACTIVATIONS as config_activations
-from spacetime_rl.config import TrainConfig, TrainingConfig, torch_threads
+from spacetime_rl.config import PPOConfig, TrainConfig, TrainingConfig, torch_threads
 from spacetime_rl.envs import SpaceTimeVecEnv, connector, with_server_agents
 from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot.launcher import ServerPool
@@ -73,20 +73,8 @@ from spacetime_rl.training.curriculum import Curriculum, TaskCurricula
 
 log = logging.getLogger(__name__)
 
-#: PPO settings a resumed run takes from its own config (the rest of `PPOConfig` is `device`).
-RESUMABLE_PPO: Final = (
-    "learning_rate",
-    "n_steps",
-    "batch_size",
-    "n_epochs",
-    "gamma",
-    "gae_lambda",
-    "clip_range",
-    "ent_coef",
-    "vf_coef",
-    "max_grad_norm",
-    "target_kl",
-)
+#: PPO settings a resumed run takes from its own config: all of `PPOConfig` but the device.
+RESUMABLE_PPO: Final = tuple(f.name for f in dataclasses.fields(PPOConfig) if f.name != "device")
 #: network.activation_fn -> the torch module class (the names live once, in config.ACTIVATIONS).
 ACTIVATIONS: Final[dict[str, type[nn.Module]]] = {
     name: getattr(nn, cls) for name, cls in config_activations.items()
