@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -103,6 +104,8 @@ class EnvConfig:
                 self.project,
                 "env.executable needs env.project=/path/to/SpaceTime (the folder with project.godot)",
             )
+        if self.token is not None and not access.is_valid_token(self.token):
+            raise ConfigError(f"env.token is invalid: it {access.TOKEN_FIX}")  # not echoed: a secret
         for key in ("max_restarts", "retries"):
             value = getattr(self, key)
             _require(value >= 0, f"env.{key}", value, "use 0 (never) or a positive integer")
@@ -516,8 +519,7 @@ def torch_threads(config: TrainConfig) -> int:
 
 
 def _loopback_url(url: str | None) -> bool:
-    host = (url or "").split("://", 1)[-1].split("/", 1)[0]
-    return access.is_loopback(access.host_name(host))
+    return access.is_loopback(urlsplit(url or "").hostname or "")
 
 
 def register_configs() -> None:

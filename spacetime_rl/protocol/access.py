@@ -16,6 +16,7 @@ The Godot addon applies the same rules (godot/addons/spacetime_rl/rl_http_server
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Collection
 from typing import Final
@@ -38,6 +39,7 @@ def host_name(host_header: str) -> str:
     return value.rstrip(".")
 
 
+@functools.lru_cache(maxsize=256)  # every request asks, nearly always with the same Host
 def is_loopback(host: str) -> bool:
     """True for a loopback address (127.0.0.0/8, ::1) or a name that always means this machine."""
     if host in LOOPBACK_NAMES or host.endswith(".localhost"):
@@ -46,6 +48,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_valid_token(token: str) -> bool:
+    """A token travels in an HTTP header: 1 to 256 visible ASCII characters, no spaces (a non-ASCII
+    one could never match in the addon, which decodes header bytes one by one)."""
+    return 0 < len(token) <= 256 and token.isascii() and token.isprintable() and " " not in token
+
+
+#: What a bad token is told, by whichever key or flag set it (the value, a secret, is not repeated).
+TOKEN_FIX: Final = (
+    "must be 1 to 256 visible ASCII characters without spaces, as it travels in an HTTP header; "
+    "e.g. python -c 'import secrets; print(secrets.token_urlsafe())'"
+)
 
 
 def refusal(

@@ -151,10 +151,6 @@ async def _body(request: web.Request, *, empty_ok: bool = False) -> dict[str, An
 _NUMBER_TYPES: Final = frozenset((int, float))
 
 
-def _is_token(token: str) -> bool:
-    return 0 < len(token) <= 256 and token.isascii() and token.isprintable() and " " not in token
-
-
 def _is_number(value: object) -> bool:
     return type(value) in _NUMBER_TYPES
 
@@ -501,11 +497,8 @@ def create_app(
         raise ConfigError(f"num_agents is {num_agents}; the simulator runs 1 to {wire.MAX_AGENTS} agents")
     if action_repeat < 1:
         raise ConfigError(f"action_repeat is {action_repeat}; it must be at least 1 physics frame")
-    if token is not None and not _is_token(token):
-        raise ConfigError(
-            "the token must be 1 to 256 visible ASCII characters (no spaces): it travels in an HTTP "
-            "header; e.g. python -c 'import secrets; print(secrets.token_urlsafe())'"
-        )
+    if token is not None and not access.is_valid_token(token):
+        raise ConfigError(f"the token (--token or {wire.TOKEN_VARIABLE}) {access.TOKEN_FIX}")
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes is {max_body_bytes}; it must be positive")
     if seed is not None and seed < 0:

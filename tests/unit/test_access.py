@@ -68,3 +68,21 @@ def test_allowed_hosts_and_origins_and_bodiless_requests_pass() -> None:
         is None
     )
     assert access.refusal(host="localhost", origin=None, content_type=None, has_body=False) is None
+
+
+@pytest.mark.parametrize(
+    ("token", "valid"), [("s3cr3t-Token_", True), ("a b", False), ("tökén", False), ("", False)]
+)
+def test_tokens_are_visible_ascii(token: str, valid: bool) -> None:
+    assert access.is_valid_token(token) is valid
+
+
+def test_a_bad_env_token_is_refused_at_config_time_without_echoing_it() -> None:
+    from spacetime_rl.config import compose_train_config
+    from spacetime_rl.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"env\.token is invalid: it must be 1 to 256 visible ASCII"
+    ) as info:
+        compose_train_config(["env=godot", "env.url=http://127.0.0.1:8080", "env.token='my secret'"])
+    assert "my secret" not in str(info.value)
