@@ -7,10 +7,10 @@ metrics.json, so a run that makes no checkpoint or never leaves a curriculum sta
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from spacetime_rl.config import CurriculumStageConfig, TrainConfig
+from spacetime_rl.config import CurriculumConfig, TrainConfig
+from spacetime_rl.curriculum import Curriculum
 
 
 @dataclass(frozen=True)
@@ -43,21 +43,30 @@ def plan_budget(config: TrainConfig, start: int = 0) -> Budget:
         if remaining and (start // every + 1) * every > trained:  # as the periodic callbacks count
             notes.append(f"{key}={every} is more than the {trained - start} steps this run trains: {what}")
     if config.curriculum.enabled:
-        notes += _stage_notes("curriculum.stages", config.curriculum.stages, trained, config.curriculum.mode)
+        notes += _stage_notes("curriculum.stages", config.curriculum, trained)
     for name, task in config.task.chosen.items():
-        notes += _stage_notes(f"task.tasks.{name}.curriculum", task.curriculum, trained, "timesteps")
+        if task.curriculum:
+            stages = CurriculumConfig(enabled=True, stages=task.curriculum)  # as TaskCurricula runs them
+            notes += _stage_notes(f"task.tasks.{name}.curriculum", stages, trained)
     return Budget(training.total_timesteps, start, trained, notes)
 
 
-def _stage_notes(key: str, stages: Sequence[CurriculumStageConfig], trained: int, mode: str) -> list[str]:
-    """A note when the run ends before its last stage would start (by the stages' timesteps)."""
-    starts = [sum(stage.timesteps for stage in stages[:i]) for i in range(len(stages))]
-    reached = [stage.name for stage, begin in zip(stages, starts, strict=True) if begin < trained]
-    if len(reached) == len(stages):
+def _stage_notes(key: str, config: CurriculumConfig, trained: int) -> list[str]:
+    """A note when the run ends before the last stage: the stage training's own `Curriculum` reaches
+    by `trained` steps, so the note says what metrics.json's curriculum will."""
+    curriculum = Curriculum(config, math.inf)
+    curriculum.update(trained)
+    stages = config.stages
+    if curriculum.stage == len(stages) - 1:
         return []
-    missed = stages[len(reached)]
-    early = " unless evaluations reach curriculum.success_threshold sooner" if mode == "success_rate" else ""
+    missed = stages[curriculum.stage + 1]
+    starts_at = sum(stage.timesteps for stage in stages[: curriculum.stage + 1])
+    early = (
+        " unless evaluations reach curriculum.success_threshold sooner"
+        if config.mode == "success_rate"
+        else ""
+    )
     return [
-        f"{key}: stage {missed.name!r} starts at {starts[len(reached)]} steps, after the {trained} this run "
-        f"trains: it ends in stage {reached[-1]!r}{early}; raise training.total_timesteps or shorten the stages"
+        f"{key}: stage {missed.name!r} starts at {starts_at} steps, after the {trained} this run trains: it "
+        f"ends in stage {curriculum.stage_name!r}{early}; raise training.total_timesteps or shorten the stages"
     ]

@@ -20,10 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
-from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv
 
-from spacetime_rl.artifacts import ModelSource, check_same_save, resolve_model, write_json
+from spacetime_rl.artifacts import ModelSource, resolve_model, write_json
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients, with_server_agents
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.evaluation.config import EvaluateConfig, to_evaluate_config
@@ -40,6 +39,7 @@ from spacetime_rl.metrics import (
     summarize,
 )
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed, seen_in_training
+from spacetime_rl.snapshots import load_frozen
 
 __all__ = ["evaluate", "job_config", "run"]
 
@@ -89,8 +89,13 @@ def job_config(cfg: DictConfig) -> tuple[EvaluateConfig, Path, ModelSource | Non
 
 def _choose_seed(cfg: DictConfig, run_config: DictConfig | None) -> None:
     """Default to the run's held-out episodes; say when the chosen seed replays episodes of the run."""
-    training_seed = int(OmegaConf.select(run_config, "training.seed", default=0)) if run_config else 0
-    servers = int(OmegaConf.select(run_config, "env.num_environments", default=1)) if run_config else 1
+    if run_config is None:  # a model without its run, or a reference policy
+        if cfg.seed is None:
+            cfg.seed = held_out_seed(0)
+            log.info("seed=%d: the held-out episodes of a run with training.seed=0", cfg.seed)
+        return
+    training_seed = int(OmegaConf.select(run_config, "training.seed", default=0))
+    servers = int(OmegaConf.select(run_config, "env.num_environments", default=1))
     if cfg.seed is None:
         cfg.seed = held_out_seed(training_seed)
         log.info(
@@ -100,7 +105,7 @@ def _choose_seed(cfg: DictConfig, run_config: DictConfig | None) -> None:
             training_seed + servers - 1,
             in_training_eval_seed(training_seed),
         )
-    elif run_config is not None and (seen := seen_in_training(cfg.seed, training_seed, servers)):
+    elif seen := seen_in_training(cfg.seed, training_seed, servers):
         log.warning(
             "seed=%d replays the episodes of %s: these results are not held out; drop seed= to "
             "evaluate on the run's held-out seed %d",
@@ -129,7 +134,7 @@ def evaluate(config: EvaluateConfig, output_dir: Path, source: ModelSource | Non
         recorders = [RecordingTransport(client, layout_rounds) for client in make_clients(urls, env_config)]
         venv = SpaceTimeVecEnv(recorders, env_config, config.reward, seed=seed, tasks=config.task)
         stack.callback(venv.close)
-        env, act = _policy(config, venv, source)
+        env, act = _policy(config, venv, source, seed)
         results = attach_paths(play_episodes(env, act, config.episodes, seed), recorders)
 
     step_seconds = seconds_per_step(env_config.action_repeat)
@@ -169,26 +174,24 @@ def print_metrics(metrics: dict[str, float], title: str) -> None:
     Console().print(table)
 
 
-def _policy(config: EvaluateConfig, venv: SpaceTimeVecEnv, source: ModelSource | None) -> tuple[VecEnv, Act]:
+def _policy(
+    config: EvaluateConfig, venv: SpaceTimeVecEnv, source: ModelSource | None, seed: int
+) -> tuple[VecEnv, Act]:
     """The env the policy sees and the policy: the trained one sees the run's normalised observations."""
     if config.policy == "random":
-        return venv, random_policy(0 if config.seed is None else config.seed)
+        return venv, random_policy(seed)
     if config.policy == "heuristic":
         return venv, heuristic_policy()
     assert source is not None
     # A forward pass over a few dozen rows is fastest on one thread; more threads only spin
     # against the simulator for the same cores.
     torch.set_num_threads(1)
-    model = PPO.load(str(source.model), device="cpu")
+    model, env = load_frozen(source.model, venv)
     if model.observation_space.shape != venv.observation_space.shape:
         raise ConfigError(
             f"model={str(source.model)!r} expects observations of shape {model.observation_space.shape}, "
             f"but protocol v1 has {venv.observation_space.shape}: it was not trained by spacetime_rl"
         )
-    env = VecNormalize.load(str(source.stats), venv)
-    check_same_save(source.model, model, env)
-    env.training = False
-    env.norm_reward = False
     return env, trained_policy(model, config.deterministic)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import optuna
 from hydra.utils import instantiate
 
+from spacetime_rl.artifacts import write_json
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import SweepConfig, TrainConfig
 from spacetime_rl.errors import ConfigError
@@ -139,5 +140,4 @@ def _write_summary(
         "requested_timesteps": config.training.total_timesteps * config.sweep.seeds_per_trial,
         **summary,
     }
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(Path(output_dir) / "metrics.json", metrics)

@@ -18,9 +18,9 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 from spacetime_rl.artifacts import checkpoint_path, save_snapshot
+from spacetime_rl.curriculum import Curriculum, TaskCurricula
 from spacetime_rl.metrics import EVAL_METRICS, EvalHook, play_episodes, summarize
 from spacetime_rl.rewards import REWARD_TERMS
-from spacetime_rl.training.curriculum import Curriculum, TaskCurricula
 
 
 def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int, seed: int) -> dict[str, float]:

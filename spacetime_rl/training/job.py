@@ -53,10 +53,12 @@ from spacetime_rl.artifacts import (
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import ACTIVATIONS as config_activations
 from spacetime_rl.config import PPOConfig, TrainConfig, TrainingConfig, torch_threads
+from spacetime_rl.curriculum import Curriculum, TaskCurricula
 from spacetime_rl.envs import SpaceTimeVecEnv, connector, with_server_agents
 from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
+from spacetime_rl.snapshots import load_frozen
 from spacetime_rl.training.callbacks import (
     EVAL_METRICS,
     CheckpointCallback,
@@ -69,7 +71,6 @@ from spacetime_rl.training.callbacks import (
     RolloutThreads,
     evaluate,
 )
-from spacetime_rl.training.curriculum import Curriculum, TaskCurricula
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,11 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
 
     output_dir = Path(output_dir)
     checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
-    for path in clean_stale(output_dir):
-        log.warning("removed %s, left by a save that was cut short", path)
     resume = resolve_resume(config.resume, RUNS_ROOT) if config.resume else None
-    if resume is not None:
-        for path in clean_stale(resume.parent.parent):
+    for run_dir in dict.fromkeys([output_dir, *([resume.parent.parent] if resume else [])]):
+        for path in clean_stale(run_dir):
             log.warning("removed %s, left by a save that was cut short", path)
+    if resume is not None:
         log.info("resume=%s: continuing from %s", config.resume, resume)
     resume_state = load_state(resume) if resume else {}
     budget = plan_budget(config, int(resume_state.get("num_timesteps", 0)))
@@ -539,10 +539,7 @@ def _held_out(
     if record.best is record.last:
         result["best"] = result["final"]  # the final evaluation kept the final model as the best
     elif best_path.is_file():
-        best = PPO.load(str(best_path), device="cpu")
-        best_env = VecNormalize.load(str(stats_path(best_path)), eval_env.venv)
-        best_env.training, best_env.norm_reward = False, False
-        result["best"] = evaluate(best, best_env, episodes, seed)
+        result["best"] = evaluate(*load_frozen(best_path, eval_env.venv), episodes, seed)
     if "best" in result:
         log.info(
             "best model: %s = %.3f on the in-training evaluation (%d episodes), %.3f [%.3f, %.3f] on %d "

@@ -30,7 +30,7 @@ from spacetime_rl.godot.client import GodotClient
 from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.protocol import wire
 from spacetime_rl.sim.server import create_app, serve
-from spacetime_rl.training.curriculum import TaskCurricula
+from spacetime_rl.curriculum import TaskCurricula
 
 THREE = TasksConfig(
     name="multi",
