@@ -23,6 +23,7 @@ from spacetime_rl.config import (
     TrainingConfig,
     compose_train_config,
 )
+from spacetime_rl.curriculum import TaskCurricula
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.envs.tasks import TaskSchedule
 from spacetime_rl.errors import ConfigError, GodotError
@@ -30,7 +31,6 @@ from spacetime_rl.godot.client import GodotClient
 from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.protocol import wire
 from spacetime_rl.sim.server import create_app, serve
-from spacetime_rl.curriculum import TaskCurricula
 
 THREE = TasksConfig(
     name="multi",

@@ -19,12 +19,12 @@ from spacetime_rl.config import (
     TrainConfig,
     TrainingConfig,
 )
+from spacetime_rl.curriculum import Curriculum, CurriculumState
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.metrics import EVAL_METRICS
 from spacetime_rl.rewards import REWARD_TERMS
 from spacetime_rl.training import train
 from spacetime_rl.training.callbacks import RolloutThreads
-from spacetime_rl.curriculum import Curriculum, CurriculumState
 
 STAGES = [CurriculumStageConfig("near", 2.0, 600), CurriculumStageConfig("far", 4.0, 10_000)]
 
