@@ -51,17 +51,23 @@ async def serve_app() -> AsyncIterator[ServeApp]:
 
 
 @pytest.fixture
-def start_sim(serve_app: ServeApp) -> StartSim:
+async def start_sim() -> AsyncIterator[StartSim]:
     """Factory: start an embedded simulator with `create_app(**kwargs)` and return its base URL.
 
     A simulator that does not import fails the test: it is part of the product, not optional.
     """
-    from spacetime_rl.sim.server import create_app
+    from spacetime_rl.sim.server import create_app, serve
+
+    listeners = []
 
     async def start(**kwargs: Any) -> str:
-        return await serve_app(create_app(**kwargs))
+        listener = await serve(create_app(**kwargs), wire.DEFAULT_HOST, 0)
+        listeners.append(listener)
+        return f"http://{wire.DEFAULT_HOST}:{listener.port}"
 
-    return start
+    yield start
+    for listener in reversed(listeners):
+        await listener.cleanup()
 
 
 @pytest.fixture

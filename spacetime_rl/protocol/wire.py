@@ -25,6 +25,13 @@ DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
 #: Most agents one server runs: a scene load allocates per agent, so a typo must not hang it.
 MAX_AGENTS: Final = 4096
+#: A server's flood limits (the Godot addon's rl_http_server.gd keeps the same): connections open at
+#: once (more are answered 503), seconds for a request's headers to arrive from the connection's
+#: opening or the request's first byte, and for its body (else 408). Kept-alive idle connections
+#: have no deadline: a trainer is silent through each PPO update.
+MAX_CONNECTIONS: Final = 64
+HEADER_TIMEOUT: Final = 10.0
+BODY_TIMEOUT: Final = 30.0
 
 #: The one line a server prints on stdout once it listens, followed by its URL: the embedded
 #: simulator's, and the Godot addon's (godot/addons/spacetime_rl/rl_service.gd READY_LINE).

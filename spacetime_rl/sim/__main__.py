@@ -70,6 +70,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def _from_godot(argv: list[str]) -> list[str] | None:
     """This module's arguments for a Godot command line (`--headless --path P -- --rl-...`), else None."""
     if "--" not in argv:
@@ -141,6 +148,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="larger bodies get 413")
     parser.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=wire.MAX_CONNECTIONS,
+        help="connections open at once; more are answered 503 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=wire.HEADER_TIMEOUT,
+        help="seconds for a request's headers to arrive, else 408 (default %(default)s); idle "
+        "kept-alive connections have no deadline",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=wire.BODY_TIMEOUT,
+        help="seconds for a request's body to arrive, else 408 (default %(default)s)",
+    )
+    parser.add_argument(
         "--busy-poll-us",
         type=_non_negative,
         default=0,
@@ -166,24 +192,27 @@ async def _run(args: argparse.Namespace) -> None:
         seed=args.seed,
         action_repeat=args.action_repeat,
         max_body_bytes=args.max_body_bytes,
+        body_timeout=args.body_timeout,
         allowed_hosts=args.allowed_host,
         allowed_origins=args.allowed_origin,
     )
-    runner, port = await serve(app, args.host, args.port)
+    listener = await serve(
+        app, args.host, args.port, max_connections=args.max_connections, header_timeout=args.header_timeout
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     host = f"[{args.host}]" if ":" in args.host else args.host
     prefix = wire.GODOT_READY_PREFIX if args.godot_ready_line else wire.SIM_READY_PREFIX
-    print(f"{prefix}http://{host}:{port}", flush=True)
+    print(f"{prefix}http://{host}:{listener.port}", flush=True)
     orphaned = None if args.parent_pid is None else asyncio.create_task(_watch_parent(args.parent_pid, stop))
     try:
         await stop.wait()
     finally:
         if orphaned is not None:
             orphaned.cancel()
-        await runner.cleanup()
+        await listener.cleanup()
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:

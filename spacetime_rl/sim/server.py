@@ -23,10 +23,11 @@ from aiohttp import hdrs, web
 
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.protocol import Events, StepResult, access, encode_step, wire
+from spacetime_rl.sim.connections import GuardedServer
 from spacetime_rl.sim.scenarios import PLATFORM_HALF_SIZE
 from spacetime_rl.sim.world import GOAL_RADIUS, StepOutcome, World, ignored_options
 
-__all__ = ["ENGINE", "MAIN_SCENE", "VERSION", "create_app", "load_whitelist", "serve"]
+__all__ = ["ENGINE", "MAIN_SCENE", "VERSION", "Listener", "create_app", "load_whitelist", "serve"]
 
 ENGINE: Final = "spacetime-sim"
 VERSION: Final = "1.0.0"
@@ -126,12 +127,20 @@ class _Simulator:
 
 
 _SIM: Final = web.AppKey("simulator", _Simulator)
+_BODY_TIMEOUT: Final = web.AppKey("body_timeout", float)
 
 
 # --- request parsing ---------------------------------------------------------------------------
 async def _body(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    timeout = request.app[_BODY_TIMEOUT]
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError as exc:
+        raise RequestError(
+            408,
+            f"the request body did not arrive whole within {timeout:g} s; send it at once (--body-timeout)",
+        ) from exc
     except web.RequestPayloadError as exc:
         encoding = request.headers.get("Content-Encoding", "none")
         raise RequestError(
@@ -458,6 +467,8 @@ def _middlewares(
         )
         if refused is not None:
             return _error(*refused)
+        if (request.content_length or 0) > max_body_bytes:  # answered now, not after the bytes arrive
+            raise web.HTTPRequestEntityTooLarge(max_size=max_body_bytes, actual_size=request.content_length)
         return await handler(request)
 
     @web.middleware
@@ -484,6 +495,7 @@ def create_app(
     seed: int | None = None,
     action_repeat: int = wire.DEFAULT_ACTION_REPEAT,
     max_body_bytes: int = 1 << 20,
+    body_timeout: float = wire.BODY_TIMEOUT,
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
 ) -> web.Application:
@@ -501,6 +513,8 @@ def create_app(
         raise ConfigError(f"the token (--token or {wire.TOKEN_VARIABLE}) {access.TOKEN_FIX}")
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes is {max_body_bytes}; it must be positive")
+    if not body_timeout > 0:
+        raise ConfigError(f"body_timeout is {body_timeout}; it must be a positive number of seconds")
     if seed is not None and seed < 0:
         raise ConfigError(f"seed is {seed}; expected a non-negative integer")
     sim = _Simulator(num_agents, seed, action_repeat, None if whitelist is None else frozenset(whitelist))
@@ -518,6 +532,7 @@ def create_app(
         ),
     )
     app[_SIM] = sim
+    app[_BODY_TIMEOUT] = body_timeout
     app.router.add_get("/health", health)
     app.router.add_post("/scene/load", scene_load)
     app.router.add_get("/scene/state", scene_state)
@@ -532,17 +547,38 @@ def create_app(
     return app
 
 
+class Listener:
+    """A served app: its listening socket behind the flood guard (connections.py). `cleanup()` stops it."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server) -> None:
+        self._runner, self._server = runner, server
+        self.port: int = server.sockets[0].getsockname()[1]
+
+    async def cleanup(self) -> None:
+        self._server.close()  # no new connections, then aiohttp closes the open ones
+        await self._runner.cleanup()
+
+
 async def serve(
-    app: web.Application, host: str = wire.DEFAULT_HOST, port: int = 0
-) -> tuple[web.AppRunner, int]:
-    """Start `app` on host:port (0 picks a free port); returns the runner (call `cleanup()`) and the port."""
+    app: web.Application,
+    host: str = wire.DEFAULT_HOST,
+    port: int = 0,
+    *,
+    max_connections: int = wire.MAX_CONNECTIONS,
+    header_timeout: float = wire.HEADER_TIMEOUT,
+) -> Listener:
+    """Start `app` on host:port (0 picks a free port); call `cleanup()` on the answer to stop it."""
+    if max_connections < 1:
+        raise ConfigError(f"max_connections is {max_connections}; it must be at least 1")
+    if not header_timeout > 0:
+        raise ConfigError(f"header_timeout is {header_timeout}; it must be a positive number of seconds")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    assert runner.server is not None  # set by setup()
+    guarded = GuardedServer(runner.server, max_connections=max_connections, header_timeout=header_timeout)
     try:
-        await site.start()
+        server = await asyncio.get_running_loop().create_server(guarded, host, port, reuse_address=True)
     except BaseException:
         await runner.cleanup()
         raise
-    actual = runner.addresses[0][1]
-    return runner, int(actual)
+    return Listener(runner, server)

@@ -10,10 +10,8 @@ without a token (the default) refuses what a web page the developer has open can
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import math
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,13 +23,11 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sim_process import AGENTS, AUTH, TOKEN, SimProcess
 
 from spacetime_rl.protocol import wire
 
-TOKEN: Final = "fuzz-token"
-AGENTS: Final = 4
 MAX_BODY: Final = 64 * 1024
-AUTH: Final = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 PATHS: Final = [
     "/health",
     "/performance",
@@ -53,79 +49,11 @@ FUZZ = settings(
 )
 
 
-class Server:
-    """`python -m spacetime_rl.sim` on a free port; `request()` sends one request on a new connection."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "spacetime_rl.sim", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert line.startswith("spacetime-sim listening on http://"), line + self.process.stderr.read()
-        self.url = line.split()[-1]
-        self.host, port = self.url.removeprefix("http://").rsplit(":", 1)
-        self.port = int(port)
-        self.requests = 0
-        self.statuses: dict[int, int] = {}
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            answer = connection.getresponse()
-            status, data = answer.status, answer.read()
-        finally:
-            connection.close()
-        self.requests += 1
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-        return status, data
-
-    def raw(self, data: bytes) -> bytes:
-        """Send `data` as is; return the status line (b"" if the server just closed the connection)."""
-        with socket.create_connection((self.host, self.port), timeout=30) as sock:
-            sock.sendall(data)
-            sock.settimeout(1.0)
-            try:
-                answer = sock.recv(65536)
-            except TimeoutError:  # it waits for the rest of a body that will never come: end it
-                sock.settimeout(30)
-                sock.shutdown(socket.SHUT_WR)
-                answer = b""
-            while b"\r\n" not in answer and (chunk := sock.recv(65536)):
-                answer += chunk
-        self.requests += 1
-        return answer.split(b"\r\n", 1)[0]
-
-    def assert_healthy(self) -> None:
-        assert self.process.poll() is None, self.process.stderr.read() if self.process.stderr else ""
-        status, _ = self.request("GET", "/health")
-        assert status == 200
-        status, data = self.request(
-            "POST", "/scene/load", json.dumps({"scene": wire.DEFAULT_SCENE}).encode(), AUTH
-        )
-        assert status == 200, data
-        actions = {"actions": [[0.0, 1.0, 0.5]] * AGENTS, "auto_reset": True}
-        status, data = self.request("POST", "/rl/step", json.dumps(actions).encode(), AUTH)
-        assert status == 200, data
-        observations = np.asarray(json.loads(data)["observations"])
-        assert observations.shape == (AGENTS, wire.OBSERVATION_SIZE) and np.isfinite(observations).all()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     whitelist = tmp_path_factory.mktemp("fuzz") / "scene_whitelist.json"
     whitelist.write_text(json.dumps({"scenes": [wire.DEFAULT_SCENE]}))
-    started = Server(
+    started = SimProcess(
         *("--agents", str(AGENTS), "--token", TOKEN, "--whitelist", str(whitelist)),
         *("--scene", wire.DEFAULT_SCENE, "--seed", "0", "--max-body-bytes", str(MAX_BODY)),
     )
@@ -206,7 +134,7 @@ def encode(value: Any) -> bytes:
     authorised=st.sampled_from([True, True, True, False]),  # mostly past the token check
 )
 def test_near_valid_bodies_never_cause_a_5xx(
-    server: Server, method: str, path: str, body: Any, authorised: bool
+    server: SimProcess, method: str, path: str, body: Any, authorised: bool
 ):
     headers = {"Content-Type": "application/json", **(AUTH if authorised else {})}
     status, data = server.request(method, path, encode(body), headers)
@@ -237,7 +165,7 @@ def test_near_valid_bodies_never_cause_a_5xx(
     ),
 )
 def test_any_method_path_body_and_headers_never_cause_a_5xx(
-    server: Server, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    server: SimProcess, method: str, path: str, body: bytes | None, headers: dict[str, str]
 ):
     status, data = server.request(method, path, body, AUTH | headers)  # `headers` may spoil the token
     # HEAD answers carry no body; aiohttp's parser answers an unknown method in plain text.
@@ -266,18 +194,18 @@ BROKEN_REQUESTS: Final = [
 
 
 @pytest.mark.parametrize("data", BROKEN_REQUESTS, ids=range(len(BROKEN_REQUESTS)))
-def test_malformed_http_never_causes_a_5xx(server: Server, data: bytes):
+def test_malformed_http_never_causes_a_5xx(server: SimProcess, data: bytes):
     status_line = server.raw(data)
     assert not status_line.startswith((b"HTTP/1.1 5", b"HTTP/1.0 5")), (data[:80], status_line)
 
 
-def test_oversized_bodies_get_413(server: Server):
+def test_oversized_bodies_get_413(server: SimProcess):
     body = b'{"actions": [' + b"[0.0, 0.0, 0.0]," * (MAX_BODY // 15) + b"[0,0,0]]}"
     status, data = server.request("POST", "/rl/step", body, {**AUTH, "Content-Type": "application/json"})
     assert status == 413 and "error" in json.loads(data)
 
 
-def test_token_and_whitelist_are_enforced(server: Server):
+def test_token_and_whitelist_are_enforced(server: SimProcess):
     assert server.request("GET", "/rl/spec")[0] == 401
     assert server.request("GET", "/rl/spec", headers={"Authorization": "Bearer wrong"})[0] == 401
     assert server.request("GET", "/health")[0] == 200
@@ -287,7 +215,7 @@ def test_token_and_whitelist_are_enforced(server: Server):
 
 
 def test_binds_the_loopback_by_default():
-    server = Server("--agents", "1")
+    server = SimProcess("--agents", "1")
     try:
         assert server.host == "127.0.0.1"
         listening = [
@@ -298,7 +226,7 @@ def test_binds_the_loopback_by_default():
         server.stop()
 
 
-async def test_concurrent_clients_cannot_corrupt_the_scene(server: Server):
+async def test_concurrent_clients_cannot_corrupt_the_scene(server: SimProcess):
     """Eight clients step and reset one scene at once: answers stay well-formed, ticks never repeat."""
     step_ticks: list[int] = []
 
@@ -337,7 +265,7 @@ async def test_concurrent_clients_cannot_corrupt_the_scene(server: Server):
     server.assert_healthy()
 
 
-def test_requests_add_up_to_thousands(server: Server):
+def test_requests_add_up_to_thousands(server: SimProcess):
     """Runs last in this module: the fuzz above sent thousands of requests and none got a 5xx."""
     assert server.requests >= 1000
     assert not any(status >= 500 for status in server.statuses)
@@ -350,14 +278,14 @@ JSON: Final = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def open_server() -> Iterator[Server]:
+def open_server() -> Iterator[SimProcess]:
     """A simulator as Godot debug builds serve: no token, loopback."""
-    started = Server("--agents", "2", "--allowed-origin", "http://tool.localhost:3000")
+    started = SimProcess("--agents", "2", "--allowed-origin", "http://tool.localhost:3000")
     yield started
     started.stop()
 
 
-def test_a_web_page_cannot_drive_a_server_without_a_token(open_server: Server) -> None:
+def test_a_web_page_cannot_drive_a_server_without_a_token(open_server: SimProcess) -> None:
     # What a page can send without a CORS preflight, under a rebound name: all of it refused.
     attack = {"Origin": "http://evil.example", "Content-Type": "text/plain", "Host": "evil.example:8080"}
     status, data = open_server.request("POST", "/scene/load", SCENE_BODY, attack)
@@ -379,14 +307,14 @@ def test_a_web_page_cannot_drive_a_server_without_a_token(open_server: Server) -
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost:8080", "[::1]:8080", "127.1.2.3", "app.localhost"])
-def test_loopback_names_and_allowed_origins_are_served(open_server: Server, host: str) -> None:
+def test_loopback_names_and_allowed_origins_are_served(open_server: SimProcess, host: str) -> None:
     assert open_server.request("POST", "/scene/load", SCENE_BODY, {**JSON, "Host": host})[0] == 200
     allowed = {**JSON, "Host": host, "Origin": "http://tool.localhost:3000"}
     assert open_server.request("POST", "/scene/load", SCENE_BODY, allowed)[0] == 200
 
 
 def test_allowed_host_extends_the_loopback_names() -> None:
-    server = Server("--agents", "1", "--allowed-host", "sim.internal")
+    server = SimProcess("--agents", "1", "--allowed-host", "sim.internal")
     try:
         assert server.request("GET", "/health", headers={"Host": "sim.internal:9000"})[0] == 200
         assert server.request("GET", "/health", headers={"Host": "other.internal"})[0] == 403
@@ -407,7 +335,7 @@ def test_a_non_loopback_address_needs_a_token_or_insecure() -> None:
         and "SPACETIME_RL_TOKEN" in refused.stderr
         and "--insecure" in refused.stderr
     )
-    server = Server("--host", "0.0.0.0", "--agents", "1", "--insecure")
+    server = SimProcess("--host", "0.0.0.0", "--agents", "1", "--insecure")
     try:
         assert server.request("GET", "/health", headers={"Host": "127.0.0.1"})[0] == 200
         assert server.request("GET", "/health")[0] == 403  # Host: 0.0.0.0 names no machine
@@ -419,7 +347,7 @@ def test_the_token_comes_from_the_environment_and_stays_off_the_command_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SPACETIME_RL_TOKEN", "from-env")
-    server = Server("--agents", "1")
+    server = SimProcess("--agents", "1")
     try:
         assert "from-env" not in " ".join(psutil.Process(server.process.pid).cmdline())
         assert server.request("GET", "/rl/spec")[0] == 401
@@ -428,7 +356,7 @@ def test_the_token_comes_from_the_environment_and_stays_off_the_command_line(
         server.stop()
 
 
-def test_odd_digits_and_huge_agent_counts_are_4xx_or_refused(open_server: Server) -> None:
+def test_odd_digits_and_huge_agent_counts_are_4xx_or_refused(open_server: SimProcess) -> None:
     open_server.request("POST", "/scene/load", SCENE_BODY, JSON)
     for agent in ("%C2%B2", "%D9%A3", "-1", "99999999999999999999"):  # "²", Arabic-Indic 3
         status, data = open_server.request("GET", f"/debug/layout?agent={agent}")

@@ -44,9 +44,9 @@ THREE = TasksConfig(
 
 @pytest.fixture
 async def server():
-    runner, port = await serve(create_app(num_agents=8, scene=wire.DEFAULT_SCENE, seed=0), "127.0.0.1", 0)
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    listener = await serve(create_app(num_agents=8, scene=wire.DEFAULT_SCENE, seed=0), "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{listener.port}"
+    await listener.cleanup()
 
 
 async def test_spec_lists_scenarios_and_unknown_scenario_is_400(server):
