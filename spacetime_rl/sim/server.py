@@ -467,8 +467,9 @@ def _middlewares(
         )
         if refused is not None:
             return _error(*refused)
-        if (request.content_length or 0) > max_body_bytes:  # answered now, not after the bytes arrive
-            raise web.HTTPRequestEntityTooLarge(max_size=max_body_bytes, actual_size=request.content_length)
+        length = request.content_length or 0
+        if length > max_body_bytes:  # answered now, not after the bytes arrive
+            raise web.HTTPRequestEntityTooLarge(max_size=max_body_bytes, actual_size=length)
         return await handler(request)
 
     @web.middleware
