@@ -25,6 +25,8 @@ DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 TOKEN_VARIABLE: Final = "SPACETIME_RL_TOKEN"
 #: Most agents one server runs: a scene load allocates per agent, so a typo must not hang it.
 MAX_AGENTS: Final = 4096
+#: Largest reset seed: exact in a double, as Godot's JSON reads every number.
+MAX_SEED: Final = 2**53 - 1
 #: A server's flood limits (the Godot addon's rl_http_server.gd keeps the same): connections open at
 #: once (more are answered 503), seconds for a request's headers to arrive from the connection's
 #: opening or the request's first byte, and for its body (else 408). Kept-alive idle connections

@@ -195,11 +195,22 @@ def _actions(body: dict[str, Any], num_agents: int) -> np.ndarray:
     return actions
 
 
-def _agents(value: object, num_agents: int) -> list[int] | None:
-    if value is None:
+def _whole_number(value: object) -> int | None:
+    """`value` as an int if JSON Schema calls it an integer (5 and 5.0, as Godot's JSON reads both), else None."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
+
+
+def _agents(given: object, num_agents: int) -> list[int] | None:
+    if given is None:
         return None
-    if not isinstance(value, list) or not all(type(a) is int for a in value):
-        raise RequestError(400, f"field 'agents' is {value!r}; expected a list of agent indices or null")
+    indices = [_whole_number(a) for a in given] if isinstance(given, list) else [None]
+    value = [a for a in indices if a is not None]
+    if len(value) != len(indices):
+        raise RequestError(400, f"field 'agents' is {given!r}; expected a list of agent indices or null")
     bad = [a for a in value if not 0 <= a < num_agents]
     if bad:
         raise RequestError(400, f"field 'agents' has index {bad[0]}; agents are 0 to {num_agents - 1}")
@@ -322,8 +333,13 @@ async def rl_reset(request: web.Request) -> web.Response:
     world = sim.rl_world()
     body = await _body(request, empty_ok=True)
     seed = body.get("seed")
-    if seed is not None and (type(seed) is not int or seed < 0):
-        raise RequestError(400, f"field 'seed' is {seed!r}; expected a non-negative integer or null")
+    if seed is not None:
+        seed = _whole_number(seed)
+        if seed is None or not 0 <= seed <= wire.MAX_SEED:
+            raise RequestError(
+                400,
+                f"field 'seed' is {body['seed']!r}; expected an integer from 0 to {wire.MAX_SEED} or null",
+            )
     agents = _agents(body.get("agents"), world.num_agents)
     options = body.get("options")
     options = {} if options is None else options

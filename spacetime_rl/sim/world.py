@@ -136,7 +136,10 @@ def _option_error(key: str, value: object, expected: str) -> ConfigError:
     return ConfigError(f"reset option {key!r} is {value!r}; expected {expected}, or null for the default")
 
 
-def _number(options: Mapping[str, Any], key: str, low: float, high: float, unit: str) -> float | None:
+def _number(
+    options: Mapping[str, Any], key: str, low: float, high: float, unit: str, *, low_included: bool = True
+) -> float | None:
+    """options[key] as a float in [low, high] (or (low, high]), None for null, else a ConfigError."""
     value = options[key]
     if value is None:
         return None
@@ -144,9 +147,11 @@ def _number(options: Mapping[str, Any], key: str, low: float, high: float, unit:
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not low <= value <= high
+        or not (low <= value if low_included else low < value)
+        or not value <= high
     ):
-        raise _option_error(key, value, f"a number in [{low:g}, {high:g}] {unit}")
+        bracket = "[" if low_included else "("
+        raise _option_error(key, value, f"a number in {bracket}{low:g}, {high:g}] {unit}")
     return float(value)
 
 
@@ -442,19 +447,15 @@ class World:
         """Validate every known option, then persist them for `idx` (all or nothing)."""
         known = {key: options[key] for key in _KNOWN_OPTIONS if key in options}
         updates: dict[str, Any] = {}
-        for key, unit, high in (
-            ("min_goal_distance", "m", MAX_GOAL_DISTANCE),
-            ("max_goal_distance", "m", MAX_GOAL_DISTANCE),
-            ("max_speed", "m/s", MAX_SPEED_LIMIT),
-            ("max_rotation_speed", "deg/s", MAX_ROTATION_SPEED_LIMIT),
+        for key, unit, high, zero_ok in (  # the same bounds as docs/openapi.yaml ResetOptions
+            ("min_goal_distance", "m", MAX_GOAL_DISTANCE, True),
+            ("max_goal_distance", "m", MAX_GOAL_DISTANCE, True),
+            ("max_speed", "m/s", MAX_SPEED_LIMIT, False),
+            ("max_rotation_speed", "deg/s", MAX_ROTATION_SPEED_LIMIT, False),
+            ("snap_angle", "deg", 180.0, False),
         ):
             if key in known:
-                updates[key] = _number(known, key, 0.0, high, unit)
-        if "snap_angle" in known:
-            value = _number(known, "snap_angle", 0.0, 180.0, "deg")
-            if value == 0.0:
-                raise _option_error("snap_angle", 0, "a number in (0, 180] deg")
-            updates["snap_angle"] = value
+                updates[key] = _number(known, key, 0.0, high, unit, low_included=zero_ok)
         if "turn_mode" in known and known["turn_mode"] not in (None, "smooth", "snap"):
             raise _option_error("turn_mode", known["turn_mode"], '"smooth" or "snap"')
         if "scenario" in known and known["scenario"] not in (None, *wire.SCENARIOS):

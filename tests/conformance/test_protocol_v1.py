@@ -126,7 +126,8 @@ def test_openapi_repeats_wire_constants_faithfully(openapi: OpenAPI) -> None:
         assert openapi.schemas[name]["minItems"] == openapi.schemas[name]["maxItems"] == size
     assert sorted(openapi.schemas["Event"]["required"]) == sorted(wire.EVENT_FIELDS)
     options = openapi.schemas["ResetOptions"]["properties"]
-    assert set(options) == {*wire.RESET_OPTION_DEFAULTS, "scenario"}  # scenario: optional
+    # the simulator's and the addon's own options; other servers list them in ignored_options
+    assert set(options) == {*wire.RESET_OPTION_DEFAULTS, "scenario", "turn_mode", "snap_angle"}
     assert options["scenario"]["default"] == wire.DEFAULT_SCENARIO
     assert tuple(spec["scenarios"]["items"]["enum"]) == wire.SCENARIOS
     assert all(options[key].get("default") == value for key, value in wire.RESET_OPTION_DEFAULTS.items())
