@@ -7,6 +7,7 @@ facts are read from the .gd sources with regular expressions.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import json
 import re
@@ -21,7 +22,8 @@ from spacetime_rl.envs import preprocessing
 from spacetime_rl.protocol import access, wire
 from spacetime_rl.sim import collisions, layouts, world
 
-GODOT = Path(__file__).parents[2] / "godot"
+ROOT = Path(__file__).parents[2]
+GODOT = ROOT / "godot"
 ADDON = GODOT / "addons" / "spacetime_rl"
 OPENAPI = Path(__file__).parents[2] / "docs" / "openapi.yaml"
 GD_FILES = sorted(GODOT.rglob("*.gd"))
@@ -200,3 +202,17 @@ def test_route_table_matches_openapi() -> None:
     assert emitted <= every, (
         f"rl_api.gd answers {sorted(emitted - every)}, which docs/openapi.yaml never lists"
     )
+
+
+def test_the_policy_feeds_the_input_the_exporter_names() -> None:
+    """rl_policy.gd passes {OBS_INPUT: values} to godot_rl_agents' run_inference, whose C# feeds each
+    key as the ONNX input of that name: it must be the exporter's observation input."""
+    tree = ast.parse((ROOT / "spacetime_rl" / "export.py").read_text())
+    input_names = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "INPUT_NAMES"
+    )
+    source = (ADDON / "rl_policy.gd").read_text()
+    assert gd_value(gd_constant(source, "OBS_INPUT")) == input_names[0]
+    assert "{OBS_INPUT: values}" in source
