@@ -9,8 +9,10 @@ extends Node
 ##   --rl-action-repeat=N, --rl-scene=res://..., --rl-max-body-bytes=N, --rl-poll-budget-ms=N,
 ##   --rl-allowed-host=NAME and --rl-allowed-origin=ORIGIN (repeatable), --rl-insecure.
 ## Once it listens (and the --rl-scene is loaded) it prints one line to stdout:
-## `spacetime-rl listening on http://HOST:PORT`. Release exports serve only when an --rl- flag is
-## given; debug builds (the editor's Play button) always do.
+## `spacetime-rl listening on http://HOST:PORT`, and the same line to stderr when stdout is not
+## flushed on print (application/run/flush_stdout_on_print off, the release default), so a launcher
+## reading a pipe or file sees it at once. Release exports serve only when an --rl- flag is given;
+## debug builds (the editor's Play button) always do.
 
 const WHITELIST_PATH := "res://config/scene_whitelist.json"
 const TOKEN_VARIABLE := "SPACETIME_RL_TOKEN"
@@ -104,7 +106,10 @@ func _start() -> void:
 		_server = null
 		get_tree().quit(2)
 		return
-	print(READY_LINE % [host, _server.get_port()])
+	var ready_line := READY_LINE % [host, _server.get_port()]
+	print(ready_line)
+	if not ProjectSettings.get_setting("application/run/flush_stdout_on_print", false):
+		printerr(ready_line)  # stderr is unbuffered; stdout would hold the line in its buffer
 
 
 ## The RL environment of the current scene, or null when it has none.
