@@ -216,3 +216,31 @@ def test_the_policy_feeds_the_input_the_exporter_names() -> None:
     source = (ADDON / "rl_policy.gd").read_text()
     assert gd_value(gd_constant(source, "OBS_INPUT")) == input_names[0]
     assert "{OBS_INPUT: values}" in source
+
+
+def test_http_server_bounds_hold_together() -> None:
+    """rl_http_server.gd (issue 15): an idle kept-alive connection outlives any PPO update while an
+    incomplete request is on a short clock; every status it answers has a reason phrase; a NUL byte
+    is refused before the head is decoded (get_string_from_ascii stops at NUL)."""
+    source = (ADDON / "rl_http_server.gd").read_text()
+    value = {name: int(gd_constant(source, name)) for name in re.findall(r"^const (\w+_MS) :=", source, re.M)}
+    assert value["HEAD_DEADLINE_MS"] < value["REQUEST_DEADLINE_MS"] < value["IDLE_TIMEOUT_MS"]
+    assert value["IDLE_TIMEOUT_MS"] >= 30 * 60 * 1000, "the trainer is silent for minutes during PPO updates"
+    block = source.split("const REASONS := {")[1].split("}")[0]
+    reasons = {int(status) for status in re.findall(r"^\t(\d{3}):", block, re.M)}
+    emitted = {int(s) for s in re.findall(r"_queue_(?:error|response)\(connection, (\d{3}),", source)}
+    assert {400, 408, 503} <= emitted <= reasons
+    read_head = source.split("func _read_head(")[1].split("\nfunc ")[0]
+    assert read_head.index("has(0)") < read_head.index("get_string_from_ascii")
+    for name in ("READ_BYTES_PER_POLL", "REQUESTS_PER_POLL", "OUTBOX_HIGH_WATER_BYTES", "MAX_CONNECTIONS"):
+        assert int(gd_constant(source, name)) > 0
+
+
+def test_scene_root_is_found_without_current_scene() -> None:
+    """While /scene/load swaps scenes SceneTree.current_scene is null; the environment must not fall
+    back to its parent, and the service applies --rl-* overrides before the scene enters the tree."""
+    environment = (ADDON / "rl_environment.gd").read_text()
+    assert "current_scene" not in environment.split("func scene_root(")[1]
+    service = (ADDON / "rl_service.gd").read_text()
+    load = service.split("func load_scene(")[1].split("\nfunc ")[0]
+    assert load.index("_apply_overrides(environment)") < load.index("tree.root.add_child(scene)")
