@@ -211,7 +211,7 @@ def test_the_policy_feeds_the_input_the_exporter_names() -> None:
     input_names = next(
         ast.literal_eval(node.value)
         for node in ast.walk(tree)
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "INPUT_NAMES"
+        if isinstance(node, ast.AnnAssign) and node.value and getattr(node.target, "id", "") == "INPUT_NAMES"
     )
     source = (ADDON / "rl_policy.gd").read_text()
     assert gd_value(gd_constant(source, "OBS_INPUT")) == input_names[0]
