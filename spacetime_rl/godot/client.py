@@ -188,7 +188,8 @@ class GodotClient:
         memory = check.typed(body, "memory", dict)
         for field in ("fps", "physics_fps"):
             check.number(engine, field, "engine.")
-        check.count(memory, "static_memory_usage", "memory.")
+        if memory.get("static_memory_usage") is not None or "static_memory_usage" not in memory:
+            check.count(memory, "static_memory_usage", "memory.")  # null: not counted (Godot release builds)
         return body
 
     async def debug_layout(self, agent: int) -> dict[str, Any] | None:

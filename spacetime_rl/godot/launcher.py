@@ -3,7 +3,9 @@ it attaches to.
 
 `ServerPool` starts `python -m spacetime_rl.sim` (env=sim) or `env.executable --headless` (env=godot
 with env.executable) on free loopback ports, waits for each one's ready line and `/health` (through
-`GodotClient`), restarts one that fails (bounded and rate-limited) and stops them all at exit. With
+`GodotClient`), restarts one that fails (bounded and rate-limited) and stops them all at exit. Before
+the first Godot starts, a project whose script class cache lacks the addon is imported once
+(`godot --headless --path PROJECT --import`). With
 env=godot and env.url it attaches to one running server instead, and recovering means waiting for
 it with backoff. `recovery(connect)` is what `SpaceTimeVecEnv` calls when a server faults.
 """
@@ -38,6 +40,15 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS: Final = 0.02
 _STOP_GRACE_SECONDS: Final = 5.0
 _STDERR_TAIL_CHARS: Final = 2000
+#: Headless Godots never drive a headset; an XR-enabled project would otherwise try to start OpenXR.
+_GODOT_HEADLESS: Final = ("--headless", "--xr-mode", "off")
+#: Where Godot's import records the project's `class_name` scripts. A headless run before the first
+#: import cannot resolve them ("Identifier 'RLEnvironment' not declared", godot#75684), so a cache
+#: without the addon's autoload script means: import first.
+CLASS_CACHE: Final = Path(".godot") / "global_script_class_cache.cfg"
+ADDON_SCRIPT: Final = "res://addons/spacetime_rl/rl_service.gd"
+#: A first import converts every asset of the project; large projects take minutes.
+_IMPORT_TIMEOUT_SECONDS: Final = 900.0
 
 #: Called with a server's index and the fault; returns a fresh transport to that server's URL.
 Recovery = Callable[[int, GodotError], Awaitable[Any]]
@@ -111,6 +122,8 @@ class ServerPool:
     def start(self) -> list[str]:
         if not self.launched:
             return self._attach()
+        if self.config.kind == "godot":
+            self._import_project()
         self._logs = Path(tempfile.mkdtemp(prefix="spacetime-servers-"))
         atexit.register(self.stop)
         try:
@@ -214,13 +227,49 @@ class ServerPool:
         self.urls = [self.config.url]
         return self.urls
 
+    def _import_project(self) -> None:
+        """Run Godot's import once when env.project's script class cache does not list the addon yet."""
+        assert self.config.executable and self.config.project
+        cache = Path(self.config.project) / CLASS_CACHE
+        if _lists_addon(cache):
+            return
+        command = [self.config.executable, *_GODOT_HEADLESS, "--path", self.config.project, "--import"]
+        log.info("%s lacks %s: importing the project once (%s)", cache, ADDON_SCRIPT, " ".join(command))
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"env.executable={command[0]!r} cannot be started ({exc}): set it to the Godot binary"
+            ) from exc
+        try:
+            output, _ = process.communicate(timeout=_IMPORT_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired as exc:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+            raise GodotTimeoutError(
+                f"`{' '.join(command)}` did not finish within {_IMPORT_TIMEOUT_SECONDS:g} s; run it by hand once"
+            ) from exc
+        if not _lists_addon(cache):
+            tail = output.decode(errors="replace")[-_STDERR_TAIL_CHARS:].strip() or "(empty)"
+            raise ConfigError(
+                f"env.project={self.config.project!r}: `{' '.join(command)}` exited with code "
+                f"{process.returncode} and {cache} still does not list {ADDON_SCRIPT}. Copy the addon to "
+                f"{Path(self.config.project) / 'addons' / 'spacetime_rl'} (docs/godot.md). Its output:\n{tail}"
+            )
+
     def _command(self, index: int) -> list[str]:
         seed = None if self.seed is None else self.seed + index
         if self.config.kind == "godot":
             assert self.config.executable and self.config.project
             return [
                 self.config.executable,
-                "--headless",
+                *_GODOT_HEADLESS,
                 "--path",
                 self.config.project,
                 "--",
@@ -283,11 +332,16 @@ class ServerPool:
     async def _wait_ready(self, index: int) -> str:
         assert self._logs is not None
         process = self._processes[index]
-        stdout = self._logs / f"{index}.out"
+        # A release export does not flush stdout on print, so the addon also writes the line to stderr.
+        outputs = (self._logs / f"{index}.out", self._logs / f"{index}.err")
         timeout = self.config.connect_timeout
         deadline = time.monotonic() + timeout
         while True:
-            lines = stdout.read_bytes().decode(errors="replace").split("\n")[:-1]  # complete lines only
+            lines = [
+                line
+                for output in outputs
+                for line in output.read_bytes().decode(errors="replace").split("\n")[:-1]  # complete lines
+            ]
             for line in lines:
                 for prefix in (wire.SIM_READY_PREFIX, wire.GODOT_READY_PREFIX):
                     if line.startswith(prefix):
@@ -297,7 +351,7 @@ class ServerPool:
             if process.poll() is not None:
                 raise self._failure(index, GodotConnectionError, f"exited with code {process.returncode}")
             if time.monotonic() > deadline:
-                seen = f"; its stdout so far: {lines[-3:]!r}" if lines else ""
+                seen = f"; its output so far: {lines[-3:]!r}" if lines else ""
                 raise self._failure(
                     index,
                     GodotTimeoutError,
@@ -328,6 +382,13 @@ class ServerPool:
         stderr = (self._logs / f"{index}.err").read_bytes().decode(errors="replace")
         tail = stderr[-_STDERR_TAIL_CHARS:].strip() or "(empty)"
         return kind(f"Server {index} ({self.name}) {what}. Its stderr:\n{tail}")
+
+
+def _lists_addon(cache: Path) -> bool:
+    try:
+        return ADDON_SCRIPT in cache.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -484,3 +484,15 @@ async def test_simulator_token_is_enforced(start_sim) -> None:
     assert info.value.status == 401 and "env.token" in str(info.value)
     async with GodotClient(url, token="t0k") as client:
         assert (await client.spec()).num_agents == 2
+
+
+async def test_static_memory_may_be_null_but_not_missing(fake) -> None:
+    """A Godot release build does not count static memory: null is 'unknown', not a protocol error."""
+    engine = {"fps": 90.0, "physics_fps": 90.0}
+    url = await fake({("GET", "/performance"): {"engine": engine, "memory": {"static_memory_usage": None}}})
+    async with GodotClient(url) as client:
+        assert (await client.get_performance_metrics())["memory"]["static_memory_usage"] is None
+    url = await fake({("GET", "/performance"): {"engine": engine, "memory": {}}})
+    async with GodotClient(url) as client:
+        with pytest.raises(ProtocolError, match="static_memory_usage"):
+            await client.get_performance_metrics()

@@ -16,23 +16,50 @@ import pytest
 
 from spacetime_rl.config import BUSY_POLL_SECONDS, EnvConfig, RewardConfig
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
-from spacetime_rl.godot.launcher import ServerPool
+from spacetime_rl.errors import ConfigError
+from spacetime_rl.godot.launcher import ADDON_SCRIPT, CLASS_CACHE, ServerPool
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "launcher-secret"
 
 
+def fake_godot(path: Path, *, imports: bool = True, stdout_to_stderr: bool = False) -> Path:
+    """A stand-in `godot` binary. It appends its arguments to `path`.log, one invocation a line;
+    `--path P --import` writes P's script class cache (without `imports`, nothing); anything else
+    prints Godot's banner and runs the simulator with Godot's flags, whose stdout goes to stderr with
+    `stdout_to_stderr` (a release export, where print() is never flushed, says its ready line there)."""
+    cache = f'"$project/{CLASS_CACHE.parent}"'
+    path.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s " "$@" >> "{path}.log"; echo >> "{path}.log"\n'
+        'project=""; previous=""\n'
+        'for arg in "$@"; do\n'
+        '  if [ "$previous" = "--path" ]; then project="$arg"; fi\n'
+        '  if [ "$arg" = "--import" ]; then\n'
+        + (
+            f"    mkdir -p {cache}\n"
+            f'    echo \'list=[{{"class": &"RLService", "path": "{ADDON_SCRIPT}"}}]\' > "$project/{CLASS_CACHE}"\n'
+            if imports
+            else ""
+        )
+        + "    exit 0\n"
+        "  fi\n"
+        '  previous="$arg"\n'
+        "done\n"
+        'echo "Godot Engine v4.5.1.stable.official - https://godotengine.org"\n'
+        f'exec "{sys.executable}" -m spacetime_rl.sim "$@"{" 1>&2" if stdout_to_stderr else ""}\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def invocations(godot: Path) -> list[list[str]]:
+    return [line.split() for line in Path(f"{godot}.log").read_text().splitlines()]
+
+
 @pytest.fixture
 def godot(tmp_path: Path) -> Path:
-    """A stand-in `godot` binary: prints Godot's banner, then runs the simulator with Godot's flags."""
-    script = tmp_path / "godot"
-    script.write_text(
-        "#!/bin/sh\n"
-        'echo "Godot Engine v4.5.1.stable.official - https://godotengine.org"\n'
-        f'exec "{sys.executable}" -m spacetime_rl.sim "$@"\n'
-    )
-    script.chmod(0o755)
-    return script
+    return fake_godot(tmp_path / "godot")
 
 
 def launched_by(project: Path) -> list[psutil.Process]:
@@ -78,6 +105,39 @@ def test_pool_launches_godot_style_instances_and_stops_their_process_groups(godo
         pool.stop()
     _, alive = psutil.wait_procs(processes, timeout=10)
     assert not alive and not launched_by(project)
+
+
+def test_godot_is_imported_once_then_launched_without_xr_and_heard_on_stderr(tmp_path: Path):
+    """A project whose class cache predates the addon is imported once (a headless run before that
+    cannot resolve the addon's class_name scripts); every run passes --xr-mode off; a ready line that
+    only reaches stderr (a release export) is enough."""
+    godot = fake_godot(tmp_path / "godot", stdout_to_stderr=True)
+    project = tmp_path / "project"
+    (project / CLASS_CACHE).parent.mkdir(parents=True)
+    (project / CLASS_CACHE).write_text("list=[]\n")  # imported before the addon was copied in
+    config = EnvConfig(kind="godot", executable=str(godot), project=str(project), connect_timeout=60)
+    for _ in range(2):
+        pool = ServerPool(config, agents=1)
+        pool.start()
+        try:
+            assert get(f"{pool.urls[0]}/health") == 200
+        finally:
+            pool.stop()
+    runs = invocations(godot)
+    assert runs[0] == ["--headless", "--xr-mode", "off", "--path", str(project), "--import"]
+    assert len(runs) == 3 and not any("--import" in run for run in runs[1:])  # once, not per start
+    for run in runs[1:]:
+        assert run[: run.index("--")] == ["--headless", "--xr-mode", "off", "--path", str(project)]
+
+
+def test_an_import_that_does_not_register_the_addon_names_the_addon_folder(tmp_path: Path):
+    godot = fake_godot(tmp_path / "godot", imports=False)
+    config = EnvConfig(kind="godot", executable=str(godot), project=str(tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"env\.project=.*--import.*exited with code 0.*addons/spacetime_rl"
+    ):
+        ServerPool(config).start()
+    assert len(invocations(godot)) == 1  # no server was started
 
 
 def test_a_missing_executable_names_the_key(tmp_path: Path):

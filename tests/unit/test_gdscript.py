@@ -7,6 +7,7 @@ facts are read from the .gd sources with regular expressions.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import json
 import re
@@ -21,7 +22,8 @@ from spacetime_rl.envs import preprocessing
 from spacetime_rl.protocol import access, wire
 from spacetime_rl.sim import collisions, layouts, world
 
-GODOT = Path(__file__).parents[2] / "godot"
+ROOT = Path(__file__).parents[2]
+GODOT = ROOT / "godot"
 ADDON = GODOT / "addons" / "spacetime_rl"
 OPENAPI = Path(__file__).parents[2] / "docs" / "openapi.yaml"
 GD_FILES = sorted(GODOT.rglob("*.gd"))
@@ -200,3 +202,45 @@ def test_route_table_matches_openapi() -> None:
     assert emitted <= every, (
         f"rl_api.gd answers {sorted(emitted - every)}, which docs/openapi.yaml never lists"
     )
+
+
+def test_the_policy_feeds_the_input_the_exporter_names() -> None:
+    """rl_policy.gd passes {OBS_INPUT: values} to godot_rl_agents' run_inference, whose C# feeds each
+    key as the ONNX input of that name: it must be the exporter's observation input."""
+    tree = ast.parse((ROOT / "spacetime_rl" / "export.py").read_text())
+    input_names = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AnnAssign) and node.value and getattr(node.target, "id", "") == "INPUT_NAMES"
+    )
+    source = (ADDON / "rl_policy.gd").read_text()
+    assert gd_value(gd_constant(source, "OBS_INPUT")) == input_names[0]
+    assert "{OBS_INPUT: values}" in source
+
+
+def test_http_server_bounds_hold_together() -> None:
+    """rl_http_server.gd (issue 15): an idle kept-alive connection outlives any PPO update while an
+    incomplete request is on a short clock; every status it answers has a reason phrase; a NUL byte
+    is refused before the head is decoded (get_string_from_ascii stops at NUL)."""
+    source = (ADDON / "rl_http_server.gd").read_text()
+    value = {name: int(gd_constant(source, name)) for name in re.findall(r"^const (\w+_MS) :=", source, re.M)}
+    assert value["HEAD_DEADLINE_MS"] < value["REQUEST_DEADLINE_MS"] < value["IDLE_TIMEOUT_MS"]
+    assert value["IDLE_TIMEOUT_MS"] >= 30 * 60 * 1000, "the trainer is silent for minutes during PPO updates"
+    block = source.split("const REASONS := {")[1].split("}")[0]
+    reasons = {int(status) for status in re.findall(r"^\t(\d{3}):", block, re.M)}
+    emitted = {int(s) for s in re.findall(r"_queue_(?:error|response)\(connection, (\d{3}),", source)}
+    assert {400, 408, 503} <= emitted <= reasons
+    read_head = source.split("func _read_head(")[1].split("\nfunc ")[0]
+    assert read_head.index("has(0)") < read_head.index("get_string_from_ascii")
+    for name in ("READ_BYTES_PER_POLL", "REQUESTS_PER_POLL", "OUTBOX_HIGH_WATER_BYTES", "MAX_CONNECTIONS"):
+        assert int(gd_constant(source, name)) > 0
+
+
+def test_scene_root_is_found_without_current_scene() -> None:
+    """While /scene/load swaps scenes SceneTree.current_scene is null; the environment must not fall
+    back to its parent, and the service applies --rl-* overrides before the scene enters the tree."""
+    environment = (ADDON / "rl_environment.gd").read_text()
+    assert "current_scene" not in environment.split("func scene_root(")[1]
+    service = (ADDON / "rl_service.gd").read_text()
+    load = service.split("func load_scene(")[1].split("\nfunc ")[0]
+    assert load.index("_apply_overrides(environment)") < load.index("tree.root.add_child(scene)")

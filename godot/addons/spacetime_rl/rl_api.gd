@@ -3,7 +3,9 @@ extends RefCounted
 ## Protocol v1 (docs/protocol.md) as one function: `handle(method, path, headers, body)`.
 ##
 ## Returns `[status: int, body: PackedByteArray, content_type: String]`, so any HTTP server can
-## serve it: RLHttpServer here, or the project's own HTTP API on port 8080 (docs/godot.md).
+## serve it: RLHttpServer here, or the project's own HTTP API on port 8080 (docs/godot.md). Only
+## /scene/load answers later, once the new scene's physics settled: it returns an
+## RLHttpServer.Pending then; `handle_async` awaits it for servers that can await.
 ## Every request is validated like the embedded simulator does; bad input is a 4xx with
 ## `{"error": "..."}`, never a crash. Header names must be lower case.
 
@@ -12,7 +14,7 @@ extends RefCounted
 ## path 404, a known path asked with another method 405.
 const ROUTES := {
 	"/health": {"GET": ["_health", [200]]},
-	"/scene/load": {"POST": ["_scene_load", [200, 400, 401, 403, 404, 413]]},
+	"/scene/load": {"POST": ["_scene_load", [200, 400, 401, 403, 404, 409, 413]]},
 	"/scene/state": {"GET": ["_scene_state", [200, 401]]},
 	"/performance": {"GET": ["_performance", [200, 401]]},
 	"/rl/spec": {"GET": ["_rl_spec", [200, 401, 409]]},
@@ -37,11 +39,17 @@ const MAX_EXACT_INTEGER := 9007199254740992.0
 var service: RLService
 
 
-func _init(owner_service: RLService) -> void:
+## `host` is the node whose server calls handle() (the project's own HTTP API), if not the
+## autoload's: it is made PROCESS_MODE_ALWAYS, because RLEnvironment keeps the tree paused and a
+## paused node's _process, where servers poll, would never answer again.
+func _init(owner_service: RLService, host: Node = null) -> void:
 	service = owner_service
+	if host != null and host.process_mode != Node.PROCESS_MODE_ALWAYS:
+		host.process_mode = Node.PROCESS_MODE_ALWAYS
 
 
-func handle(method: String, path: String, headers: Dictionary, body: PackedByteArray) -> Array:
+## The answer `[status, body, content_type]`, or an RLHttpServer.Pending that finishes with it.
+func handle(method: String, path: String, headers: Dictionary, body: PackedByteArray) -> Variant:
 	var has_body := body.size() > 0 or str(headers.get("content-length", "0")).to_int() > 0
 	var refused := RLAccess.refusal(
 		headers, has_body, service.allowed_hosts, service.allowed_origins
@@ -64,10 +72,26 @@ func handle(method: String, path: String, headers: Dictionary, body: PackedByteA
 	var handler: String = route[0]
 	if handler == "_rl_step" and accepts_binary(str(headers.get("accept", ""))):
 		handler = "_rl_step_binary"
-	var response: Array = call(handler, body)
+	var answer: Variant = call(handler, body)
+	if answer is RLHttpServer.Pending:
+		return answer
+	var response: Array = answer
 	if response[0] not in route[1]:
 		push_error("spacetime-rl: %s %s answered %d, not in ROUTES" % [method, path, response[0]])
 	return response
+
+
+## handle() for a server that can await: the answer, after the scene settled for /scene/load.
+func handle_async(
+	method: String, path: String, headers: Dictionary, body: PackedByteArray
+) -> Array:
+	var answer: Variant = handle(method, path, headers, body)
+	if answer is RLHttpServer.Pending:
+		var pending := answer as RLHttpServer.Pending
+		if not pending.is_finished():
+			await pending.finished
+		return pending.answer
+	return answer
 
 
 # ---------------------------------------------------------------- engine endpoints
@@ -78,7 +102,7 @@ func _health(_body: PackedByteArray) -> Array:
 	return _ok({"status": "ok", "engine": "godot", "version": version})
 
 
-func _scene_load(body: PackedByteArray) -> Array:
+func _scene_load(body: PackedByteArray) -> Variant:
 	var parsed := _json_object(body)
 	if parsed.has("error"):
 		return _error(400, parsed["error"])
@@ -98,6 +122,23 @@ func _scene_load(body: PackedByteArray) -> Array:
 	var loaded: Error = service.load_scene(scene)
 	if loaded != OK:
 		return _error(404, "scene %s could not be loaded (%s)" % [scene, error_string(loaded)])
+	var environment: RLEnvironment = service.get_loaded_environment()
+	var pending := RLHttpServer.Pending.new()
+	environment.settled.connect(
+		func() -> void: pending.finish(_scene_settled(scene, environment)), CONNECT_ONE_SHOT
+	)
+	environment.tree_exiting.connect(
+		func() -> void:
+			pending.finish(_error(409, "scene %s was replaced before it was ready" % scene)),
+		CONNECT_ONE_SHOT
+	)
+	return pending
+
+
+## /scene/load's answer once the scene settled: ready, or 409 with what keeps it from RL.
+static func _scene_settled(scene: String, environment: RLEnvironment) -> Array:
+	if not environment.problem.is_empty():
+		return _error(409, environment.problem)
 	return _ok({"scene": scene, "loaded": true})
 
 
@@ -113,6 +154,10 @@ func _scene_state(_body: PackedByteArray) -> Array:
 
 
 func _performance(_body: PackedByteArray) -> Array:
+	# Release builds do not count static memory (the monitor reads 0): unknown, not zero.
+	var static_memory: Variant = null
+	if OS.is_debug_build():
+		static_memory = int(Performance.get_monitor(Performance.MEMORY_STATIC))
 	return _ok(
 		{
 			"engine":
@@ -120,8 +165,7 @@ func _performance(_body: PackedByteArray) -> Array:
 				"fps": Engine.get_frames_per_second(),
 				"physics_fps": float(Engine.physics_ticks_per_second),
 			},
-			"memory":
-			{"static_memory_usage": int(Performance.get_monitor(Performance.MEMORY_STATIC))},
+			"memory": {"static_memory_usage": static_memory},
 		}
 	)
 
@@ -420,8 +464,7 @@ func _authorized(headers: Dictionary) -> bool:
 
 
 func _no_rl_scene() -> Array:
-	var fix := 'POST /scene/load {"scene": "%s"} first' % RLProtocol.DEFAULT_SCENE
-	return _error(409, "no RL scene is loaded; " + fix)
+	return _error(409, service.environment_problem())
 
 
 static func _ok(payload: Dictionary) -> Array:

@@ -14,6 +14,15 @@ extends Node3D
 ## reset option `scenario` is another of RLProtocol.SCENARIOS spawns at the markers in group
 ## "spacetime_rl_spawn_<scenario>" (an obstacle course or a maze built in the level around them);
 ## a scenario is offered, in /rl/spec, when the scene has such markers.
+##
+## On entering the tree it first lets the scene settle: the tree runs unpaused for
+## SETTLE_PHYSICS_FRAMES physics frames, because CSG shapes and GridMap octants build their
+## colliders in deferred calls (godot#76349) and a paused tree never steps the physics server, so
+## rays cast at once would find no floor. Then, in an idle frame (where requests run), it checks
+## that the physics can be queried and that every spawn point has floor under it, sets up the
+## agents and emits `settled`; `problem` says why the scene cannot serve RL, or is empty.
+
+signal settled
 
 const GROUP := "spacetime_rl_environment"
 const SPAWN_GROUP := "spacetime_rl_spawn"
@@ -33,6 +42,10 @@ const KNOWN_OPTIONS := [
 	"scenario",
 ]
 const TURN_MODES := ["smooth", "snap"]
+## Two, not one: the first frame's step may run before CSG and GridMap flushed their deferred
+## collider updates; the second certainly after.
+const SETTLE_PHYSICS_FRAMES := 2
+const THREADED_PHYSICS_SETTING := "physics/3d/run_on_separate_thread"
 
 @export_range(1, 1024) var num_agents := 1
 @export_range(1, 900) var action_repeat := RLProtocol.DEFAULT_ACTION_REPEAT
@@ -47,6 +60,9 @@ const TURN_MODES := ["smooth", "snap"]
 @export_flags_3d_physics var sensor_only_mask := 0
 
 var agents: Array[RLAgent] = []
+## Why this scene cannot serve RL (a sentence naming the scene), or "" when it can.
+var problem := ""
+var is_settled := false
 ## Physics frames stepped since the scene was loaded.
 var tick := 0
 var _rngs: Array[RandomNumberGenerator] = []
@@ -55,16 +71,65 @@ var _spawns: Array[Vector3] = []
 ## Spawn points of the scenarios other than the open field that the scene has markers for.
 var _scenario_spawns := {}
 var _excluded: Array[CollisionObject3D] = []
+var _settle_frames_left := 0
 
 
 func _ready() -> void:
 	add_to_group(GROUP)
-	get_tree().paused = true
-	setup()
+	_settle_frames_left = SETTLE_PHYSICS_FRAMES
+	get_tree().paused = false
+	get_tree().physics_frame.connect(_on_settling_physics_frame)
 
 
 func _exit_tree() -> void:
-	get_tree().paused = false
+	var tree := get_tree()
+	if tree.physics_frame.is_connected(_on_settling_physics_frame):
+		tree.physics_frame.disconnect(_on_settling_physics_frame)
+	if tree.process_frame.is_connected(_finish_settling):
+		tree.process_frame.disconnect(_finish_settling)
+	tree.paused = false
+
+
+## The root of the scene this environment is part of: the ancestor just below the tree's root.
+## (SceneTree.current_scene is null while /scene/load swaps scenes, and is set only after the
+## new scene entered the tree.)
+func scene_root() -> Node:
+	var node: Node = self
+	while node.get_parent() != null and node.get_parent() != get_tree().root:
+		node = node.get_parent()
+	return node
+
+
+func _on_settling_physics_frame() -> void:
+	_settle_frames_left -= 1
+	if _settle_frames_left > 0:
+		return
+	get_tree().physics_frame.disconnect(_on_settling_physics_frame)
+	get_tree().process_frame.connect(_finish_settling, CONNECT_ONE_SHOT)
+
+
+func _finish_settling() -> void:
+	get_tree().paused = true
+	problem = _physics_problem()
+	if problem.is_empty():
+		setup()
+	is_settled = true
+	settled.emit()
+
+
+## Requests run in idle frames; there the direct space state is null while the physics server runs
+## on its own thread (GodotPhysicsServer3D refuses it outside the physics sync).
+func _physics_problem() -> String:
+	if (
+		not ProjectSettings.get_setting(THREADED_PHYSICS_SETTING, false)
+		and get_world_3d().direct_space_state != null
+	):
+		return ""
+	var fix := "turn off Project Settings > Physics > 3D > Run on Separate Thread for training"
+	return (
+		"scene %s cannot be stepped: %s is on, so its physics cannot be queried between frames; %s"
+		% [scene_root().scene_file_path, THREADED_PHYSICS_SETTING, fix]
+	)
 
 
 ## (Re)builds `num_agents` agents and resets them all with `initial_seed`.
@@ -77,6 +142,9 @@ func setup() -> void:
 	_options.clear()
 	tick = 0
 	_find_spawns()
+	problem = _floor_problem()
+	if not problem.is_empty():
+		return
 	var headset := (
 		XRServer.primary_interface != null and XRServer.primary_interface.is_initialized()
 	)
@@ -246,8 +314,7 @@ func _find_spawns() -> void:
 	for marker in get_tree().get_nodes_in_group(SPAWN_GROUP):
 		if marker is Node3D:
 			_spawns.append((marker as Node3D).global_position)
-	var scene := get_tree().current_scene if get_tree().current_scene != null else get_parent()
-	for found in scene.find_children("*", "XROrigin3D", true, false):
+	for found in scene_root().find_children("*", "XROrigin3D", true, false):
 		var player_origin := found as XROrigin3D
 		if _is_own(player_origin):
 			continue
@@ -260,6 +327,46 @@ func _find_spawns() -> void:
 			_excluded.append(body)
 	if _spawns.is_empty():
 		_spawns.append(global_position)
+
+
+## The first spawn point without floor under it (within RLAgent.STEP_HEIGHT, on
+## world_collision_mask), as a sentence naming the scene; "" when every one has floor.
+func _floor_problem() -> String:
+	var query := PhysicsRayQueryParameters3D.new()
+	query.collision_mask = world_collision_mask & ~(1 << (agent_collision_layer - 1))
+	var excluded: Array[RID] = []
+	for body in _excluded:
+		excluded.append(body.get_rid())
+	query.exclude = excluded
+	var space := get_world_3d().direct_space_state
+	var spawns := {RLProtocol.DEFAULT_SCENARIO: _spawns}
+	spawns.merge(_scenario_spawns)
+	for scenario: String in spawns:
+		for point: Vector3 in spawns[scenario]:
+			query.from = point + Vector3.UP * RLAgent.STEP_HEIGHT
+			query.to = point + Vector3.DOWN * RLAgent.STEP_HEIGHT
+			var hit := space.intersect_ray(query)
+			if not hit.is_empty() and (hit["normal"] as Vector3).y >= RLAgent.FLOOR_MIN_NORMAL_Y:
+				continue
+			var fix := (
+				"put floor colliders on the world_collision_mask layers %d under it"
+				% query.collision_mask
+			)
+			return (
+				(
+					"scene %s has no floor within %.1f m under the %s spawn point %s after %d"
+					+ " physics frames; %s, or move the marker"
+				)
+				% [
+					scene_root().scene_file_path,
+					RLAgent.STEP_HEIGHT,
+					scenario,
+					point,
+					SETTLE_PHYSICS_FRAMES,
+					fix,
+				]
+			)
+	return ""
 
 
 func _is_own(node: Node) -> bool:

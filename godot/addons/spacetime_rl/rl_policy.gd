@@ -2,17 +2,25 @@ class_name RLPolicy
 extends Node
 ## Drives an RLAgent in the running game with a policy exported by spacetime_rl, run through
 ## godot_rl_agents' ONNX wrapper (inputs `obs` [1, 48 + tasks] and `state_ins` [1]; outputs
-## `output` [1, 3] and `state_outs`).
+## `output` [1, 3] and `state_outs`). The wrapper's `run_inference` takes a Dictionary of input name
+## -> values since godot_rl_agents_plugin PR #52 (May 2025) and an Array before; both are supported,
+## told apart by the wrapper's signature when the model loads.
 ##
 ## The policy sees what it saw in training: the agent's 48-float protocol observation, preprocessed
 ## as spacetime_rl/envs/preprocessing.py does, as the JSON sidecar next to the model describes it
 ## (`<model>.json`, see godot/README.md). Each action lasts `action_repeat` physics frames and is
 ## smoothed exponentially with the sidecar's factor, as in training. A multi-task model (the sidecar
 ## lists `tasks`) also sees the one-hot of `task` after the 48 floats.
+##
+## The agent moves in ticks of 1/PHYSICS_HZ s, as in training, whatever the project's physics rate:
+## each physics frame runs as many ticks as its delta holds (rounded, the remainder carried).
 
 signal episode_finished(goal_reached: bool)
 
 const WRAPPER_PATH := "res://addons/godot_rl_agents/onnx/wrapper/ONNX_wrapper.gd"
+## The model's observation input (spacetime_rl/export.py INPUT_NAMES[0]); the Dictionary form of
+## run_inference feeds each key as the ONNX input of that name.
+const OBS_INPUT := "obs"
 ## World-axis 3-vectors rotated into the heading frame (preprocessing.py's _WORLD_VECTORS).
 const WORLD_VECTORS := [
 	"camera_velocity",
@@ -38,6 +46,10 @@ var heading_frame := false
 ## The model's tasks in the order of its task block; empty for a single-task model.
 var tasks := PackedStringArray()
 var _model: Object
+## The wrapper's run_inference takes {OBS_INPUT: values} (current plugin) rather than the values.
+var _dictionary_input := true
+## Ticks of 1/PHYSICS_HZ s owed to the agent by the physics frames so far (see _physics_process).
+var _ticks_owed := 0.0
 var _mean := PackedFloat32Array()
 var _scale := PackedFloat32Array()
 var _clip := INF
@@ -46,15 +58,29 @@ var _frame := 0
 
 
 func _ready() -> void:
+	set_physics_process(false)
 	var problem := _load()
 	if not problem.is_empty():
 		push_error("spacetime-rl policy %s: %s" % [model_path, problem])
-		set_physics_process(false)
 		return
+	# A policy above the agent in the tree (or inside it) is ready first: the agent builds its rig
+	# in its own _ready, and start_episode needs the rig.
+	if not agent.is_node_ready():
+		await agent.ready
 	agent.start_episode(goal.global_position if goal != null else agent.goal)
+	set_physics_process(true)
 
 
-func _physics_process(_delta: float) -> void:
+func _physics_process(delta: float) -> void:
+	# Rounded to the nearest tick: at 90 Hz exactly one per frame despite float error in delta.
+	_ticks_owed += delta * RLProtocol.PHYSICS_HZ
+	while _ticks_owed >= 0.5:
+		_ticks_owed -= 1.0
+		_tick()
+
+
+## One physics tick of 1/PHYSICS_HZ s: a new action every `action_repeat` ticks.
+func _tick() -> void:
 	if agent.done:
 		return
 	if _frame % action_repeat == 0:
@@ -74,6 +100,7 @@ func _physics_process(_delta: float) -> void:
 func restart(goal_position: Vector3) -> void:
 	_action = Vector3.ZERO
 	_frame = 0
+	_ticks_owed = 0.0
 	agent.start_episode(goal_position)
 
 
@@ -117,7 +144,9 @@ func preprocess(observation: PackedFloat32Array) -> PackedFloat32Array:
 
 
 func _infer(obs: PackedFloat32Array) -> Vector3:
-	var result: Variant = _model.call("run_inference", Array(obs), 0)
+	var values := Array(obs)
+	var inputs: Variant = {OBS_INPUT: values} if _dictionary_input else values
+	var result: Variant = _model.call("run_inference", inputs, 0)
 	if typeof(result) != TYPE_DICTIONARY or not (result as Dictionary).has("output"):
 		push_error("spacetime-rl policy %s: inference failed; the agent stands still" % model_path)
 		return Vector3.ZERO
@@ -146,8 +175,17 @@ func _load() -> String:
 	if not ResourceLoader.exists(WRAPPER_PATH):
 		return "godot_rl_agents' ONNX wrapper is missing (%s); install that addon" % WRAPPER_PATH
 	var wrapper: GDScript = load(WRAPPER_PATH)
+	_dictionary_input = _takes_dictionary(wrapper)
 	_model = wrapper.new(model_path, 1)
 	return ""
+
+
+## Whether the wrapper's run_inference takes a Dictionary (plugin from PR #52 on) or an Array.
+static func _takes_dictionary(wrapper: GDScript) -> bool:
+	for method: Dictionary in wrapper.get_script_method_list():
+		if method["name"] == "run_inference" and not (method["args"] as Array).is_empty():
+			return method["args"][0]["type"] != TYPE_ARRAY
+	return true
 
 
 func _read_sidecar(sidecar: Dictionary) -> String:
@@ -162,6 +200,9 @@ func _read_sidecar(sidecar: Dictionary) -> String:
 	heading_frame = bool(sidecar.get("heading_frame", false))
 	if action_repeat < 1 or smoothing < 0.0 or smoothing >= 1.0:
 		return "action_repeat must be >= 1 and action_smoothing in [0, 1)"
+	var physics_hz: Variant = sidecar.get("physics_hz", float(RLProtocol.PHYSICS_HZ))
+	if physics_hz != float(RLProtocol.PHYSICS_HZ):
+		return "physics_hz %s, but this addon steps at %d Hz" % [physics_hz, RLProtocol.PHYSICS_HZ]
 	var listed: Variant = sidecar.get("tasks", [])
 	if typeof(listed) != TYPE_ARRAY:
 		return "tasks must be a list of task names"

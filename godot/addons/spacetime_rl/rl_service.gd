@@ -9,8 +9,10 @@ extends Node
 ##   --rl-action-repeat=N, --rl-scene=res://..., --rl-max-body-bytes=N, --rl-poll-budget-ms=N,
 ##   --rl-allowed-host=NAME and --rl-allowed-origin=ORIGIN (repeatable), --rl-insecure.
 ## Once it listens (and the --rl-scene is loaded) it prints one line to stdout:
-## `spacetime-rl listening on http://HOST:PORT`. Release exports serve only when an --rl- flag is
-## given; debug builds (the editor's Play button) always do.
+## `spacetime-rl listening on http://HOST:PORT`, and the same line to stderr when stdout is not
+## flushed on print (application/run/flush_stdout_on_print off, the release default), so a launcher
+## reading a pipe or file sees it at once. Release exports serve only when an --rl- flag is given;
+## debug builds (the editor's Play button) always do.
 
 const WHITELIST_PATH := "res://config/scene_whitelist.json"
 const TOKEN_VARIABLE := "SPACETIME_RL_TOKEN"
@@ -82,12 +84,19 @@ func _exit_tree() -> void:
 		_server.stop()
 
 
-## Runs after the main scene is in the tree, so --rl-scene replaces it.
+## Runs after the main scene is in the tree, so --rl-scene replaces it; listens once it settled.
 func _start() -> void:
 	if not startup_scene.is_empty():
 		var loaded := load_scene(startup_scene)
 		if loaded != OK:
 			printerr("spacetime-rl: --rl-scene=%s: %s" % [startup_scene, error_string(loaded)])
+			get_tree().quit(2)
+			return
+		var environment := _environment
+		if not environment.is_settled:
+			await environment.settled
+		if not environment.problem.is_empty():
+			printerr("spacetime-rl: --rl-scene=%s: %s" % [startup_scene, environment.problem])
 			get_tree().quit(2)
 			return
 	api = RLApi.new(self)
@@ -104,16 +113,38 @@ func _start() -> void:
 		_server = null
 		get_tree().quit(2)
 		return
-	print(READY_LINE % [host, _server.get_port()])
+	var ready_line := READY_LINE % [host, _server.get_port()]
+	print(ready_line)
+	if not ProjectSettings.get_setting("application/run/flush_stdout_on_print", false):
+		printerr(ready_line)  # stderr is unbuffered; stdout would hold the line in its buffer
 
 
-## The RL environment of the current scene, or null when it has none.
+## The RL environment of the current scene once it settled and can serve RL, or null.
 func get_environment() -> RLEnvironment:
+	var environment := get_loaded_environment()
+	if environment == null or not environment.is_settled or not environment.problem.is_empty():
+		return null
+	return environment
+
+
+## The RL environment of the current scene, settled or not, or null when it has none.
+func get_loaded_environment() -> RLEnvironment:
 	if is_instance_valid(_environment) and _environment.is_inside_tree():
 		return _environment
 	var found := get_tree().get_nodes_in_group(RLEnvironment.GROUP)
 	_environment = found[0] as RLEnvironment if not found.is_empty() else null
 	return _environment
+
+
+## Why get_environment() is null, as a sentence.
+func environment_problem() -> String:
+	var environment := get_loaded_environment()
+	if environment == null:
+		var fix := 'POST /scene/load {"scene": "%s"} first' % RLProtocol.DEFAULT_SCENE
+		return "no RL scene is loaded; " + fix
+	if not environment.is_settled:
+		return "scene %s is still loading" % environment.scene_root().scene_file_path
+	return environment.problem
 
 
 ## res:// path of the current scene, or null before one is loaded.
@@ -129,31 +160,38 @@ func is_whitelisted(path: String) -> bool:
 
 
 ## Replaces the current scene by `path` at once (not at the end of the frame, as
-## change_scene_to_file would) and gives it an RLEnvironment if it has none.
+## change_scene_to_file would) and gives it an RLEnvironment if it has none. The environment is
+## ready for RL once it emits `settled` (a few physics frames later) with an empty `problem`.
 func load_scene(path: String) -> Error:
 	var packed := ResourceLoader.load(path, "PackedScene") as PackedScene
 	if packed == null or not packed.can_instantiate():
 		return ERR_CANT_OPEN
 	var scene := packed.instantiate()
+	var environment := _find_environment(scene)
+	if environment == null:
+		environment = RLEnvironment.new()
+		environment.name = "RLEnvironment"
+		scene.add_child(environment)
+	_apply_overrides(environment)  # before it enters the tree and sets up its agents
 	var tree := get_tree()
 	var previous := tree.current_scene
 	if previous != null:
 		tree.root.remove_child(previous)
 		previous.queue_free()
-	_environment = null
+	_environment = environment
 	tree.root.add_child(scene)
 	tree.current_scene = scene
-	var environment := get_environment()
-	if environment == null:
-		environment = RLEnvironment.new()
-		environment.name = "RLEnvironment"
-		_apply_overrides(environment)
-		scene.add_child(environment)
-	elif num_agents > 0 or action_repeat > 0 or seed_value != null:
-		_apply_overrides(environment)
-		environment.setup()
-	_environment = environment
 	return OK
+
+
+static func _find_environment(node: Node) -> RLEnvironment:
+	if node is RLEnvironment:
+		return node as RLEnvironment
+	for child in node.get_children():
+		var found := _find_environment(child)
+		if found != null:
+			return found
+	return null
 
 
 func _apply_overrides(environment: RLEnvironment) -> void:
