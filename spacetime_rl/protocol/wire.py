@@ -28,12 +28,13 @@ MAX_AGENTS: Final = 4096
 #: Largest reset seed: exact in a double, as Godot's JSON reads every number.
 MAX_SEED: Final = 2**53 - 1
 #: A server's flood limits (the Godot addon's rl_http_server.gd keeps the same): connections open at
-#: once (more are answered 503), seconds for a request's headers to arrive from the connection's
-#: opening or the request's first byte, and for its body (else 408). Kept-alive idle connections
-#: have no deadline: a trainer is silent through each PPO update.
+#: once (more are answered 503); seconds for a request's headers to arrive from the connection's
+#: opening or the request's first byte, and for its body (else 408); seconds a kept-alive
+#: connection may stay silent between requests (a trainer is silent through each PPO update).
 MAX_CONNECTIONS: Final = 64
 HEADER_TIMEOUT: Final = 10.0
-BODY_TIMEOUT: Final = 30.0
+BODY_TIMEOUT: Final = 60.0
+IDLE_TIMEOUT: Final = 3600.0
 
 #: The one line a server prints on stdout once it listens, followed by its URL: the embedded
 #: simulator's, and the Godot addon's (godot/addons/spacetime_rl/rl_service.gd READY_LINE).

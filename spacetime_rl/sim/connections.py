@@ -4,8 +4,8 @@ aiohttp's server waits for a request's headers as long as a connection stays ope
 limit on connections. `GuardedServer` wraps its protocol factory: past `max_connections` a new
 connection is answered 503 and closed; each connection must send a request's headers within
 `header_timeout` seconds of opening, or of the request's first byte, else 408 and closed. A
-kept-alive connection with no request under way has no deadline here (aiohttp's keep-alive timeout
-of an hour applies), so a trainer may stay silent through a long PPO update. Bodies are bounded by
+kept-alive connection with no request under way has no deadline here (only the keep-alive timeout,
+wire.IDLE_TIMEOUT, an hour), so a trainer may stay silent through a long PPO update. Bodies are bounded by
 the handlers (server.py `_body`, `--body-timeout`) and by `--max-body-bytes`.
 """
 

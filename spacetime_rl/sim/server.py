@@ -589,7 +589,7 @@ async def serve(
         raise ConfigError(f"max_connections is {max_connections}; it must be at least 1")
     if not header_timeout > 0:
         raise ConfigError(f"header_timeout is {header_timeout}; it must be a positive number of seconds")
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=wire.IDLE_TIMEOUT)
     await runner.setup()
     assert runner.server is not None  # set by setup()
     guarded = GuardedServer(runner.server, max_connections=max_connections, header_timeout=header_timeout)

@@ -234,6 +234,11 @@ def test_http_server_bounds_hold_together() -> None:
     assert read_head.index("has(0)") < read_head.index("get_string_from_ascii")
     for name in ("READ_BYTES_PER_POLL", "REQUESTS_PER_POLL", "OUTBOX_HIGH_WATER_BYTES", "MAX_CONNECTIONS"):
         assert int(gd_constant(source, name)) > 0
+    # the simulator's limits are the same (protocol/wire.py)
+    assert int(gd_constant(source, "MAX_CONNECTIONS")) == wire.MAX_CONNECTIONS
+    assert value["HEAD_DEADLINE_MS"] == wire.HEADER_TIMEOUT * 1000
+    assert value["REQUEST_DEADLINE_MS"] == wire.BODY_TIMEOUT * 1000
+    assert value["IDLE_TIMEOUT_MS"] == wire.IDLE_TIMEOUT * 1000
 
 
 def test_scene_root_is_found_without_current_scene() -> None:

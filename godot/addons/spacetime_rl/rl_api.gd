@@ -201,9 +201,15 @@ func _rl_reset(body: PackedByteArray) -> Array:
 	var request: Dictionary = parsed["value"]
 	var seed_value: Variant = request.get("seed")
 	if seed_value != null:
-		if not _is_integer(seed_value) or seed_value < 0:
+		if not _is_integer(seed_value) or seed_value < 0 or seed_value > RLProtocol.MAX_SEED:
 			var what := _describe(seed_value)
-			return _error(400, "'seed' is %s; expected a non-negative integer or null" % what)
+			return _error(
+				400,
+				(
+					"'seed' is %s; expected an integer from 0 to %d or null"
+					% [what, RLProtocol.MAX_SEED]
+				)
+			)
 	var agents := _agent_indices(request.get("agents"), environment.num_agents)
 	if agents.has("error"):
 		return _error(400, agents["error"])

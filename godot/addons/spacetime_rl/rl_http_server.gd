@@ -21,8 +21,8 @@ extends RefCounted
 ## on a clock: its line and headers must arrive within HEAD_DEADLINE_MS of its first byte (of the
 ## accept, on a new connection), its body within REQUEST_DEADLINE_MS, else 408 and close. A
 ## kept-alive connection between requests may stay silent for IDLE_TIMEOUT_MS (the trainer says
-## nothing through minutes of PPO updates); when all MAX_CONNECTIONS slots are taken, the one silent
-## longest is closed for a newcomer, and with none silent the newcomer gets 503.
+## nothing through minutes of PPO updates); when all MAX_CONNECTIONS slots are taken a newcomer gets
+## 503. The embedded simulator keeps the same limits (spacetime_rl/protocol/wire.py).
 
 const MAX_HEAD_BYTES := 16384
 const READ_CHUNK_BYTES := 65536
@@ -178,8 +178,6 @@ func poll() -> int:
 func _accept() -> void:
 	while _server.is_connection_available():
 		var connection := Connection.new(_server.take_connection())
-		if _connections.size() >= MAX_CONNECTIONS:
-			_close_longest_idle()
 		if _connections.size() < MAX_CONNECTIONS:
 			_connections.append(connection)
 		elif _refused.size() < MAX_REFUSED:
@@ -188,20 +186,6 @@ func _accept() -> void:
 			_refused.append(connection)
 		else:
 			connection.peer.disconnect_from_host()
-
-
-## Makes room for a newcomer: closes the kept-alive connection silent the longest, if any.
-func _close_longest_idle() -> void:
-	var oldest: Connection = null
-	for connection in _connections:
-		if (
-			connection.is_idle()
-			and (oldest == null or connection.last_active_ms < oldest.last_active_ms)
-		):
-			oldest = connection
-	if oldest != null:
-		oldest.peer.disconnect_from_host()
-		_connections.erase(oldest)
 
 
 ## Returns false once the connection should be dropped.

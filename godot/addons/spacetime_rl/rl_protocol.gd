@@ -10,6 +10,8 @@ const DEFAULT_HOST := "127.0.0.1"
 const DEFAULT_PORT := 8080
 const DEFAULT_SCENE := "res://scenes/features/vr_locomotion_test.tscn"
 const MAX_AGENTS := 4096
+## Largest reset seed: exact in a double, as JSON numbers are read.
+const MAX_SEED := 9007199254740991
 
 ## [name, size] in wire order; sizes add up to OBSERVATION_SIZE.
 const OBSERVATION_FIELDS := [
