@@ -35,6 +35,7 @@ MAIN_SCENE: Final = "res://scenes/main.tscn"
 #: Scenes the simulator can load, and whether each offers the /rl/ endpoints.
 SCENES: Final[dict[str, bool]] = {wire.DEFAULT_SCENE: True, MAIN_SCENE: False}
 FPS_WINDOW: Final = 2.0  # s of recent steps averaged by /performance
+SHUTDOWN_TIMEOUT: Final = 2.0  # s a stopping server lets requests under way finish (aiohttp's: 60)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -589,7 +590,9 @@ async def serve(
         raise ConfigError(f"max_connections is {max_connections}; it must be at least 1")
     if not header_timeout > 0:
         raise ConfigError(f"header_timeout is {header_timeout}; it must be a positive number of seconds")
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=wire.IDLE_TIMEOUT)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=wire.IDLE_TIMEOUT, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
     await runner.setup()
     assert runner.server is not None  # set by setup()
     guarded = GuardedServer(runner.server, max_connections=max_connections, header_timeout=header_timeout)

@@ -92,6 +92,19 @@ def test_an_idle_kept_alive_connection_stays_open_between_requests(server: SimPr
         assert health(sock) == b"HTTP/1.1 200 OK"
 
 
+def test_pipelined_requests_are_all_answered_in_order(server: SimProcess) -> None:
+    count = 500
+    with connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * count)
+        data = b""
+        while data.count(b'"status":"ok"') < count:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {data.count(b'HTTP/1.1 200')} answers"
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == count
+    server.assert_healthy()
+
+
 def test_a_body_that_never_arrives_gets_408(server: SimProcess) -> None:
     with connect(server) as sock:
         sock.sendall(
@@ -132,3 +145,16 @@ def test_connections_past_the_cap_get_503_and_a_freed_slot_serves_again(server: 
             time.sleep(0.05)
         else:
             pytest.fail("a freed slot was never served")
+
+
+def test_sigterm_stops_the_server_while_a_request_waits_for_its_body() -> None:
+    """aiohttp waits 60 s for requests under way at shutdown; the simulator waits 2 (SHUTDOWN_TIMEOUT)."""
+    server = SimProcess()
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /scene/load HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000000000\r\n\r\n"
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+        server.process.terminate()
+        assert server.process.wait(WAIT) == 0
