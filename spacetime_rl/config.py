@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from hydra import compose, initialize_config_dir
@@ -325,6 +325,10 @@ class TasksConfig:
         return [replace(base, **task.reward) for task in self.chosen.values()]
 
 
+#: SB3 policy names: the feed-forward MLP (PPO), and an LSTM before the MLP (sb3-contrib's RecurrentPPO).
+POLICIES: Final = ("MlpPolicy", "MlpLstmPolicy")
+
+
 @dataclass
 class NetworkConfig:
     policy: str = "MlpPolicy"
@@ -332,9 +336,19 @@ class NetworkConfig:
     activation_fn: str = "tanh"
     width: int | None = None  # with depth: net_arch = [width] * depth (the axes sweeps/network.yaml searches)
     depth: int | None = None
+    # MlpLstmPolicy: the LSTM's size and layers (the actor and the critic each have one)
+    lstm_hidden_size: int = 64
+    n_lstm_layers: int = 1
 
     def __post_init__(self) -> None:
-        _require(self.policy == "MlpPolicy", "network.policy", self.policy, "only MlpPolicy is supported")
+        _require(
+            self.policy in POLICIES,
+            "network.policy",
+            self.policy,
+            f"use one of {POLICIES} (network=lstm selects MlpLstmPolicy)",
+        )
+        for key in ("lstm_hidden_size", "n_lstm_layers"):
+            _require(getattr(self, key) >= 1, f"network.{key}", getattr(self, key), "use a positive integer")
         _require(
             (self.width is None) == (self.depth is None),
             "network.width",
@@ -356,6 +370,10 @@ class NetworkConfig:
             self.activation_fn,
             f"use one of {tuple(ACTIVATIONS)}",
         )
+
+    @property
+    def recurrent(self) -> bool:
+        return self.policy == "MlpLstmPolicy"
 
 
 @dataclass

@@ -10,10 +10,13 @@ deterministic action (the Gaussian's mean) and SB3's clip to [-1, 1]. Preprocess
 graph because `RLPolicy` already applies it, driven by the sidecar's `heading_frame` (see
 godot/README.md); the sidecar therefore carries no `observation_normalization`.
 
-Tensors use godot_rl_agents' names: inputs `obs` [B, 48 + T] float32 and `state_ins` [B], outputs
-`output` [B, 3] and `state_outs` [B] (`state_ins` passed through; the policy has no memory). T is 0
-for a single-task run; a multi-task run's `obs` ends with the one-hot task block of training, in the
-order of the sidecar's `tasks`.
+Tensors use godot_rl_agents' names: inputs `obs` [B, 48 + T] float32 and `state_ins`, outputs
+`output` [B, 3] and `state_outs`. T is 0 for a single-task run; a multi-task run's `obs` ends with
+the one-hot task block of training, in the order of the sidecar's `tasks`. An MLP policy has no
+memory: `state_ins` is [B] and passed through. An LSTM policy (network=lstm) carries its actor's
+state: `state_ins` and `state_outs` are [B, S] with S = 2 x layers x hidden (the sidecar's
+`state_size`): h of each layer, then c of each layer. The caller feeds `state_outs` back as the
+next step's `state_ins`, and zeros at an episode's start (sb3-contrib resets the state there too).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Final
 
 import numpy as np
 import torch
-from stable_baselines3 import PPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
@@ -45,8 +48,9 @@ from spacetime_rl.artifacts import (
 )
 from spacetime_rl.errors import ConfigError, SpaceTimeError
 from spacetime_rl.protocol import wire
+from spacetime_rl.snapshots import load_model
 
-__all__ = ["ACTION_FIELDS", "OnnxPolicy", "export_onnx", "sidecar_path"]
+__all__ = ["ACTION_FIELDS", "OnnxPolicy", "OnnxRecurrentPolicy", "export_onnx", "sidecar_path"]
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +89,41 @@ class OnnxPolicy(nn.Module):
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
         self.clip = clip
 
-    def forward(self, obs: torch.Tensor, state_ins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def normalized(self, obs: torch.Tensor) -> torch.Tensor:
         if self.normalize:
-            obs = torch.clamp((obs - self.mean) / self.scale, -self.clip, self.clip)
-        latent = self.policy.mlp_extractor.forward_actor(self.policy.pi_features_extractor(obs))
+            return torch.clamp((obs - self.mean) / self.scale, -self.clip, self.clip)
+        return obs
+
+    def forward(self, obs: torch.Tensor, state_ins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent = self.policy.mlp_extractor.forward_actor(
+            self.policy.pi_features_extractor(self.normalized(obs))
+        )
         return torch.clamp(self.policy.action_net(latent), -1.0, 1.0), state_ins
+
+
+class OnnxRecurrentPolicy(OnnxPolicy):
+    """The same for an LSTM policy: the actor's LSTM state goes in and out as [B, 2 x layers x hidden]."""
+
+    policy: RecurrentActorCriticPolicy
+
+    def __init__(
+        self, policy: RecurrentActorCriticPolicy, normalization: VecNormalize | None, size: int
+    ) -> None:
+        super().__init__(policy, normalization, size)
+        self.layers, self.hidden = policy.lstm_actor.num_layers, policy.lstm_actor.hidden_size
+
+    @property
+    def state_size(self) -> int:
+        return 2 * self.layers * self.hidden
+
+    def forward(self, obs: torch.Tensor, state_ins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.policy.pi_features_extractor(self.normalized(obs))
+        # [B, 2 * L * H] -> h and c, each [L, B, H] as torch's LSTM takes them
+        state = state_ins.reshape(-1, 2, self.layers, self.hidden).permute(1, 2, 0, 3)
+        output, (h, c) = self.policy.lstm_actor(features.unsqueeze(0), (state[0], state[1]))
+        latent = self.policy.mlp_extractor.forward_actor(output.squeeze(0))
+        state_outs = torch.stack((h, c)).permute(2, 0, 1, 3).reshape(-1, self.state_size)
+        return torch.clamp(self.policy.action_net(latent), -1.0, 1.0), state_outs
 
 
 def sidecar_path(onnx_path: Path) -> Path:
@@ -110,26 +144,37 @@ def export_onnx(source: ModelSource, out: Path) -> Path:
     tasks = run_task_config(run_config)
     block = list(tasks.names) if tasks.multi else []  # the task one-hot's order, as TaskSchedule builds it
     size = wire.OBSERVATION_SIZE + len(block)
-    model = PPO.load(str(source.model), device="cpu")
+    model = load_model(source.model, device="cpu")
     if not isinstance(model.policy, ActorCriticPolicy) or model.observation_space.shape != (size,):
         raise ConfigError(
-            f"{source.model} is not a spacetime_rl PPO MlpPolicy with {size} observations "
+            f"{source.model} is not a spacetime_rl MlpPolicy or MlpLstmPolicy with {size} observations "
             f"({wire.OBSERVATION_SIZE} + one per task of its run's task.tasks {block}): "
             f"its observation space is {model.observation_space.shape}"
         )
     with open(source.stats, "rb") as file:
         normalization = pickle.load(file)
     check_same_save(source.model, model, normalization)
-    module = OnnxPolicy(model.policy, normalization, size).eval()
+    if isinstance(model.policy, RecurrentActorCriticPolicy):
+        recurrent = OnnxRecurrentPolicy(model.policy, normalization, size)
+        module: OnnxPolicy = recurrent
+        state_size = recurrent.state_size
+    else:
+        module, state_size = OnnxPolicy(model.policy, normalization, size), 0
+    module.eval()
+    state: list[int | str] = ["batch", state_size] if state_size else ["batch"]
+    dummy_state = torch.zeros(1, state_size) if state_size else torch.zeros(1)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is deprecated but needs no onnxscript, and this graph is plain.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # About LSTMs whose initial state is not an input; here h and c come in through state_ins.
+        warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # torch's LSTM checks its input sizes
         torch.onnx.export(
             module,
-            (torch.zeros(1, size), torch.zeros(1)),
+            (torch.zeros(1, size), dummy_state),
             str(out),
             input_names=INPUT_NAMES,
             output_names=OUTPUT_NAMES,
@@ -149,8 +194,9 @@ def export_onnx(source: ModelSource, out: Path) -> Path:
             "heading_frame": env.heading_frame,
             "physics_hz": wire.PHYSICS_HZ,
             "tasks": block,
-            "inputs": {"obs": ["batch", size], "state_ins": ["batch"]},
-            "outputs": {"output": ["batch", wire.ACTION_SIZE], "state_outs": ["batch"]},
+            "inputs": {"obs": ["batch", size], "state_ins": state},
+            "outputs": {"output": ["batch", wire.ACTION_SIZE], "state_outs": state},
+            "state_size": state_size,  # 0: no memory, state_ins passes through
             "observation_input": "preprocessed (envs/preprocessing.py), not normalised",
             "normalization_in_graph": module.normalize,
             "action_clip": [-1.0, 1.0],

@@ -17,6 +17,7 @@ import numpy as np
 from spacetime_rl.protocol import wire
 
 if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.vec_env import VecEnv
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Act",
     "EpisodeResult",
     "Path2D",
+    "model_policy",
     "play_episodes",
     "seconds_per_step",
     "summarize",
@@ -48,8 +50,9 @@ EvalHook = Callable[[int, dict[str, float]], bool]
 #: The normal quantile of a two-sided 95% interval.
 WILSON_Z: Final = 1.959963984540054
 
-#: Maps a batch of the env's observations (N, 48) to actions (N, 3).
-Act = Callable[[np.ndarray], np.ndarray]
+#: Maps a batch of the env's observations (N, 48) and which of them start an episode (N,) to
+#: actions (N, 3); a recurrent policy resets its memory of the agents that start one.
+Act = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 #: Every metric `summarize` reports, with what it means; training logs a subset (`EVAL_METRICS`).
 METRICS: Final[dict[str, str]] = {
@@ -125,6 +128,20 @@ class EpisodeResult:
         }
 
 
+def model_policy(model: BaseAlgorithm, deterministic: bool = True) -> Act:
+    """The model's actions; a recurrent model carries each agent's LSTM state from step to step."""
+    state: tuple[np.ndarray, ...] | None = None
+
+    def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        nonlocal state
+        actions, state = model.predict(
+            obs, state=state, episode_start=episode_start, deterministic=deterministic
+        )
+        return actions
+
+    return act
+
+
 def play_episodes(
     env: VecEnv,
     act: Act,
@@ -143,8 +160,10 @@ def play_episodes(
     targets = np.array([(episodes + i) // env.num_envs for i in range(env.num_envs)])
     counts = np.zeros(env.num_envs, dtype=int)
     results: list[EpisodeResult] = []
+    starts = np.ones(env.num_envs, dtype=bool)
     while (counts < targets).any():
-        obs, _, dones, infos = env.step(act(obs))
+        obs, _, starts, infos = env.step(act(obs, starts))  # a done agent's next observation starts one
+        dones = starts
         if after_step is not None:
             after_step()
         for i in np.flatnonzero(dones & (counts < targets)):

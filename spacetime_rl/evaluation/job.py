@@ -27,13 +27,14 @@ from spacetime_rl.envs import SpaceTimeVecEnv, make_clients, with_server_agents
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.evaluation.config import EvaluateConfig, to_evaluate_config
 from spacetime_rl.evaluation.plots import plot_episodes
-from spacetime_rl.evaluation.policies import heuristic_policy, random_policy, trained_policy
+from spacetime_rl.evaluation.policies import heuristic_policy, random_policy
 from spacetime_rl.evaluation.settings import apply_run_config
 from spacetime_rl.evaluation.trajectories import RecordingTransport, attach_paths
 from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.metrics import (
     METRICS,
     Act,
+    model_policy,
     play_episodes,
     seconds_per_step,
     summarize,
@@ -192,7 +193,7 @@ def _policy(
             f"model={str(source.model)!r} expects observations of shape {model.observation_space.shape}, "
             f"but protocol v1 has {venv.observation_space.shape}: it was not trained by spacetime_rl"
         )
-    return env, trained_policy(model, config.deterministic)
+    return env, model_policy(model, config.deterministic)
 
 
 def _json_number(value: float) -> float | None:

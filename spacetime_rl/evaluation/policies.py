@@ -1,7 +1,8 @@
-"""The policies evaluate.py compares: a trained model, uniform random actions, a scripted controller.
+"""The reference policies evaluate.py compares a trained model with (`metrics.model_policy`):
+uniform random actions and a scripted controller.
 
-Each is an `Act`: env observations (N, 48) -> actions (N, 3) in [-1, 1]. The trained policy sees
-VecNormalize's normalised observations; the reference policies see the VecEnv's preprocessed ones.
+Each is an `Act`: env observations (N, 48) -> actions (N, 3) in [-1, 1]. A trained policy sees
+VecNormalize's normalised observations; these see the VecEnv's preprocessed ones.
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 from typing import Final
 
 import numpy as np
-from stable_baselines3.common.base_class import BaseAlgorithm
 
 from spacetime_rl.envs.preprocessing import yaw_angle
 from spacetime_rl.metrics import Act
 from spacetime_rl.protocol.wire import ACTION_SIZE, OBS
 
-__all__ = ["heuristic_policy", "random_policy", "trained_policy"]
+__all__ = ["heuristic_policy", "random_policy"]
 
 #: Heuristic controller gains, tuned by hand on the simulator.
 TURN_GAIN: Final = 2.0  # r per radian of goal bearing
@@ -26,18 +26,11 @@ _LEFT: Final = [12, 13, 14, 15]  # rays 90-22.5 degrees left (counter-clockwise 
 _RIGHT: Final = [1, 2, 3, 4]
 
 
-def trained_policy(model: BaseAlgorithm, deterministic: bool = True) -> Act:
-    def act(obs: np.ndarray) -> np.ndarray:
-        return model.predict(obs, deterministic=deterministic)[0]
-
-    return act
-
-
 def random_policy(seed: int) -> Act:
     """Uniform actions in [-1, 1]^3 from its own generator, so a seeded run repeats."""
     rng = np.random.default_rng(seed)
 
-    def act(obs: np.ndarray) -> np.ndarray:
+    def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
         return rng.uniform(-1.0, 1.0, size=(len(obs), ACTION_SIZE))
 
     return act
@@ -51,7 +44,7 @@ def heuristic_policy() -> Act:
     the same code works either way. Bearing > 0 means the goal is to the right (r > 0 turns right).
     """
 
-    def act(obs: np.ndarray) -> np.ndarray:
+    def act(obs: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
         yaw = yaw_angle(obs[:, OBS["camera_rotation"]].astype(np.float64))
         direction = obs[:, OBS["goal_direction"]]
         x = np.cos(yaw) * direction[:, 0] - np.sin(yaw) * direction[:, 2]

@@ -19,18 +19,14 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_nor
 
 from spacetime_rl.artifacts import checkpoint_path, save_snapshot
 from spacetime_rl.curriculum import Curriculum, TaskCurricula
-from spacetime_rl.metrics import EVAL_METRICS, EvalHook, play_episodes, summarize
+from spacetime_rl.metrics import EVAL_METRICS, EvalHook, model_policy, play_episodes, summarize
 from spacetime_rl.rewards import REWARD_TERMS
 
 
 def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int, seed: int) -> dict[str, float]:
     """The `EVAL_METRICS` of the deterministic policy over `episodes` episodes (`play_episodes`),
     and with several tasks the same per task (`eval/<task>/success_rate`, ...)."""
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        return model.predict(obs, deterministic=True)[0]
-
-    metrics = summarize(play_episodes(env, act, episodes, seed))
+    metrics = summarize(play_episodes(env, model_policy(model), episodes, seed))
     names = {key.removeprefix("eval/") for key in EVAL_METRICS}
     return {
         key: value for key, value in metrics.items() if key in EVAL_METRICS or key.split("/")[-1] in names

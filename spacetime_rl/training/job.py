@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import numpy as np
 import torch
-from stable_baselines3 import PPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
@@ -52,13 +52,13 @@ from spacetime_rl.artifacts import (
 )
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import ACTIVATIONS as config_activations
-from spacetime_rl.config import PPOConfig, TrainConfig, TrainingConfig, torch_threads
+from spacetime_rl.config import NetworkConfig, PPOConfig, TrainConfig, TrainingConfig, torch_threads
 from spacetime_rl.curriculum import Curriculum, TaskCurricula
 from spacetime_rl.envs import SpaceTimeVecEnv, connector, with_server_agents
 from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
-from spacetime_rl.snapshots import load_frozen
+from spacetime_rl.snapshots import Model, algorithm, load_frozen
 from spacetime_rl.training.callbacks import (
     EVAL_METRICS,
     CheckpointCallback,
@@ -458,9 +458,9 @@ class _StopOnSignal(BaseCallback):
         model.policy.optimizer.load_state_dict(self._weights["optimizer"])
 
 
-def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> PPO:
+def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> Model:
     ppo, network = config.ppo, config.network
-    return PPO(
+    return algorithm(network.policy)(
         network.policy,
         env,
         learning_rate=ppo.learning_rate,
@@ -474,17 +474,14 @@ def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> PPO:
         vf_coef=ppo.vf_coef,
         max_grad_norm=ppo.max_grad_norm,
         target_kl=ppo.target_kl,
-        policy_kwargs={
-            "net_arch": list(network.net_arch),
-            "activation_fn": ACTIVATIONS[network.activation_fn],
-        },
+        policy_kwargs=_policy_kwargs(network),
         device=ppo.device,
         seed=config.training.seed,
         verbose=verbose,
     )
 
 
-def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> PPO:
+def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> Model:
     """The checkpoint's model, stepping `env` from its saved step count, with this run's PPO settings.
 
     A `ppo.*` value that differs from the checkpoint's applies (SB3's load rebuilds the schedules
@@ -494,9 +491,10 @@ def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> PPO:
     saved, _, _ = load_from_zip_file(str(path), device="cpu")
     saved = saved or {}
     network, kwargs = config.network, saved.get("policy_kwargs", {})
+    recurrent = issubclass(saved.get("policy_class", object), RecurrentActorCriticPolicy)
     for key, wanted, had in (
-        ("network.net_arch", list(network.net_arch), kwargs.get("net_arch")),
-        ("network.activation_fn", ACTIVATIONS[network.activation_fn], kwargs.get("activation_fn")),
+        ("network.policy", network.policy, "MlpLstmPolicy" if recurrent else "MlpPolicy"),
+        *((f"network.{key}", value, kwargs.get(key)) for key, value in _policy_kwargs(network).items()),
     ):
         if wanted != had:
             raise ConfigError(
@@ -510,9 +508,20 @@ def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> PPO:
         if wanted != had:
             changed[name] = wanted
             log.info("resume: ppo.%s=%s applies (the checkpoint trained with %s)", name, wanted, had)
-    model = PPO.load(str(path), env=env, device=config.ppo.device, **changed)
+    model = algorithm(network.policy).load(str(path), env=env, device=config.ppo.device, **changed)
     model.set_random_seed(config.training.seed)
     return model
+
+
+def _policy_kwargs(network: NetworkConfig) -> dict[str, Any]:
+    """SB3's `policy_kwargs` for `network`."""
+    kwargs: dict[str, Any] = {
+        "net_arch": list(network.net_arch),
+        "activation_fn": ACTIVATIONS[network.activation_fn],
+    }
+    if network.recurrent:
+        kwargs |= {"lstm_hidden_size": network.lstm_hidden_size, "n_lstm_layers": network.n_lstm_layers}
+    return kwargs
 
 
 def _shown(value: Any) -> str:
@@ -523,7 +532,7 @@ def _shown(value: Any) -> str:
 
 
 def _held_out(
-    model: PPO, eval_env: VecNormalize, best_path: Path, record: EvalRecord, training: TrainingConfig
+    model: Model, eval_env: VecNormalize, best_path: Path, record: EvalRecord, training: TrainingConfig
 ) -> dict[str, Any]:
     """The final and the best model on `training.held_out_episodes` episodes neither trained nor
     picked the best on; the best's in-training score beside it shows how optimistic that pick was."""

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from omegaconf import OmegaConf
+from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 
 from spacetime_rl.artifacts import RUN_CONFIG, resolve_model
@@ -36,13 +37,13 @@ SMOOTHING = 0.3
 TASKS: Final = ("maze", "navigate", "obstacle_course")
 
 
-def _tiny_run(run_dir: Path, tasks: TasksConfig | None = None) -> Path:
+def _tiny_run(run_dir: Path, tasks: TasksConfig | None = None, network: NetworkConfig | None = None) -> Path:
     """A tiny run with its composed config in .hydra/, as train.py leaves it."""
     from spacetime_rl.training import train
 
     config = TrainConfig(
         env=EnvConfig(agents_per_environment=8, max_episode_steps=40, action_smoothing=SMOOTHING),
-        network=NetworkConfig(net_arch=[32, 32]),
+        network=network or NetworkConfig(net_arch=[32, 32]),
         ppo=PPOConfig(n_steps=32, batch_size=128, n_epochs=1),
         training=TrainingConfig(
             total_timesteps=512, eval_freq=10_000, eval_episodes=4, progress_bar=False, torch_threads=1
@@ -149,3 +150,48 @@ def test_a_multi_task_model_takes_the_task_block(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(out))
     (actions,) = session.run(["output"], {"obs": obs, "state_ins": np.zeros(300, np.float32)})
     np.testing.assert_allclose(actions, _sb3_actions(run_dir, obs), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def lstm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    network = NetworkConfig(policy="MlpLstmPolicy", net_arch=[32], lstm_hidden_size=16, n_lstm_layers=2)
+    return _tiny_run(tmp_path_factory.mktemp("lstm_run"), network=network)
+
+
+def test_lstm_onnx_carries_the_state_as_sb3_contrib_does(lstm_run: Path, tmp_path: Path) -> None:
+    """Over a sequence of steps, with an episode starting midway for some agents, the graph fed its
+    own state_outs (zeros at an episode start) gives sb3-contrib's deterministic actions."""
+    out = tmp_path / "policy.onnx"
+    assert main([str(lstm_run), str(out)]) == 0
+    sidecar = json.loads(sidecar_path(out).read_text())
+    size = sidecar["state_size"]
+    assert size == 2 * 2 * 16
+    assert sidecar["inputs"]["state_ins"] == sidecar["outputs"]["state_outs"] == ["batch", size]
+
+    model_path = lstm_run / "best_models" / "best_model.zip"
+    model = RecurrentPPO.load(str(model_path), device="cpu")
+    with open(model_path.with_name("best_model_vecnormalize.pkl"), "rb") as file:
+        normalization = pickle.load(file)
+    session = ort.InferenceSession(str(out))
+    rng = np.random.default_rng(1)
+    agents, steps = 6, 20
+    state_ins = np.zeros((agents, size), np.float32)
+    sb3_state = None
+    starts = np.ones(agents, dtype=bool)
+    moved = 0.0
+    for step in range(steps):
+        raw = rng.normal(scale=3.0, size=(agents, wire.OBSERVATION_SIZE))
+        obs = preprocess_observations(raw, heading_frame=True)
+        if step == 10:
+            starts[::2] = True  # half the agents start a new episode
+        state_ins[starts] = 0.0
+        expected, sb3_state = model.predict(
+            normalization.normalize_obs(obs), state=sb3_state, episode_start=starts, deterministic=True
+        )
+        actions, state_ins = session.run(["output", "state_outs"], {"obs": obs, "state_ins": state_ins})
+        np.testing.assert_allclose(actions, expected, atol=1e-5, err_msg=f"step {step}")
+        moved = max(moved, float(np.abs(state_ins).max()))
+        starts[:] = False
+    assert moved > 0.01, "the state never changed: the graph would not carry memory"
+    (single,) = session.run(["output"], {"obs": obs[:1], "state_ins": np.zeros((1, size), np.float32)})
+    assert single.shape == (1, wire.ACTION_SIZE)  # one agent at a time, as RLPolicy calls it
