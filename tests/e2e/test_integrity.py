@@ -18,6 +18,7 @@ from typing import Final
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 
 from spacetime_rl.artifacts import config_hash
@@ -67,6 +68,7 @@ CASES: Final = {
         "curriculum.stages=[{name:a,max_goal_distance:4.0,timesteps:256},{name:b,max_goal_distance:6.0,timesteps:256}]",
     ],
     "config_file": ["config_file={json}", "ppo.learning_rate=0.002"],  # the command line beats the file
+    "lstm": ["task=maze", "network=lstm", "network.lstm_hidden_size=12", "network.n_lstm_layers=2"],
 }
 
 
@@ -118,6 +120,11 @@ def test_model_carries_the_configured_hyperparameters(case: tuple[list[str], Pat
             assert saved == value, key
     assert data["policy_kwargs"]["net_arch"] == list(config.network.net_arch)
     assert data["policy_kwargs"]["activation_fn"] is ACTIVATIONS[config.network.activation_fn]
+    recurrent = issubclass(data["policy_class"], RecurrentActorCriticPolicy)
+    assert recurrent == (config.network.policy == "MlpLstmPolicy")
+    if recurrent:
+        assert data["policy_kwargs"]["lstm_hidden_size"] == config.network.lstm_hidden_size
+        assert data["policy_kwargs"]["n_lstm_layers"] == config.network.n_lstm_layers
 
 
 def test_env_and_rewards_used_are_the_configured_ones(case: tuple[list[str], Path]) -> None:
@@ -172,7 +179,7 @@ def test_export_sidecar_carries_the_run_settings(case: tuple[list[str], Path], t
     assert sidecar["config_hash"] == config_hash(saved)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["maze", "curriculum"])
+@pytest.mark.parametrize("name", ["maze", "curriculum", "lstm"])
 def test_evaluate_replays_the_recorded_held_out_check(name: str, tmp_path: Path) -> None:
     """evaluate.py on a run, with no other setting, plays the run's task at its final goal distance on
     the held-out seed: the same episodes as the best model's check in metrics.json."""

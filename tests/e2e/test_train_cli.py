@@ -142,6 +142,33 @@ def test_resume_refuses_a_different_network(tiny_run: Path, tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
+def test_a_recurrent_run_resumes_as_recurrent_and_refuses_an_mlp(tmp_path: Path) -> None:
+    """network=lstm end to end: train, resume from a checkpoint (RecurrentPPO again, the step count
+    continues), and a resume that asks for another policy is refused naming the key."""
+    first = tmp_path / "first"
+    result = run_train(*TINY, "network=lstm", "network.lstm_hidden_size=8", f"hydra.run.dir={first}")
+    assert result.returncode == 0, result.stderr
+    checkpoint = first / "checkpoints" / "vr_nav_model_512_steps.zip"
+    resumed = tmp_path / "resumed"
+    result = run_train(
+        *TINY,
+        "network=lstm",
+        "network.lstm_hidden_size=8",
+        "training.total_timesteps=1536",
+        f"resume={checkpoint}",
+        f"hydra.run.dir={resumed}",
+    )
+    assert result.returncode == 0, result.stderr
+    data, _, _ = load_from_zip_file(str(resumed / "final_model.zip"), device="cpu")
+    assert data is not None and data["policy_class"].__name__ == "RecurrentActorCriticPolicy"
+    assert json.loads((resumed / "metrics.json").read_text())["num_timesteps"] == 1536
+
+    refused = run_train(*TINY, f"resume={checkpoint}", f"hydra.run.dir={tmp_path / 'mlp'}")
+    assert refused.returncode == 1
+    assert "network.policy=MlpPolicy but resume=" in refused.stdout + refused.stderr
+    assert "pass network.policy=MlpLstmPolicy" in refused.stdout + refused.stderr
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
     [
