@@ -10,13 +10,16 @@ deterministic action (the Gaussian's mean) and SB3's clip to [-1, 1]. Preprocess
 graph because `RLPolicy` already applies it, driven by the sidecar's `heading_frame` (see
 godot/README.md); the sidecar therefore carries no `observation_normalization`.
 
-Tensors use godot_rl_agents' names: inputs `obs` [B, 48 + T] float32 and `state_ins`, outputs
+Tensors use godot_rl_agents' names: inputs `obs` [B, 48 + T] float32 and `state_ins` [B], outputs
 `output` [B, 3] and `state_outs`. T is 0 for a single-task run; a multi-task run's `obs` ends with
 the one-hot task block of training, in the order of the sidecar's `tasks`. An MLP policy has no
-memory: `state_ins` is [B] and passed through. An LSTM policy (network=lstm) carries its actor's
-state: `state_ins` and `state_outs` are [B, S] with S = 2 x layers x hidden (the sidecar's
-`state_size`): h of each layer, then c of each layer. The caller feeds `state_outs` back as the
-next step's `state_ins`, and zeros at an episode's start (sb3-contrib resets the state there too).
+memory: `state_outs` is `state_ins`, passed through. An LSTM policy (network=lstm) carries its
+actor's state in a third input, `lstm_state` [B, S] with S = 2 x layers x hidden (the sidecar's
+`state_size`: h of each layer, then c of each layer), and returns the next one as `state_outs`
+[B, S]; the caller feeds it back as the next step's `lstm_state`, and zeros at an episode's start
+(sb3-contrib resets the state there too). The state does not travel in `state_ins` because
+godot_rl_agents' ONNX wrapper always fills that one from an int, shaped [B]; it feeds every other
+key of its input Dictionary as the input of that name, shaped [B, n].
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ ACTION_FIELDS: Final = (
 )
 INPUT_NAMES: Final = ["obs", "state_ins"]
 OUTPUT_NAMES: Final = ["output", "state_outs"]
+#: The LSTM policy's state input (see the module docstring).
+MEMORY_INPUT: Final = "lstm_state"
 
 
 class OnnxPolicy(nn.Module):
@@ -116,13 +121,17 @@ class OnnxRecurrentPolicy(OnnxPolicy):
     def state_size(self) -> int:
         return 2 * self.layers * self.hidden
 
-    def forward(self, obs: torch.Tensor, state_ins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(  # type: ignore[override]
+        self, obs: torch.Tensor, state_ins: torch.Tensor, lstm_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.policy.pi_features_extractor(self.normalized(obs))
         # [B, 2 * L * H] -> h and c, each [L, B, H] as torch's LSTM takes them
-        state = state_ins.reshape(-1, 2, self.layers, self.hidden).permute(1, 2, 0, 3)
+        state = lstm_state.reshape(-1, 2, self.layers, self.hidden).permute(1, 2, 0, 3)
         output, (h, c) = self.policy.lstm_actor(features.unsqueeze(0), (state[0], state[1]))
         latent = self.policy.mlp_extractor.forward_actor(output.squeeze(0))
         state_outs = torch.stack((h, c)).permute(2, 0, 1, 3).reshape(-1, self.state_size)
+        # state_ins carries nothing, but the exporter drops an unused input and the wrapper sends it
+        state_outs = state_outs + 0.0 * state_ins.unsqueeze(1)
         return torch.clamp(self.policy.action_net(latent), -1.0, 1.0), state_outs
 
 
@@ -154,31 +163,34 @@ def export_onnx(source: ModelSource, out: Path) -> Path:
     with open(source.stats, "rb") as file:
         normalization = pickle.load(file)
     check_same_save(source.model, model, normalization)
+    inputs: dict[str, list[int | str]] = {"obs": ["batch", size], "state_ins": ["batch"]}
+    dummy = [torch.zeros(1, size), torch.zeros(1)]
     if isinstance(model.policy, RecurrentActorCriticPolicy):
         recurrent = OnnxRecurrentPolicy(model.policy, normalization, size)
         module: OnnxPolicy = recurrent
         state_size = recurrent.state_size
+        inputs[MEMORY_INPUT] = ["batch", state_size]
+        dummy.append(torch.zeros(1, state_size))
     else:
         module, state_size = OnnxPolicy(model.policy, normalization, size), 0
     module.eval()
-    state: list[int | str] = ["batch", state_size] if state_size else ["batch"]
-    dummy_state = torch.zeros(1, state_size) if state_size else torch.zeros(1)
+    state_outs = ["batch", state_size] if state_size else ["batch"]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is deprecated but needs no onnxscript, and this graph is plain.
         warnings.simplefilter("ignore", DeprecationWarning)
-        # About LSTMs whose initial state is not an input; here h and c come in through state_ins.
+        # About LSTMs whose initial state is not an input; here h and c come in through lstm_state.
         warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # torch's LSTM checks its input sizes
         torch.onnx.export(
             module,
-            (torch.zeros(1, size), dummy_state),
+            tuple(dummy),
             str(out),
-            input_names=INPUT_NAMES,
+            input_names=list(inputs),
             output_names=OUTPUT_NAMES,
-            dynamic_axes=dict.fromkeys(INPUT_NAMES + OUTPUT_NAMES, batch),
+            dynamic_axes=dict.fromkeys([*inputs, *OUTPUT_NAMES], batch),
             opset_version=OPSET,
             dynamo=False,
         )
@@ -194,9 +206,9 @@ def export_onnx(source: ModelSource, out: Path) -> Path:
             "heading_frame": env.heading_frame,
             "physics_hz": wire.PHYSICS_HZ,
             "tasks": block,
-            "inputs": {"obs": ["batch", size], "state_ins": state},
-            "outputs": {"output": ["batch", wire.ACTION_SIZE], "state_outs": state},
-            "state_size": state_size,  # 0: no memory, state_ins passes through
+            "inputs": inputs,
+            "outputs": {"output": ["batch", wire.ACTION_SIZE], "state_outs": state_outs},
+            "state_size": state_size,  # 0: no memory; else feed state_outs back as lstm_state
             "observation_input": "preprocessed (envs/preprocessing.py), not normalised",
             "normalization_in_graph": module.normalize,
             "action_clip": [-1.0, 1.0],

@@ -166,7 +166,8 @@ def test_lstm_onnx_carries_the_state_as_sb3_contrib_does(lstm_run: Path, tmp_pat
     sidecar = json.loads(sidecar_path(out).read_text())
     size = sidecar["state_size"]
     assert size == 2 * 2 * 16
-    assert sidecar["inputs"]["state_ins"] == sidecar["outputs"]["state_outs"] == ["batch", size]
+    assert sidecar["inputs"]["lstm_state"] == sidecar["outputs"]["state_outs"] == ["batch", size]
+    assert sidecar["inputs"]["state_ins"] == ["batch"]  # as godot_rl_agents' wrapper always sends it
 
     model_path = lstm_run / "best_models" / "best_model.zip"
     model = RecurrentPPO.load(str(model_path), device="cpu")
@@ -175,7 +176,8 @@ def test_lstm_onnx_carries_the_state_as_sb3_contrib_does(lstm_run: Path, tmp_pat
     session = ort.InferenceSession(str(out))
     rng = np.random.default_rng(1)
     agents, steps = 6, 20
-    state_ins = np.zeros((agents, size), np.float32)
+    memory = np.zeros((agents, size), np.float32)
+    wrapper_int = np.zeros(agents, np.float32)
     sb3_state = None
     starts = np.ones(agents, dtype=bool)
     moved = 0.0
@@ -184,14 +186,16 @@ def test_lstm_onnx_carries_the_state_as_sb3_contrib_does(lstm_run: Path, tmp_pat
         obs = preprocess_observations(raw, heading_frame=True)
         if step == 10:
             starts[::2] = True  # half the agents start a new episode
-        state_ins[starts] = 0.0
+        memory[starts] = 0.0
         expected, sb3_state = model.predict(
             normalization.normalize_obs(obs), state=sb3_state, episode_start=starts, deterministic=True
         )
-        actions, state_ins = session.run(["output", "state_outs"], {"obs": obs, "state_ins": state_ins})
+        feed = {"obs": obs, "state_ins": wrapper_int, "lstm_state": memory}
+        actions, memory = session.run(["output", "state_outs"], feed)
         np.testing.assert_allclose(actions, expected, atol=1e-5, err_msg=f"step {step}")
-        moved = max(moved, float(np.abs(state_ins).max()))
+        moved = max(moved, float(np.abs(memory).max()))
         starts[:] = False
     assert moved > 0.01, "the state never changed: the graph would not carry memory"
-    (single,) = session.run(["output"], {"obs": obs[:1], "state_ins": np.zeros((1, size), np.float32)})
+    one = {"obs": obs[:1], "state_ins": wrapper_int[:1], "lstm_state": np.zeros((1, size), np.float32)}
+    (single,) = session.run(["output"], one)
     assert single.shape == (1, wire.ACTION_SIZE)  # one agent at a time, as RLPolicy calls it

@@ -208,14 +208,20 @@ def test_the_policy_feeds_the_input_the_exporter_names() -> None:
     """rl_policy.gd passes {OBS_INPUT: values} to godot_rl_agents' run_inference, whose C# feeds each
     key as the ONNX input of that name: it must be the exporter's observation input."""
     tree = ast.parse((ROOT / "spacetime_rl" / "export.py").read_text())
-    input_names = next(
-        ast.literal_eval(node.value)
+    constants = {
+        node.target.id: ast.literal_eval(node.value)
         for node in ast.walk(tree)
-        if isinstance(node, ast.AnnAssign) and node.value and getattr(node.target, "id", "") == "INPUT_NAMES"
-    )
+        if isinstance(node, ast.AnnAssign) and node.value and isinstance(node.target, ast.Name)
+        if node.target.id in ("INPUT_NAMES", "MEMORY_INPUT")
+    }
     source = (ADDON / "rl_policy.gd").read_text()
-    assert gd_value(gd_constant(source, "OBS_INPUT")) == input_names[0]
+    assert gd_value(gd_constant(source, "OBS_INPUT")) == constants["INPUT_NAMES"][0]
     assert "{OBS_INPUT: values}" in source
+    # an LSTM model's state goes in under the exporter's name and starts from zeros each episode
+    assert gd_value(gd_constant(source, "MEMORY_INPUT")) == constants["MEMORY_INPUT"]
+    assert "inputs[MEMORY_INPUT] = Array(_memory)" in source
+    restart = source.split("func restart(")[1].split("\nfunc ")[0]
+    assert "_memory.fill(0.0)" in restart
 
 
 def test_http_server_bounds_hold_together() -> None:

@@ -14,6 +14,11 @@ extends Node
 ##
 ## The agent moves in ticks of 1/PHYSICS_HZ s, as in training, whatever the project's physics rate:
 ## each physics frame runs as many ticks as its delta holds (rounded, the remainder carried).
+##
+## An LSTM model (trained with network=lstm; the sidecar's `state_size` is above 0) remembers: this
+## node keeps its agent's state, feeds it as the `lstm_state` input and keeps the `state_outs` the
+## model returns, and starts each episode from zeros, as training did. That needs the wrapper's
+## Dictionary form (godot_rl_agents_plugin from PR #52 on).
 
 signal episode_finished(goal_reached: bool)
 
@@ -21,6 +26,8 @@ const WRAPPER_PATH := "res://addons/godot_rl_agents/onnx/wrapper/ONNX_wrapper.gd
 ## The model's observation input (spacetime_rl/export.py INPUT_NAMES[0]); the Dictionary form of
 ## run_inference feeds each key as the ONNX input of that name.
 const OBS_INPUT := "obs"
+## An LSTM model's state input (spacetime_rl/export.py MEMORY_INPUT).
+const MEMORY_INPUT := "lstm_state"
 ## World-axis 3-vectors rotated into the heading frame (preprocessing.py's _WORLD_VECTORS).
 const WORLD_VECTORS := [
 	"camera_velocity",
@@ -55,6 +62,8 @@ var _scale := PackedFloat32Array()
 var _clip := INF
 var _action := Vector3.ZERO
 var _frame := 0
+## An LSTM model's state for this agent (state_size floats); empty for a model without memory.
+var _memory := PackedFloat32Array()
 
 
 func _ready() -> void:
@@ -67,6 +76,7 @@ func _ready() -> void:
 	# in its own _ready, and start_episode needs the rig.
 	if not agent.is_node_ready():
 		await agent.ready
+	_memory.fill(0.0)
 	agent.start_episode(goal.global_position if goal != null else agent.goal)
 	set_physics_process(true)
 
@@ -96,9 +106,10 @@ func _tick() -> void:
 		episode_finished.emit(agent.events()["goal_reached"])
 
 
-## Starts over towards `goal_position` with a fresh smoothing state.
+## Starts over towards `goal_position` with fresh smoothing and memory.
 func restart(goal_position: Vector3) -> void:
 	_action = Vector3.ZERO
+	_memory.fill(0.0)
 	_frame = 0
 	_ticks_owed = 0.0
 	agent.start_episode(goal_position)
@@ -146,10 +157,20 @@ func preprocess(observation: PackedFloat32Array) -> PackedFloat32Array:
 func _infer(obs: PackedFloat32Array) -> Vector3:
 	var values := Array(obs)
 	var inputs: Variant = {OBS_INPUT: values} if _dictionary_input else values
+	if not _memory.is_empty():
+		inputs[MEMORY_INPUT] = Array(_memory)
 	var result: Variant = _model.call("run_inference", inputs, 0)
 	if typeof(result) != TYPE_DICTIONARY or not (result as Dictionary).has("output"):
 		push_error("spacetime-rl policy %s: inference failed; the agent stands still" % model_path)
 		return Vector3.ZERO
+	if not _memory.is_empty():
+		var state: Array = result.get("state_outs", [])
+		if state.size() != _memory.size():
+			push_error(
+				"spacetime-rl policy %s: state_outs has %d values" % [model_path, state.size()]
+			)
+			return Vector3.ZERO
+		_memory = PackedFloat32Array(state)
 	var output: Array = result["output"]
 	return Vector3(output[0], output[1], output[2])
 
@@ -176,6 +197,8 @@ func _load() -> String:
 		return "godot_rl_agents' ONNX wrapper is missing (%s); install that addon" % WRAPPER_PATH
 	var wrapper: GDScript = load(WRAPPER_PATH)
 	_dictionary_input = _takes_dictionary(wrapper)
+	if not _memory.is_empty() and not _dictionary_input:
+		return "an LSTM model needs godot_rl_agents_plugin with run_inference(Dictionary, int)"
 	_model = wrapper.new(model_path, 1)
 	return ""
 
@@ -207,6 +230,11 @@ func _read_sidecar(sidecar: Dictionary) -> String:
 	if typeof(listed) != TYPE_ARRAY:
 		return "tasks must be a list of task names"
 	tasks = PackedStringArray(listed)
+	var state_size: Variant = sidecar.get("state_size", 0.0)
+	if typeof(state_size) != TYPE_FLOAT or state_size < 0 or state_size != int(state_size):
+		return "state_size must be a whole number of floats"
+	_memory = PackedFloat32Array()
+	_memory.resize(int(state_size))
 	if not tasks.is_empty() and task.is_empty():
 		task = tasks[0]
 	if not tasks.is_empty() and not tasks.has(task):
