@@ -27,7 +27,8 @@ from spacetime_rl.studies import is_sweep_dir, write_sweep_report
 from spacetime_rl.studies.report import importances_figure, param_importances
 from spacetime_rl.studies.storage import default_storage, open_storage, tell_result
 from spacetime_rl.sweeps import PruningReporter, run_trial
-from spacetime_rl.sweeps.sweeper import ResumableOptunaSweeperImpl
+from spacetime_rl.sweeps.search_space import SearchSpace
+from spacetime_rl.sweeps.sweeper import OptunaSweep
 
 FAKE_APP = Path(__file__).with_name("fake_train_app.py")
 TrialState = optuna.trial.TrialState
@@ -284,5 +285,9 @@ def test_only_a_sweep_file_selects_the_optuna_sweeper(
     ],
 )
 def test_parallel_trials_share_the_cores(n_jobs: int, fixed: dict[str, Any], expected: list[str]) -> None:
-    sweeper = ResumableOptunaSweeperImpl(None, "maximize", 4, n_jobs, None, None)
-    assert sweeper._shared_overrides({}, fixed) == expected
+    sweeper = OptunaSweep(
+        OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"}), "maximize", 4, n_jobs, None, None
+    )
+    sweeper.n_jobs = n_jobs
+    space = SearchSpace.from_overrides([f"{key}={value}" for key, value in fixed.items()])
+    assert sweeper._shared_overrides(space) == expected
