@@ -77,7 +77,10 @@ def check_storage(url: str) -> None:
 
 
 def open_storage(url: str) -> BaseStorage:
-    """The storage at `url`; SQLite with a generous lock timeout (the default 5 s is short for parallel trials)."""
+    """The storage at `url`; SQLite with a generous lock timeout (the default 5 s is short for parallel trials).
+
+    The first opening of a database creates Optuna's tables: workers open it under `workers_lock`.
+    """
     check_storage(url)
     if url.startswith(JOURNAL_SCHEME):
         path = journal_path(url)
@@ -85,9 +88,11 @@ def open_storage(url: str) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     if url.startswith("sqlite:"):
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}})
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
     try:
         return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as err:  # an unknown host, a refused connection, a missing driver: SQLAlchemy's errors
+    except (OperationalError, ArgumentError, ImportError) as err:  # unknown host, refused, no driver
         raise ConfigError(
             f"sweep.storage={redact(url)}: cannot open the study's database ({type(err).__name__}: "
             f"{redact(str(err))}); check that the server runs and the URL's user, host and database "
@@ -107,6 +112,7 @@ def workers_lock(url: str, study_name: str) -> Iterator[None]:
         yield from _advisory_lock(url, f"spacetime_rl sweep {study_name}")
         return
     path = journal_path(url) if url.startswith(JOURNAL_SCHEME) else Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
     lock = JournalFileOpenLock(f"{path}.workers", grace_period=LOCK_FILE_GRACE)
     lock.acquire()
     try:

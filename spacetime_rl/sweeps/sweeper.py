@@ -95,8 +95,8 @@ class OptunaSweep:
         )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as the basic sweeper does
-        storage = open_storage(self.storage_url)
         with workers_lock(self.storage_url, self.study_name):
+            storage = open_storage(self.storage_url)
             study = optuna.create_study(
                 study_name=self.study_name,
                 storage=storage,
