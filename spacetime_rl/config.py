@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -607,7 +608,7 @@ def check_command_line(overrides: Sequence[str], schema: type, config_file: bool
     source = next((f"{o} has " for o in overrides if o.startswith("config_file=")), "")
     for index, override in enumerate(expanded):
         key = override.lstrip("+~").split("=", 1)[0]
-        if key.split(".")[0] == "hydra":
+        if re.split(r"[./@]", key)[0] == "hydra":  # hydra.sweeper.n_trials, hydra/launcher=joblib
             continue
         if problem := unknown_key(schema, key):
             raise ConfigError(f"{source if index >= len(overrides) else ''}{override}: {problem}")

@@ -5,13 +5,29 @@ The logic lives in `spacetime_rl.sweeps.sweeper`, imported when a sweep starts: 
 module in every run to find its plugins, and a single training run loads no Optuna.
 """
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import MISSING, DictConfig
+
+from spacetime_rl.errors import SpaceTimeError
+
+log = logging.getLogger(__name__)
+_Result = TypeVar("_Result")
+
+
+def _reporting_errors(step: Callable[[], _Result]) -> _Result:
+    """A configuration or study error as one line (it names the key and the fix), then exit 1."""
+    try:
+        return step()
+    except SpaceTimeError as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
 
 
 class SpacetimeOptunaSweeper(Sweeper):
@@ -29,10 +45,14 @@ class SpacetimeOptunaSweeper(Sweeper):
         self.sweeper = OptunaSweep(sampler, direction, n_trials, n_jobs, params, custom_search_space)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        _reporting_errors(
+            lambda: self.sweeper.setup(
+                hydra_context=hydra_context, task_function=task_function, config=config
+            )
+        )
 
     def sweep(self, arguments: list[str]) -> None:
-        self.sweeper.sweep(arguments)
+        _reporting_errors(lambda: self.sweeper.sweep(arguments))
 
 
 @dataclass

@@ -61,7 +61,7 @@ def journal_path(url: str) -> Path:
     if not path.is_absolute():
         raise ConfigError(
             f"sweep.storage={url}: a journal storage needs an absolute path, as every worker and trial "
-            f"job opens it from its own directory: write journal:///{path.resolve()}"
+            f"job opens it from its own directory: write journal://{path.resolve()}"
         )
     return path
 
@@ -88,15 +88,24 @@ def open_storage(url: str) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     if url.startswith("sqlite:"):
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}})
+    with _reporting_database_errors(url):
+        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+@contextmanager
+def _reporting_database_errors(url: str) -> Iterator[None]:
+    """SQLAlchemy's errors for an unknown host, a refused connection or a missing driver, as a
+    ConfigError naming sweep.storage (without the password) and what to check."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
     try:
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except (OperationalError, ArgumentError, ImportError) as err:  # unknown host, refused, no driver
+        yield
+    except (OperationalError, ArgumentError, ImportError) as err:
+        reason = redact(str(getattr(err, "orig", None) or err)).strip().splitlines()[0]
         raise ConfigError(
-            f"sweep.storage={redact(url)}: cannot open the study's database ({type(err).__name__}: "
-            f"{redact(str(err))}); check that the server runs and the URL's user, host and database "
-            "(keep the password in ~/.pgpass or PGPASSWORD, not in the URL)"
+            f"sweep.storage={redact(url)}: cannot open the study's database ({reason}); check that the "
+            "server runs and the URL's user, host, port and database (keep the password in ~/.pgpass "
+            "or PGPASSWORD, not in the URL)"
         ) from err
 
 
@@ -125,9 +134,11 @@ def _advisory_lock(url: str, key: str) -> Iterator[None]:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
-    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    with _reporting_database_errors(url):
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+        connection = engine.connect()
     try:
-        with engine.connect() as connection:
+        with connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": key})
             try:
                 yield

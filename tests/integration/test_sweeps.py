@@ -291,3 +291,12 @@ def test_parallel_trials_share_the_cores(n_jobs: int, fixed: dict[str, Any], exp
     sweeper.n_jobs = n_jobs
     space = SearchSpace.from_overrides([f"{key}={value}" for key, value in fixed.items()])
     assert sweeper._shared_overrides(space) == expected
+
+
+def test_a_storage_the_sweeper_cannot_share_fails_in_one_line_without_the_password(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.parent.mkdir(exist_ok=True)
+    result = run_fake_sweep(sweep_dir, "sweep.storage=mysql://me:secret@db/optuna")
+    assert result.returncode == 1
+    assert "sweep.storage=mysql://me:***@db/optuna is not a storage the sweeper supports" in result.stdout
+    assert "secret" not in result.stdout + result.stderr and "Traceback" not in result.stderr
