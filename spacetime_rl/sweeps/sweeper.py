@@ -94,8 +94,8 @@ class OptunaSweep:
             [f"{key}={value}" for key, value in self.params.items()] + arguments
         )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as the basic sweeper does
-        with workers_lock(self.storage_url, self.study_name):
+        with workers_lock(self.storage_url, self.study_name):  # workers may share the folder
+            OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as the basic sweeper does
             storage = open_storage(self.storage_url)
             study = optuna.create_study(
                 study_name=self.study_name,
