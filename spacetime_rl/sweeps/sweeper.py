@@ -153,10 +153,11 @@ class OptunaSweep:
 
     def _wait_for_other_workers(self, study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
         """Until every trial of the study has ended: finished by its worker, or failed here once stale."""
+        logged: list[int] = []
         while running := [t for t in counted_trials(storage, study) if not t.state.is_finished()]:
-            log.info(
-                "waiting for %d trial(s) of other workers: %s", len(running), [t.number for t in running]
-            )
+            if (numbers := [t.number for t in running]) != logged:
+                log.info("waiting for trials %s of other workers to end", numbers)
+                logged = numbers
             with workers_lock(self.storage_url, self.study_name):
                 fail_stale_trials(study, running, self.settings.grace_period)
             time.sleep(self.settings.heartbeat_interval)
