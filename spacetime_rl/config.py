@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -472,7 +473,9 @@ class SweepConfig:
     """An Optuna search (`python train.py -m sweep=<name>`, files in sweeps/); see docs/sweeps.md."""
 
     study_name: str | None = None  # default: the sweep folder's name
-    storage: str | None = None  # an Optuna storage URL; default: sqlite:///<sweep folder>/study.db
+    # sqlite:///<path>, postgresql://<user>@<host>/<db> or journal:///<path> (docs/sweeps.md); default:
+    # sqlite:///<sweep folder>/study.db. Several sweep processes on one storage share the study.
+    storage: str | None = None
     seeds_per_trial: int = 1  # a trial trains seeds training.seed + 0..n-1 and averages the objective
     # Stops trials whose evaluation is below the median of earlier trials' at the same step, once
     # n_startup_trials have finished; any optuna.pruners class by _target_, or null for no pruning.
@@ -484,10 +487,27 @@ class SweepConfig:
         }
     )
     trial: int | None = None  # set by the sweeper: the number of the Optuna trial this job runs
+    # s between a sweep worker's stamps on its running trials; a RUNNING trial unstamped for
+    # grace_period s (its worker was killed) is failed by any worker of the study.
+    heartbeat_interval: int = 30
+    grace_period: int = 120
 
     def __post_init__(self) -> None:
         _require(
             self.seeds_per_trial >= 1, "sweep.seeds_per_trial", self.seeds_per_trial, "use a positive integer"
+        )
+        _require(
+            self.heartbeat_interval >= 1,
+            "sweep.heartbeat_interval",
+            self.heartbeat_interval,
+            "use a positive number of seconds",
+        )
+        _require(
+            self.grace_period > self.heartbeat_interval,
+            "sweep.grace_period",
+            self.grace_period,
+            f"use more than sweep.heartbeat_interval={self.heartbeat_interval} s (a few beats), "
+            "or a live worker's trials are failed",
         )
 
     @property
@@ -606,7 +626,7 @@ def check_command_line(overrides: Sequence[str], schema: type, config_file: bool
     source = next((f"{o} has " for o in overrides if o.startswith("config_file=")), "")
     for index, override in enumerate(expanded):
         key = override.lstrip("+~").split("=", 1)[0]
-        if key.split(".")[0] == "hydra":
+        if re.split(r"[./@]", key)[0] == "hydra":  # hydra.sweeper.n_trials, hydra/launcher=joblib
             continue
         if problem := unknown_key(schema, key):
             raise ConfigError(f"{source if index >= len(overrides) else ''}{override}: {problem}")

@@ -6,7 +6,7 @@ embedded simulator; `--server-token` is that server's token.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -74,3 +74,12 @@ async def start_sim() -> AsyncIterator[StartSim]:
 async def sim_server(start_sim: StartSim) -> str:
     """Base URL of a fresh in-process simulator with SIM_AGENTS agents and the default scene loaded."""
     return await start_sim(num_agents=SIM_AGENTS, scene=wire.DEFAULT_SCENE, seed=0)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL server started for this test session (tests/postgres.py) and stopped after it."""
+    from postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url

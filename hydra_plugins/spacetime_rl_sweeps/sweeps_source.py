@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra._internal.core_plugins.file_config_source import FileConfigSource
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import OmegaConf
 
 GROUP = "sweep"
 FOLDER = "sweeps"
@@ -22,10 +22,6 @@ SCHEME = "spacetime-sweeps"
 
 class SweepsConfigSource(ConfigSource):
     """Serves `<folder>/<name>.yaml` as `sweep/<name>` and nothing else."""
-
-    def __init__(self, provider: str, path: str) -> None:
-        super().__init__(provider=provider, path=path)
-        self._files = FileConfigSource(provider=provider, path=self.path)
 
     @staticmethod
     def scheme() -> str:
@@ -40,30 +36,50 @@ class SweepsConfigSource(ConfigSource):
             return config_path[len(GROUP) + 1 :]
         return None
 
+    def _file(self, inner: str) -> Path:
+        return Path(self.path) / inner
+
     def load_config(self, config_path: str) -> ConfigResult:
         inner = self._in_folder(config_path)
-        if not inner:
+        path = self._file(self._normalize_file_name(inner)) if inner else None
+        if path is None or not path.is_file():
             raise ConfigLoadError(f"Config not found: {config_path}")
-        return self._files.load_config(inner)
+        text = path.read_text(encoding="utf-8")
+        return ConfigResult(
+            config=OmegaConf.create(text),
+            path=f"{self.scheme()}://{self.path}",
+            provider=self.provider,
+            header=ConfigSource._get_header_dict(text[:512]),
+        )
 
     def available(self) -> bool:
-        return self._files.available()
+        return Path(self.path).is_dir()
 
     def is_group(self, config_path: str) -> bool:
         if config_path == "":
             return True
         inner = self._in_folder(config_path)
-        return inner is not None and self._files.is_group(inner)
+        return inner is not None and self._file(inner).is_dir()
 
     def is_config(self, config_path: str) -> bool:
         inner = self._in_folder(config_path)
-        return bool(inner) and self._files.is_config(inner)  # type: ignore[arg-type]
+        return bool(inner) and self._file(self._normalize_file_name(inner)).is_file()  # type: ignore[arg-type]
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         if config_path == "":
             return [GROUP] if results_filter in (None, ObjectType.GROUP) else []
         inner = self._in_folder(config_path)
-        return [] if inner is None else self._files.list(inner, results_filter)
+        if inner is None or not self._file(inner).is_dir():
+            return []
+        files: list[str] = []
+        for child in self._file(inner).iterdir():
+            self._list_add_result(
+                files=files,
+                file_path=f"{config_path}/{child.name}",
+                file_name=child.name,
+                results_filter=results_filter,
+            )
+        return sorted(set(files))
 
 
 class SweepsSearchPathPlugin(SearchPathPlugin):

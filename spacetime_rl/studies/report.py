@@ -106,8 +106,10 @@ def _plot_history(study: optuna.Study, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = plot_optimization_history(study)
-    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(ax.figure)
+    figure = ax.figure
+    assert isinstance(figure, Figure)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
     return path
 
 

@@ -130,3 +130,35 @@ def test_two_sweeps_started_together_keep_their_own_folders_and_ports(tmp_path: 
         sweep_dir = tmp_path / "multirun" / "sweeps" / name
         assert states(sweep_dir, name) == ["COMPLETE"]
         assert (sweep_dir / "0" / "seed_0" / "final_model.zip").is_file()
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql_train_exactly_n_trials_between_them(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two `train.py -m` processes on one study in a PostgreSQL server, as on two machines."""
+    args = (
+        "sweep=ppo",
+        f"sweep.storage={postgres_url}",
+        "sweep.study_name=workers",
+        "hydra.sweeper.n_trials=3",
+    )
+    workers = [
+        subprocess.Popen(
+            sweep_command(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=900) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], "\n".join(err for _, err in outputs)
+
+    study = optuna.load_study(study_name="workers", storage=postgres_url)
+    assert sorted((trial.number, trial.state.name) for trial in study.trials) == [
+        (0, "COMPLETE"),
+        (1, "COMPLETE"),
+        (2, "COMPLETE"),
+    ]
+    sweep_dir = tmp_path / "multirun" / "sweeps" / "workers"
+    for trial in ("0", "1", "2"):
+        assert (sweep_dir / trial / "seed_0" / "final_model.zip").is_file()
+    assert "study.db" not in {p.name for p in sweep_dir.iterdir()}  # the study is in the server

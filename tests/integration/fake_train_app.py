@@ -3,7 +3,8 @@ pruning, report) end to end at a second per trial instead of a real training run
 
 The fake objective peaks at ppo.learning_rate = 3e-4. Its evaluations are that value at steps
 1..4 (scaled by `FAKE_SCALE` per trial number, so tests can make a trial look bad), and the trial
-whose number is in `FAKE_CRASH` raises, like a diverged run.
+whose number is in `FAKE_CRASH` raises, like a diverged run. With `FAKE_HANG` set, a trial writes
+`hanging` into its folder and never ends, a worker to kill mid-trial.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import hydra
@@ -30,6 +32,10 @@ def fake_train(config: TrainConfig, output_dir: Path, on_eval=None) -> float:  #
     trial = config.sweep.trial
     if str(trial) in os.environ.get("FAKE_CRASH", "").split(","):
         raise RuntimeError(f"trial {trial} diverged")
+    if os.environ.get("FAKE_HANG"):
+        output_dir.mkdir(parents=True)
+        (output_dir / "hanging").touch()
+        time.sleep(3600)
     scale = json.loads(os.environ.get("FAKE_SCALE", "{}")).get(str(trial), 1.0)
     value = scale * (1 - abs(math.log10(config.ppo.learning_rate / 3e-4)) / 3)
     output_dir.mkdir(parents=True)

@@ -27,7 +27,8 @@ from spacetime_rl.studies import is_sweep_dir, write_sweep_report
 from spacetime_rl.studies.report import importances_figure, param_importances
 from spacetime_rl.studies.storage import default_storage, open_storage, tell_result
 from spacetime_rl.sweeps import PruningReporter, run_trial
-from spacetime_rl.sweeps.sweeper import ResumableOptunaSweeperImpl
+from spacetime_rl.sweeps.search_space import SearchSpace
+from spacetime_rl.sweeps.sweeper import OptunaSweep
 
 FAKE_APP = Path(__file__).with_name("fake_train_app.py")
 TrialState = optuna.trial.TrialState
@@ -284,5 +285,18 @@ def test_only_a_sweep_file_selects_the_optuna_sweeper(
     ],
 )
 def test_parallel_trials_share_the_cores(n_jobs: int, fixed: dict[str, Any], expected: list[str]) -> None:
-    sweeper = ResumableOptunaSweeperImpl(None, "maximize", 4, n_jobs, None, None)
-    assert sweeper._shared_overrides({}, fixed) == expected
+    sweeper = OptunaSweep(
+        OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"}), "maximize", 4, n_jobs, None, None
+    )
+    sweeper.n_jobs = n_jobs
+    space = SearchSpace.from_overrides([f"{key}={value}" for key, value in fixed.items()])
+    assert sweeper._shared_overrides(space) == expected
+
+
+def test_a_storage_the_sweeper_cannot_share_fails_in_one_line_without_the_password(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.parent.mkdir(exist_ok=True)
+    result = run_fake_sweep(sweep_dir, "sweep.storage=mysql://me:secret@db/optuna")
+    assert result.returncode == 1
+    assert "sweep.storage=mysql://me:***@db/optuna is not a storage the sweeper supports" in result.stdout
+    assert "secret" not in result.stdout + result.stderr and "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from spacetime_rl.config import CONF_DIR, TrainConfig, compose_train_config
+from spacetime_rl.config import CONF_DIR, TrainConfig, check_command_line, compose_train_config
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.seed_config import EXAMPLE, load_seed_config, write_example
 
@@ -107,6 +107,13 @@ def test_unknown_key_fails_with_or_without_plus_and_a_did_you_mean(override: str
     key = override.lstrip("+").split("=")[0]
     with pytest.raises(ConfigError, match=rf"{re.escape(key)} is not a config key .*did you mean {meant}\?"):
         compose_train(override)
+
+
+@pytest.mark.parametrize(
+    "override", ["hydra/launcher=joblib", "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=3"]
+)
+def test_hydra_options_and_groups_pass_the_key_check(override: str) -> None:
+    assert check_command_line([override], TrainConfig) == [override]
 
 
 def test_keys_below_a_dict_field_are_free() -> None:

@@ -58,3 +58,43 @@ def test_protocol_imports_nothing_above_it() -> None:
 @pytest.mark.parametrize("path", sorted((PACKAGE / "protocol").glob("*.py")), ids=lambda path: path.name)
 def test_protocol_does_no_http(path: Path) -> None:
     assert not any(within(module, ("aiohttp",)) for module in imported_modules(path))
+
+
+PLUGINS = PACKAGE.parent / "hydra_plugins"
+
+
+def private_modules(modules: set[str]) -> list[str]:
+    """Hydra's, its plugins' and Optuna's modules with a private part (hydra._internal, a plugin's _impl)."""
+    return sorted(
+        module
+        for module in modules
+        if module.split(".")[0] in ("hydra", "hydra_plugins", "optuna")
+        and any(part.startswith("_") for part in module.split("."))
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted([*PACKAGE.rglob("*.py"), *PLUGINS.rglob("*.py")]),
+    ids=lambda path: str(path.relative_to(PACKAGE.parent)),
+)
+def test_only_public_hydra_and_optuna_apis(path: Path) -> None:
+    """Private modules change without notice (hydra-optuna-sweeper's _impl held Optuna below 3)."""
+    private = private_modules(imported_modules(path))
+    assert not private, f"{path.name} imports private modules: {private}"
+
+
+def test_private_modules_are_recognised() -> None:
+    modules = {
+        "hydra._internal.core_plugins.file_config_source",
+        "hydra_plugins.hydra_optuna_sweeper._impl",
+        "optuna.storages._heartbeat",
+        "hydra.core.override_parser.types",
+        "optuna.storages.journal",
+        "spacetime_rl.sweeps._x",
+    }
+    assert private_modules(modules) == [
+        "hydra._internal.core_plugins.file_config_source",
+        "hydra_plugins.hydra_optuna_sweeper._impl",
+        "optuna.storages._heartbeat",
+    ]
