@@ -52,13 +52,9 @@ CURRICULUM_MODES = ("timesteps", "success_rate")
 DEFAULT_TASK = "navigate"
 #: A run name or tag: it becomes part of the run's folder and TensorBoard run names.
 _LABEL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-#: logger= options -> the module each needs and the pyproject extra that installs it (None: always there).
-LOGGERS: Final[dict[str, tuple[str, str] | None]] = {
-    "tensorboard": None,
-    "csv": None,
-    "wandb": ("wandb", "wandb"),
-    "mlflow": ("mlflow", "mlflow"),
-}
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
+#: Loggers whose package is an optional extra of the same name (pyproject.toml), imported only when chosen.
+OPTIONAL_LOGGERS: Final = frozenset({"wandb", "mlflow"})
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -505,16 +501,14 @@ class LoggerConfig:
     tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
-        _require(self.kind in LOGGERS, "logger", self.kind, f"use one of {tuple(LOGGERS)} (logger=csv)")
+        _require(self.kind in LOGGERS, "logger", self.kind, f"use one of {LOGGERS} (logger=csv)")
 
     def check_installed(self) -> None:
         """Raise ConfigError naming the fix when the package this logger needs is not installed."""
-        needs = LOGGERS[self.kind]
-        if needs is not None and importlib.util.find_spec(needs[0]) is None:
-            module, extra = needs
+        if self.kind in OPTIONAL_LOGGERS and importlib.util.find_spec(self.kind) is None:
             raise ConfigError(
-                f"logger={self.kind} needs the {module} package, which is not installed: "
-                f"pip install -e '.[{extra}]' (or make install, which installs every extra)"
+                f"logger={self.kind} needs the {self.kind} package, which is not installed: "
+                f"pip install -e '.[{self.kind}]' (or make install, which installs every extra)"
             )
 
 

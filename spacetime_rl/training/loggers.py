@@ -44,7 +44,6 @@ def run_logger(
     stdout: bool,
 ) -> Logger:
     """A logger writing `tensorboard_run` and the `config.kind` output; close it to end wandb/mlflow runs."""
-    config.check_installed()
     formats: list[KVWriter] = [HumanOutputFormat(sys.stdout)] if stdout else []
     formats.append(TensorBoardOutputFormat(str(tensorboard_run)))
     if config.kind == "csv":
