@@ -79,7 +79,7 @@ from spacetime_rl.training.callbacks import (
     RolloutThreads,
     evaluate,
 )
-from spacetime_rl.training.loggers import run_logger
+from spacetime_rl.training.loggers import destinations, run_logger
 
 log = logging.getLogger(__name__)
 
@@ -289,11 +289,13 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
-    log.info("%s", _summary(output_dir, record, held_out))
+    log.info("%s", _summary(output_dir, record, held_out, destinations(logger)))
     return objective
 
 
-def _summary(output_dir: Path, record: EvalRecord, held_out: dict[str, Any]) -> str:
+def _summary(
+    output_dir: Path, record: EvalRecord, held_out: dict[str, Any], logged_to: dict[str, str]
+) -> str:
     """Where the run went and what to do next, for the end of the log."""
 
     def score(metrics: dict[str, float]) -> str:
@@ -319,6 +321,7 @@ def _summary(output_dir: Path, record: EvalRecord, held_out: dict[str, Any]) -> 
         )
     lines += [
         f"metrics        {output_dir / 'metrics.json'}",
+        *(f"{kind:<15}{where}" for kind, where in logged_to.items()),
         f"next           python evaluate.py model={output_dir}",
         f"               python -m spacetime_rl.export {output_dir} {output_dir / 'policy.onnx'}",
         f"               tensorboard --logdir {output_dir / 'tensorboard'}",

@@ -24,7 +24,7 @@ from stable_baselines3.common.logger import (
 
 from spacetime_rl.config import LoggerConfig
 
-__all__ = ["CSV_NAME", "MLFLOW_DB", "run_logger"]
+__all__ = ["CSV_NAME", "MLFLOW_DB", "destinations", "run_logger"]
 
 CSV_NAME = "progress.csv"
 #: mlflow's store in the run directory when neither logger.tracking_uri nor $MLFLOW_TRACKING_URI says where.
@@ -55,6 +55,17 @@ def run_logger(
     return Logger(str(tensorboard_run), formats)
 
 
+def destinations(logger: Logger) -> dict[str, str]:
+    """Where each output beyond TensorBoard went (`{"mlflow": "sqlite:///... run <id>"}`), for the summary."""
+    found = {}
+    for output in logger.output_formats:
+        if isinstance(output, CSVOutputFormat):
+            found["csv"] = output.file.name
+        elif isinstance(output, _WandbWriter | _MLflowWriter):
+            found[output.name] = output.where
+    return found
+
+
 def _scalars(values: dict[str, Any], excluded: dict[str, tuple[str, ...]], name: str) -> dict[str, float]:
     """The numbers among `values` that are not excluded from the output `name` (HParam, text: skipped)."""
     return {
@@ -67,6 +78,8 @@ def _scalars(values: dict[str, Any], excluded: dict[str, tuple[str, ...]], name:
 class _WandbWriter(KVWriter):
     """A Weights & Biases run (files in <run dir>/wandb/): the config as its config, metrics by step."""
 
+    name = "wandb"
+
     def __init__(
         self, config: LoggerConfig, output_dir: Path, label: str, tags: list[str], hparams: Hyperparameters
     ) -> None:
@@ -74,6 +87,9 @@ class _WandbWriter(KVWriter):
 
         self.run = wandb.init(
             project=config.project, name=label, tags=tags, config=dict(hparams), dir=str(output_dir)
+        )
+        self.where = (
+            f"{self.run.url or Path(self.run.dir).parent} (project {config.project}, run {self.run.id})"
         )
 
     def write(
@@ -88,6 +104,8 @@ class _WandbWriter(KVWriter):
 
 class _MLflowWriter(KVWriter):
     """An MLflow run in the experiment `logger.project`: the config as params, the tags, metrics by step."""
+
+    name = "mlflow"
 
     def __init__(
         self, config: LoggerConfig, output_dir: Path, label: str, tags: list[str], hparams: Hyperparameters
@@ -108,6 +126,7 @@ class _MLflowWriter(KVWriter):
             experiment_id, run_name=label, tags={"run_dir": str(output_dir)} | {tag: "true" for tag in tags}
         )  # a tag is searchable as tags.<tag> = 'true'
         self.run_id = run.info.run_id
+        self.where = f"{uri} (experiment {config.project}, run {self.run_id})"
         params = [mlflow.entities.Param(key, str(value)) for key, value in hparams.items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start : start + 100])

@@ -378,6 +378,9 @@ def test_logger_wandb_offline_writes_the_run_under_the_run_dir(tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     (path,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert (
+        f"wandb          {path.parent} (project spacetime_rl, run " in result.stdout
+    )  # the summary says where
     records = list(wandb_records(path))
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert (run.display_name, list(run.tags)) == ("walk+v2", ["v2"])
@@ -404,6 +407,10 @@ def test_logger_mlflow_records_params_and_metrics_in_the_run_dir(tmp_path: Path)
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("spacetime_rl").experiment_id])
+    where = (
+        f"mlflow         sqlite:///{tmp_path / 'mlflow.db'} (experiment spacetime_rl, run {run.info.run_id})"
+    )
+    assert where in result.stdout  # the summary says where
     assert run.info.run_name == "quick_test+v2" and run.data.tags["v2"] == "true"
     assert float(run.data.params["ppo.learning_rate"]) == 0.00042
     (point,) = client.get_metric_history(run.info.run_id, "eval/success_rate")
