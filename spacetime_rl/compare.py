@@ -4,8 +4,8 @@ python -m spacetime_rl.compare multirun/2024-01-01/12-00-00          # every run
 python -m spacetime_rl.compare outputs/2024-01-01/12-00-00 outputs/...  # chosen run directories
 python -m spacetime_rl.compare multirun/... --out report/             # where the CSV and PNG go
 
-Each row holds the run's name and tags, its overrides (`.hydra/overrides.yaml`) and its final and best evaluation
-(`metrics.json`). Writes `comparison.csv` and `learning_curves.png` (eval/success_rate and
+Each row holds the run's name and tags, its overrides (`.hydra/overrides.yaml`) and its final and
+best evaluation (`metrics.json`). Writes `comparison.csv` and `learning_curves.png` (eval/success_rate and
 eval/mean_reward against timesteps from the runs' TensorBoard events, one line per run) into the
 multirun directory, or the current directory when several paths are given, or `--out`.
 """

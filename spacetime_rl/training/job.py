@@ -145,17 +145,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
 
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(_stop_on_signals())
-        envs = _start_envs(stack, config)
-        train_venv, eval_venv = envs.train, envs.eval
-        for venv in (train_venv, eval_venv):
-            venv.set_max_goal_distance(curriculum.max_goal_distance)
-            venv.set_task_max_goal_distances(task_curricula.max_goal_distances)
-        train_env, eval_env = _normalized(envs, config, resume)
-        model = (
-            _load_model(resume, train_env, config) if resume else _new_model(train_env, config, sb3_verbose)
-        )
-        if resume:
-            check_same_save(resume, model, train_env, resume_state)
+        # before the servers start, so a wandb run that cannot start stops the run at once
         run_dir = Path(
             resume_state.get("tensorboard_run") or _next_run_dir(output_dir / "tensorboard", label)
         )
@@ -170,6 +160,17 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             stdout=bool(sb3_verbose),
         )
         stack.callback(logger.close)
+        envs = _start_envs(stack, config)
+        train_venv, eval_venv = envs.train, envs.eval
+        for venv in (train_venv, eval_venv):
+            venv.set_max_goal_distance(curriculum.max_goal_distance)
+            venv.set_task_max_goal_distances(task_curricula.max_goal_distances)
+        train_env, eval_env = _normalized(envs, config, resume)
+        model = (
+            _load_model(resume, train_env, config) if resume else _new_model(train_env, config, sb3_verbose)
+        )
+        if resume:
+            check_same_save(resume, model, train_env, resume_state)
         model.set_logger(logger)
 
         def restart_training_episodes(model: BaseAlgorithm) -> None:

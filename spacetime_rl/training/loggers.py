@@ -23,6 +23,7 @@ from stable_baselines3.common.logger import (
 )
 
 from spacetime_rl.config import LoggerConfig
+from spacetime_rl.errors import ConfigError
 
 __all__ = ["CSV_NAME", "MLFLOW_DB", "destinations", "run_logger"]
 
@@ -85,9 +86,15 @@ class _WandbWriter(KVWriter):
     ) -> None:
         import wandb
 
-        self.run = wandb.init(
-            project=config.project, name=label, tags=tags, config=dict(hparams), dir=str(output_dir)
-        )
+        try:
+            self.run = wandb.init(
+                project=config.project, name=label, tags=tags, config=dict(hparams), dir=str(output_dir)
+            )
+        except wandb.errors.Error as err:
+            raise ConfigError(
+                f"logger=wandb could not start a run ({err}): log in with `wandb login`, or set "
+                "WANDB_MODE=offline to keep the run on disk (`wandb sync` uploads it later)"
+            ) from err
         self.where = (
             f"{self.run.url or Path(self.run.dir).parent} (project {config.project}, run {self.run.id})"
         )

@@ -397,6 +397,15 @@ def test_logger_wandb_offline_writes_the_run_under_the_run_dir(tmp_path: Path) -
     )
 
 
+def test_logger_wandb_without_a_login_says_what_to_do(tmp_path: Path) -> None:
+    home = {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path), "WANDB_MODE": "online"}
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_API_KEY"} | home
+    result = run_train(*TINY, "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "logger=wandb could not start a run (" in result.stdout
+    assert "`wandb login`, or set WANDB_MODE=offline" in result.stdout
+
+
 def test_logger_mlflow_records_params_and_metrics_in_the_run_dir(tmp_path: Path) -> None:
     budget = ["training.total_timesteps=256", "training.eval_freq=256", "training.save_freq=256"]
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
