@@ -4,8 +4,8 @@ python -m spacetime_rl.compare multirun/2024-01-01/12-00-00          # every run
 python -m spacetime_rl.compare outputs/2024-01-01/12-00-00 outputs/...  # chosen run directories
 python -m spacetime_rl.compare multirun/... --out report/             # where the CSV and PNG go
 
-Each row holds the run's overrides (`.hydra/overrides.yaml`) and its final and best evaluation
-(`metrics.json`). Writes `comparison.csv` and `learning_curves.png` (eval/success_rate and
+Each row holds the run's name and tags, its overrides (`.hydra/overrides.yaml`) and its final and
+best evaluation (`metrics.json`). Writes `comparison.csv` and `learning_curves.png` (eval/success_rate and
 eval/mean_reward against timesteps from the runs' TensorBoard events, one line per run) into the
 multirun directory, or the current directory when several paths are given, or `--out`.
 """
@@ -17,6 +17,7 @@ import csv
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from rich.table import Table
 
 from spacetime_rl import studies
 from spacetime_rl.artifacts import EVALUATIONS, RUN_CONFIG, load_overrides
+from spacetime_rl.config import run_label
 from spacetime_rl.metrics import EVAL_METRICS
 
 __all__ = ["RunRow", "compare", "find_runs", "is_sweep_dir", "learning_curves", "report_sweep"]
@@ -50,6 +52,8 @@ class RunRow:
     run_dir: Path
     overrides: list[str]
     objective: str
+    name: str | None = None  # metrics.json's (name= on the command line, else the preset)
+    tags: list[str] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
     num_timesteps: int | None = None
@@ -61,6 +65,8 @@ class RunRow:
     def to_csv(self, root: Path | None) -> dict[str, Any]:
         row: dict[str, Any] = {
             "run": _relative(self.run_dir, root),
+            "name": self.name,
+            "tags": " ".join(self.tags),
             "overrides": " ".join(self.overrides),
             "objective": self.objective,
             "value": self.value,
@@ -106,6 +112,8 @@ def read_run(run_dir: Path, objective: str | None) -> RunRow:
         run_dir=run_dir,
         overrides=[o for o in load_overrides(run_dir) if not o.startswith("hydra.")],
         objective=name,
+        name=metrics.get("name"),
+        tags=metrics.get("tags", []),
         final=metrics.get("final", {}),
         best=metrics.get("best", {}),
         num_timesteps=metrics.get("num_timesteps"),
@@ -125,7 +133,7 @@ def sort_rows(rows: list[RunRow]) -> list[RunRow]:
 
 
 def learning_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """`CURVE_TAGS` scalars of a run's TensorBoard events (every PPO_<n> of it), by step.
+    """`CURVE_TAGS` scalars of a run's TensorBoard events (every <name>_<n> of it), by step.
 
     A sweep trial trains its seeds into `seed_<k>/`: its curve is the mean over the seeds at the
     steps every seed logged.
@@ -223,7 +231,7 @@ def _labels(rows: Sequence[RunRow], root: Path | None) -> list[str]:
 
 def _print(rows: Sequence[RunRow], labels: Sequence[str], root: Path | None) -> None:
     table = Table(title=f"{len(rows)} runs, best first by {rows[0].objective}")
-    for column in ("run", "differs", "objective", "final", "best", "steps"):
+    for column in ("run", "name", "differs", "objective", "final", "best", "steps"):
         table.add_column(column, justify="right" if column in ("final", "best", "steps") else "left")
     # multi-task runs: each task's final success rate (eval/<task>/success_rate)
     tasks = sorted({key.split("/")[1] for row in rows for key in row.final if key.count("/") == 2})
@@ -234,6 +242,7 @@ def _print(rows: Sequence[RunRow], labels: Sequence[str], root: Path | None) -> 
         per_task = [row.final.get(f"eval/{task}/success_rate") for task in tasks]
         table.add_row(
             _relative(row.run_dir, root),
+            run_label(row.name, row.tags) if row.name else "-",
             label,
             row.objective,
             "-" if math.isnan(row.value) else f"{row.value:.3f}",
@@ -249,8 +258,11 @@ def _relative(path: Path, root: Path | None) -> str:
 
 
 def _natural(path: Path) -> tuple[Any, ...]:
-    """Multirun job folders in numeric order (2 before 10)."""
-    return tuple(int(part) if part.isdigit() else part for part in path.parts)
+    """Multirun job folders in numeric order (2_quick_test before 10_quick_test)."""
+    return tuple(
+        tuple((0, int(piece), "") if piece.isdigit() else (1, 0, piece) for piece in re.split(r"(\d+)", part))
+        for part in path.parts
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,10 @@ path (``Key 'prot' not in 'EnvConfig'``) and `TrainConfig.__post_init__` checks 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib.util
+import json
 import math
 import os
 import re
@@ -47,6 +50,11 @@ BUSY_POLL_SECONDS = 0.002
 CURRICULUM_MODES = ("timesteps", "success_rate")
 #: The task of a run that names none: walk to a goal on the open field (conf/task/navigate.yaml).
 DEFAULT_TASK = "navigate"
+#: A run name or tag: it becomes part of the run's folder and TensorBoard run names.
+_LABEL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
+#: Loggers whose package is an optional extra of the same name (pyproject.toml), imported only when chosen.
+OPTIONAL_LOGGERS: Final = frozenset({"wandb", "mlflow"})
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -517,6 +525,31 @@ class SweepConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Where metrics go (`logger=tensorboard|csv|wandb|mlflow`, conf/logger/).
+
+    TensorBoard is always written (compare and the summary's commands read it, and it holds the
+    HPARAMS tab); `csv`, `wandb` and `mlflow` add their output beside it.
+    """
+
+    kind: str = "tensorboard"
+    project: str = "spacetime_rl"  # wandb: the project; mlflow: the experiment
+    # mlflow: where runs go; null: $MLFLOW_TRACKING_URI if set, else sqlite:///<run dir>/mlflow.db
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.kind in LOGGERS, "logger", self.kind, f"use one of {LOGGERS} (logger=csv)")
+
+    def check_installed(self) -> None:
+        """Raise ConfigError naming the fix when the package this logger needs is not installed."""
+        if self.kind in OPTIONAL_LOGGERS and importlib.util.find_spec(self.kind) is None:
+            raise ConfigError(
+                f"logger={self.kind} needs the {self.kind} package, which is not installed: "
+                f"pip install -e '.[{self.kind}]' (or make install, which installs every extra)"
+            )
+
+
+@dataclass
 class TrainConfig:
     """Root config of `train.py`."""
 
@@ -529,11 +562,17 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     preset: str = "quick_test"  # set by the chosen conf/preset file, recorded for comparisons
+    # The run's name and tags: in its folder and TensorBoard run names (run_label), metrics.json,
+    # the HPARAMS tab and the wandb/mlflow run. null: the preset's name (run_name).
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     config_file: str | None = None  # a seed-format JSON config merged over the preset
     resume: str | None = None  # a checkpoint zip, a run directory (its newest checkpoint), or latest
     verbose: bool = False
 
     def __post_init__(self) -> None:
+        run_label(run_name(self.name, self.preset), self.tags)  # a bad name or tag fails here
         if self.env.agents_per_environment is None:
             return  # checked again once the server said its count (envs.with_server_agents)
         rollout = self.ppo.n_steps * self.env.num_agents
@@ -544,6 +583,63 @@ class TrainConfig:
             f"it must not exceed the rollout size ppo.n_steps x agents = {self.ppo.n_steps} x "
             f"{self.env.num_agents} = {rollout}; lower ppo.batch_size or raise ppo.n_steps",
         )
+
+    @property
+    def label(self) -> str:
+        """The run's folder and TensorBoard run name: its name (or its preset's) and tags (`run_label`)."""
+        return run_label(run_name(self.name, self.preset), self.tags)
+
+
+def run_name(name: str | None, preset: str) -> str:
+    """A run's name: `name=` if given, else its preset's (`quick_test`), so presets tell runs apart."""
+    return name or preset
+
+
+def run_label(name: str, tags: Sequence[str]) -> str:
+    """The run's name, then its tags after `+` (`baseline+walk+v2`): its folder and TensorBoard run names.
+
+    Raises ConfigError for a name or tag that is not a plain word (it becomes part of a path).
+    """
+    for key, value in [("name", name), *((f"tags[{i}]", tag) for i, tag in enumerate(tags))]:
+        _require(
+            isinstance(value, str) and _LABEL_PART.fullmatch(value) is not None,
+            key,
+            value,
+            "use letters, digits, '.', '_' and '-', starting with a letter or digit (it names the run's "
+            "folder), e.g. name=baseline tags=[walk,v2]",
+        )
+    return _joined(name, tags)
+
+
+def _joined(name: str, tags: Sequence[str]) -> str:
+    return "+".join([name, *tags])
+
+
+def _folder_label(name: str | None, preset: str, tags: Sequence[str]) -> str:
+    """`run_label` for hydra.run.dir, which Hydra resolves before the job starts: a bad name or tag is
+    made safe here and then refused by `TrainConfig`'s check, with its message instead of a traceback."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", _joined(run_name(name, preset), [str(tag) for tag in tags]))
+
+
+def hyperparameters(config: TrainConfig) -> dict[str, bool | int | float | str]:
+    """The run's config flattened to `section.key` scalars, for TensorBoard's HPARAMS tab and wandb/mlflow.
+
+    Lists, dicts and None become their JSON text; `env.token` is left out (a secret).
+    """
+    flat: dict[str, bool | int | float | str] = {}
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                add(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, bool | int | float | str):
+            flat[prefix] = value
+        else:
+            flat[prefix] = json.dumps(value)
+
+    add("", dataclasses.asdict(config))
+    flat.pop("env.token", None)
+    return flat
 
 
 def torch_threads(config: TrainConfig) -> int:
@@ -561,8 +657,10 @@ def _loopback_url(url: str | None) -> bool:
 
 
 def register_configs() -> None:
-    """Register the root schema so `conf/train.yaml` can extend it (`defaults: [train_schema]`)."""
+    """Register the root schema so `conf/train.yaml` can extend it (`defaults: [train_schema]`), and the
+    `run_label` resolver its folder names use."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("run_label", _folder_label, replace=True)
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.logger import HParam, Logger
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 from spacetime_rl.artifacts import checkpoint_path, save_snapshot
@@ -112,6 +112,28 @@ class RolloutThreads(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         torch.set_num_threads(self._saved)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class HParamsCallback(BaseCallback):
+    """Put the run's config in TensorBoard's HPARAMS tab, beside the metrics it is judged by.
+
+    `metrics` must be tags the run logs as scalars (the tab reads their values from the run).
+    """
+
+    def __init__(self, hparams: dict[str, bool | int | float | str], metrics: list[str]) -> None:
+        super().__init__()
+        self.hparams = hparams
+        self.metrics = metrics
+
+    def _on_training_start(self) -> None:
+        self.logger.record(
+            "hparams",
+            HParam(dict(self.hparams), dict.fromkeys(self.metrics, 0.0)),
+            exclude=("stdout", "log", "json", "csv", "wandb", "mlflow"),
+        )
 
     def _on_step(self) -> bool:
         return True

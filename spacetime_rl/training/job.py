@@ -2,11 +2,12 @@
 
 Output directory layout:
 
-    tensorboard/PPO_<n>/            SB3 scalars plus reward/<term>, rollout/*, eval/*, engine/*, curriculum/*
+    tensorboard/<name>_<n>/         SB3 scalars plus reward/<term>, rollout/*, eval/*, engine/*, curriculum/*
     checkpoints/vr_nav_model_<steps>_steps.zip (+ _vecnormalize.pkl, _state.json)
     best_models/best_model.zip      (+ companions) best evaluation so far
     final_model.zip                 (+ companions)
-    metrics.json                    final and best evaluation, the objective, server faults
+    metrics.json                    name and tags, final and best evaluation, the objective, server faults
+    progress.csv / wandb/ / mlflow.db   with logger=csv|wandb|mlflow (training/loggers.py)
 
 SIGINT (Ctrl-C) and SIGTERM stop training at the next step: a checkpoint is saved, the servers are
 stopped, and `train()` raises `SystemExit(128 + signal)` (130 and 143). A second signal interrupts
@@ -34,7 +35,6 @@ import torch
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import configure
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.utils import get_latest_run_id, set_random_seed
 from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
@@ -52,7 +52,15 @@ from spacetime_rl.artifacts import (
 )
 from spacetime_rl.budget import plan_budget
 from spacetime_rl.config import ACTIVATIONS as config_activations
-from spacetime_rl.config import NetworkConfig, PPOConfig, TrainConfig, TrainingConfig, torch_threads
+from spacetime_rl.config import (
+    NetworkConfig,
+    PPOConfig,
+    TrainConfig,
+    TrainingConfig,
+    hyperparameters,
+    run_name,
+    torch_threads,
+)
 from spacetime_rl.curriculum import Curriculum, TaskCurricula
 from spacetime_rl.envs import SpaceTimeVecEnv, connector, with_server_agents
 from spacetime_rl.errors import ConfigError, GodotError
@@ -68,9 +76,11 @@ from spacetime_rl.training.callbacks import (
     EvalHook,
     EvalRecord,
     Evaluator,
+    HParamsCallback,
     RolloutThreads,
     evaluate,
 )
+from spacetime_rl.training.loggers import destinations, run_logger
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +90,8 @@ RESUMABLE_PPO: Final = tuple(f.name for f in dataclasses.fields(PPOConfig) if f.
 ACTIVATIONS: Final[dict[str, type[nn.Module]]] = {
     name: getattr(nn, cls) for name, cls in config_activations.items()
 }
-TB_LOG_NAME: Final = "PPO"
+#: The HPARAMS tab's metrics beside training.objective: every evaluation logs them.
+HPARAMS_METRICS: Final = ("eval/success_rate", "eval/mean_reward", "eval/comfort")
 #: Where `resume=latest` looks for runs: Hydra's default run directories (conf/train.yaml).
 RUNS_ROOT: Final = Path("outputs")
 
@@ -98,7 +109,9 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     env_config, training = config.env, config.training
     if training.objective not in EVAL_METRICS:
         raise ConfigError(f"training.objective={training.objective!r} is invalid: use one of {EVAL_METRICS}")
+    config.logger.check_installed()
     sb3_verbose = 1 if config.verbose else 0
+    label = config.label
 
     output_dir = Path(output_dir)
     checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
@@ -133,6 +146,21 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
 
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(_stop_on_signals())
+        # before the servers start, so a wandb run that cannot start stops the run at once
+        run_dir = Path(
+            resume_state.get("tensorboard_run") or _next_run_dir(output_dir / "tensorboard", label)
+        )
+        hparams = hyperparameters(config)
+        logger = run_logger(
+            config.logger,
+            output_dir=output_dir,
+            tensorboard_run=run_dir,
+            label=label,
+            tags=list(config.tags),
+            hparams=hparams,
+            stdout=bool(sb3_verbose),
+        )
+        stack.callback(logger.close)
         envs = _start_envs(stack, config)
         train_venv, eval_venv = envs.train, envs.eval
         for venv in (train_venv, eval_venv):
@@ -144,10 +172,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         )
         if resume:
             check_same_save(resume, model, train_env, resume_state)
-        run_dir = Path(resume_state.get("tensorboard_run") or _next_run_dir(output_dir / "tensorboard"))
-        model.set_logger(
-            configure(str(run_dir), ["stdout", "tensorboard"] if sb3_verbose else ["tensorboard"])
-        )
+        model.set_logger(logger)
 
         def restart_training_episodes(model: BaseAlgorithm) -> None:
             # The eval env shares Godot with training: its resets cut the training episodes short.
@@ -179,6 +204,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         callbacks = CallbackList(
             [
                 RolloutThreads(training.rollout_torch_threads),
+                HParamsCallback(hparams, list(dict.fromkeys([training.objective, *HPARAMS_METRICS]))),
                 curriculum_callback,
                 EpisodeMetricsCallback(),
                 checkpoint_callback,
@@ -199,7 +225,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
                     remaining,
                     callback=callbacks,
                     reset_num_timesteps=resume is None,
-                    tb_log_name=TB_LOG_NAME,
+                    tb_log_name=label,
                     progress_bar=training.progress_bar,
                 )
             except KeyboardInterrupt:
@@ -249,6 +275,8 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     write_json(
         output_dir / "metrics.json",
         {
+            "name": run_name(config.name, config.preset),
+            "tags": list(config.tags),
             "objective": {"name": training.objective, "value": objective},
             "final": record.last,
             "best": record.best,
@@ -263,11 +291,13 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
-    log.info("%s", _summary(output_dir, record, held_out))
+    log.info("%s", _summary(output_dir, record, held_out, destinations(logger)))
     return objective
 
 
-def _summary(output_dir: Path, record: EvalRecord, held_out: dict[str, Any]) -> str:
+def _summary(
+    output_dir: Path, record: EvalRecord, held_out: dict[str, Any], logged_to: dict[str, str]
+) -> str:
     """Where the run went and what to do next, for the end of the log."""
 
     def score(metrics: dict[str, float]) -> str:
@@ -293,6 +323,7 @@ def _summary(output_dir: Path, record: EvalRecord, held_out: dict[str, Any]) -> 
         )
     lines += [
         f"metrics        {output_dir / 'metrics.json'}",
+        *(f"{kind:<15}{where}" for kind, where in logged_to.items()),
         f"next           python evaluate.py model={output_dir}",
         f"               python -m spacetime_rl.export {output_dir} {output_dir / 'policy.onnx'}",
         f"               tensorboard --logdir {output_dir / 'tensorboard'}",
@@ -565,5 +596,6 @@ def _held_out(
     return result
 
 
-def _next_run_dir(tensorboard_dir: Path) -> Path:
-    return tensorboard_dir / f"{TB_LOG_NAME}_{get_latest_run_id(str(tensorboard_dir), TB_LOG_NAME) + 1}"
+def _next_run_dir(tensorboard_dir: Path, label: str) -> Path:
+    """`<label>_<n>`: TensorBoard lists a run by its folder, so the run's name and tags show there."""
+    return tensorboard_dir / f"{label}_{get_latest_run_id(str(tensorboard_dir), label) + 1}"

@@ -66,8 +66,13 @@ def run_best_config(sweep_dir: Path, cwd: Path, *args: str) -> subprocess.Comple
 def test_two_trial_sweep_trains_and_reports(tmp_path: Path) -> None:
     result = run(tmp_path, "sweep=ppo", "hydra.sweeper.n_trials=2")
     assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr  # as `... 2> sweep.log` would keep it
+    assert "A new study created" in output  # Optuna's lines, through the job's logging: plain
+    assert "\x1b[" not in output and "setup plugin" not in output  # no colour codes, no alembic noise
 
     sweep_dir = tmp_path / "multirun" / "sweeps" / "ppo"
+    for log in sweep_dir.glob("*/train.log"):
+        assert "\x1b[" not in log.read_text(), log
     assert states(sweep_dir, "ppo") == ["COMPLETE", "COMPLETE"]
     for trial in ("0", "1"):
         assert (sweep_dir / trial / "seed_0" / "final_model.zip").is_file()

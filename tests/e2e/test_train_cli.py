@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,14 +28,16 @@ TINY = [
 ]
 
 
-def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def run_train(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, before: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """`python train.py ARGS`; `before`: Python run first in the same interpreter (then via runpy)."""
+    script = str(ROOT / "train.py")
+    command = [sys.executable, script]
+    if before:
+        run = f"sys.argv[0] = {script!r}\nrunpy.run_path(sys.argv[0], run_name='__main__')"
+        command = [sys.executable, "-c", f"import runpy, sys\n{before}\n{run}"]
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +112,7 @@ def test_multirun_gives_one_folder_per_job_with_its_overrides(tmp_path: Path) ->
     result = run_train("-m", "ppo.learning_rate=1e-4,3e-4", *TINY, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     rates = []
-    for job in ("0", "1"):
+    for job in ("0_quick_test", "1_quick_test"):  # <job number>_<name>, the name defaulting to the preset
         overrides = yaml.safe_load((tmp_path / job / ".hydra" / "overrides.yaml").read_text())
         rates += [o for o in overrides if o.startswith("ppo.learning_rate=")]
         assert (tmp_path / job / "metrics.json").is_file()
@@ -311,3 +318,160 @@ def test_console_scripts_are_the_entry_points() -> None:
     for name in ("spacetime-evaluate", "spacetime-export", "spacetime-compare", "spacetime-sim"):
         helped = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True, timeout=120)
         assert helped.returncode == 0 and helped.stdout, name
+
+
+@pytest.fixture(scope="module")
+def named_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`name=baseline tags=[walk,v2] logger=csv` in Hydra's default run folder, under a fresh cwd."""
+    cwd = tmp_path_factory.mktemp("named")
+    budget = ["training.total_timesteps=256", "training.eval_freq=256", "training.save_freq=256"]
+    result = run_train(
+        *TINY, *budget, "name=baseline", "tags=[walk,v2]", "logger=csv", "ppo.learning_rate=0.00042", cwd=cwd
+    )
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (cwd / "outputs").glob("*/*")
+    return run_dir
+
+
+def test_name_and_tags_label_the_folder_the_tensorboard_run_and_metrics(named_run: Path) -> None:
+    assert named_run.name.endswith("_baseline+walk+v2")  # outputs/<date>/<time>_<name>+<tags>
+    assert [p.name for p in (named_run / "tensorboard").iterdir()] == ["baseline+walk+v2_1"]
+    metrics = json.loads((named_run / "metrics.json").read_text())
+    assert (metrics["name"], metrics["tags"]) == ("baseline", ["walk", "v2"])
+
+
+def test_hparams_tab_holds_the_command_line_values(named_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(named_run / "tensorboard" / "baseline+walk+v2_1"))
+    events.Reload()
+    plugin = {
+        tag: HParamsPluginData.FromString(content)
+        for tag, content in events.PluginTagToContent("hparams").items()
+    }
+    hparams = plugin["_hparams_/session_start_info"].session_start_info.hparams
+    assert hparams["ppo.learning_rate"].number_value == pytest.approx(0.00042)
+    assert hparams["name"].string_value == "baseline"
+    assert hparams["network.net_arch"].string_value == "[64, 64]"
+    assert "env.token" not in hparams  # a secret stays out
+    metrics = [info.name.tag for info in plugin["_hparams_/experiment"].experiment.metric_infos]
+    assert "eval/success_rate" in metrics and "eval/success_rate" in events.Tags()["scalars"]
+
+
+def test_logger_csv_writes_every_metric_beside_tensorboard(named_run: Path) -> None:
+    with open(named_run / "progress.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert rows and "eval/success_rate" in rows[0] and "rollout/ep_rew_mean" in rows[0]
+    assert list((named_run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_a_bad_name_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    result = run_train("name=my run/1", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "name='my run/1' is invalid: use letters, digits" in result.stdout + result.stderr
+
+
+def test_plain_train_does_not_import_optuna(tmp_path: Path) -> None:
+    """Optuna (and SQLAlchemy, alembic) load only for sweeps: a plain run neither waits nor logs for them."""
+    report = (
+        "import atexit\natexit.register(lambda: print('imported:', sorted({m.split('.')[0] for m in "
+        "sys.modules} & {'optuna', 'sqlalchemy', 'alembic', 'wandb', 'mlflow'})))"
+    )
+    overrides = [*TINY, "training.total_timesteps=256", "training.held_out_episodes=0"]
+    result = run_train(*overrides, f"hydra.run.dir={tmp_path}", before=report)
+    assert result.returncode == 0, result.stderr
+    assert "imported: []" in result.stdout
+    assert "setup plugin" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("logger", ["wandb", "mlflow"])
+def test_a_missing_logger_extra_names_the_option_and_the_fix(logger: str, tmp_path: Path) -> None:
+    not_installed = f"sys.modules[{logger!r}] = None"
+    result = run_train(f"logger={logger}", f"hydra.run.dir={tmp_path}", before=not_installed)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    output = result.stdout + result.stderr
+    assert (
+        f"logger={logger} needs the {logger} package" in output and f"pip install -e '.[{logger}]'" in output
+    )
+    assert not (tmp_path / "final_model.zip").exists()
+
+
+def test_logger_wandb_offline_writes_the_run_under_the_run_dir(tmp_path: Path) -> None:
+    budget = ["training.total_timesteps=256", "training.eval_freq=256", "training.save_freq=256"]
+    offline = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    result = run_train(
+        *TINY, *budget, "logger=wandb", "name=walk", "tags=[v2]", f"hydra.run.dir={tmp_path}", env=offline
+    )
+    assert result.returncode == 0, result.stderr
+    (path,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert (
+        f"wandb          {path.parent} (project spacetime_rl, run " in result.stdout
+    )  # the summary says where
+    records = list(wandb_records(path))
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.display_name, list(run.tags)) == ("walk+v2", ["v2"])
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["ppo.n_steps"] == 64
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert any(
+        h.get("eval/success_rate") == final["eval/success_rate"] and h["_step"] == 256 for h in history
+    )
+
+
+def test_logger_wandb_without_a_login_says_what_to_do(tmp_path: Path) -> None:
+    home = {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path), "WANDB_MODE": "online"}
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_API_KEY"} | home
+    result = run_train(*TINY, "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "logger=wandb could not start a run (" in result.stdout
+    assert "`wandb login`, or set WANDB_MODE=offline" in result.stdout
+
+
+def test_logger_mlflow_records_params_and_metrics_in_the_run_dir(tmp_path: Path) -> None:
+    budget = ["training.total_timesteps=256", "training.eval_freq=256", "training.save_freq=256"]
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    overrides = ["logger=mlflow", "tags=[v2]", "ppo.learning_rate=0.00042", f"hydra.run.dir={tmp_path}"]
+    result = run_train(*TINY, *budget, *overrides, env=env)
+    assert result.returncode == 0, result.stderr
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("spacetime_rl").experiment_id])
+    where = (
+        f"mlflow         sqlite:///{tmp_path / 'mlflow.db'} (experiment spacetime_rl, run {run.info.run_id})"
+    )
+    assert where in result.stdout  # the summary says where
+    assert run.info.run_name == "quick_test+v2" and run.data.tags["v2"] == "true"
+    assert float(run.data.params["ppo.learning_rate"]) == 0.00042
+    (point,) = client.get_metric_history(run.info.run_id, "eval/success_rate")
+    final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert (point.step, point.value) == (256, final["eval/success_rate"])
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The protobuf records of an offline wandb run file (a LevelDB-style log of 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, header = path.read_bytes(), 32768, struct.Struct("<IHB")
+    assert data[:4] == b":W&B", data[:7]
+    position, pending = 7, b""
+    while position + header.size <= len(data):
+        if block - position % block < header.size:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = header.unpack_from(data, position)
+        if kind == 0:
+            break
+        pending += data[position + header.size : position + header.size + length]
+        position += header.size + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
