@@ -1,11 +1,12 @@
 """Run the benchmark suite and write its tables into docs/benchmarks.md.
 
     python -m benchmarks [--repeats 3] [--seconds 0.5] [--training-repeats 5] [--rollouts 6]
-                         [--only env,training,quick_test] [--no-write]
+                         [--only env,training,quick_test,fleet] [--no-write]
 
 Every comparison is measured in the same run, repeats interleaved, and reported as medians and
 ratios: on a shared machine absolute figures drift, ratios much less. Only the part of
-docs/benchmarks.md between the `results` markers is replaced; the rest of the page is kept.
+docs/benchmarks.md between the `results` markers is replaced (the fleet section has markers of
+its own, so `--only fleet` keeps the other figures); the rest of the page is kept.
 """
 
 from __future__ import annotations
@@ -28,13 +29,18 @@ from benchmarks.throughput import AGENT_COUNTS, MAX_SERVERS, SEED_ENDPOINT_AGENT
 DOC: Final = ROOT / "docs" / "benchmarks.md"
 BEGIN: Final = "<!-- results:begin (written by python -m benchmarks; edit outside the markers) -->"
 END: Final = "<!-- results:end -->"
-SECTIONS: Final = ("env", "training", "quick_test")
+SECTIONS: Final = ("env", "training", "quick_test", "fleet")
+FLEET_BEGIN: Final = (
+    "<!-- fleet:begin (written by python -m benchmarks --only fleet; edit outside the markers) -->"
+)
+FLEET_END: Final = "<!-- fleet:end -->"
 PACKAGES: Final = ("numpy", "torch", "stable-baselines3", "aiohttp", "orjson", "godot-rl")
 # targets on the 2-core machine (issue 7)
 TARGET_TRAINING_RATIO: Final = 0.9
 TARGET_STEP_64: Final = 100_000
 TARGET_WORLD_64: Final = 200_000
 TARGET_QUICK_TEST_SECONDS: Final = 60.0
+TARGET_FLEET_SPEEDUP: Final = 0.9  # x N servers (issue 19)
 
 
 def machine() -> str:
@@ -182,6 +188,52 @@ def quick_test_table(repeats: int) -> tuple[str, dict[str, float]]:
     return "\n".join(lines), {"quick_test_seconds": statistics.median(seconds)}
 
 
+def fleet_table(seconds: float, repeats: int, rollouts: int) -> tuple[str, dict[str, float]]:
+    from benchmarks.fleet import AGENTS, PPO_OVERRIDES, STEP_DELAY_MS, measure_fleet
+
+    samples = measure_fleet(seconds, repeats, rollouts)
+    one = samples.steps[1]
+    lines = [
+        f"#### 6. A fleet: N servers, each with {STEP_DELAY_MS:g} ms of physics time per step",
+        "",
+        f"Simulator subprocesses with `--step-delay-ms {STEP_DELAY_MS:g}` ({AGENTS} agents each; the "
+        "delay is waiting, as Godot's physics time is to the trainer, not CPU), stepped as the VecEnv "
+        "steps them (binary `/rl/step` with `auto_reset` sent to each, then each answer read), without "
+        f"busy polling. {repeats} repeats, each measuring every N for {seconds:g} s in turn on the same "
+        "8 servers; speed-up = N servers / 1 server within a repeat. The machine is shared with other "
+        "workers running tests: the load average is in the header.",
+        "",
+        "| servers | agents | agent-steps/s median | min-max | speed-up median | min-max | goal (0.9 N) | met |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    key = {}
+    for n, rates in samples.steps.items():
+        ups = [r / base for r, base in zip(rates, one, strict=True)]
+        goal = TARGET_FLEET_SPEEDUP * n
+        key[f"fleet_speedup_{n}"] = statistics.median(ups)
+        lines.append(
+            f"| {n} | {n * AGENTS} | {_k(statistics.median(rates))} | {_k(min(rates))}-{_k(max(rates))} | "
+            f"{statistics.median(ups):.2f} | {min(ups):.2f}-{max(ups):.2f} | {goal:.1f} | "
+            f"{'yes' if min(ups) >= goal else '**no**'} |"
+        )
+    lines += [
+        "",
+        f"PPO over the same kind of fleet (`preset=quick_test {' '.join(PPO_OVERRIDES)}`, {rollouts} "
+        "rollout(s) per run after set-up, fresh servers); rollout = time in `collect_rollouts`.",
+        "",
+        "| servers | agents | PPO steps/s median | min-max | rollout steps/s median | min-max |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, runs in samples.ppo.items():
+        whole = [r.steps_per_second for r in runs]
+        rollout = [r.rollout_steps_per_second for r in runs]
+        lines.append(
+            f"| {n} | {n * AGENTS} | {_k(statistics.median(whole))} | {_k(min(whole))}-{_k(max(whole))} | "
+            f"{_k(statistics.median(rollout))} | {_k(min(rollout))}-{_k(max(rollout))} |"
+        )
+    return "\n".join(lines), key
+
+
 def targets_table(key: dict[str, float]) -> str:
     rows = []
 
@@ -212,6 +264,16 @@ def targets_table(key: dict[str, float]) -> str:
                 f">= {TARGET_TRAINING_RATIO}",
                 key[name] >= TARGET_TRAINING_RATIO,
             )
+    for n in (2, 4, 8):
+        if f"fleet_speedup_{n}" in key:
+            speedup = key[f"fleet_speedup_{n}"]
+            goal = TARGET_FLEET_SPEEDUP * n
+            row(
+                f"fleet of {n} vs 1 server (5 ms physics time)",
+                f"{speedup:.2f}",
+                f">= {goal:.1f}",
+                speedup >= goal,
+            )
     if "quick_test_seconds" in key:
         seconds = key["quick_test_seconds"]
         row(
@@ -223,13 +285,13 @@ def targets_table(key: dict[str, float]) -> str:
     return "\n".join(["| target | measured (median) | goal | met |", "|---|---:|---:|---|", *rows])
 
 
-def write_results(text: str, path: Path = DOC) -> None:
-    """Replace the results block of the page (or create the page around it)."""
-    block = f"{BEGIN}\n{text}\n{END}"
-    page = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in page:
-        page = page.rstrip() + f"\n\n## Results\n\n{BEGIN}\n{END}\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+def write_results(text: str, path: Path = DOC, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the block between `begin` and `end` of the page (or create the page around it)."""
+    block = f"{begin}\n{text}\n{end}"
+    page = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in page:
+        page = page.rstrip() + f"\n\n## Results\n\n{begin}\n{end}\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     path.write_text(pattern.sub(lambda _: block, page, count=1))
 
 
@@ -267,20 +329,27 @@ def main(argv: list[str] | None = None) -> None:
         "env": lambda: _env(args.seconds, args.repeats),
         "training": lambda: training_table(args.training_repeats, args.rollouts, args.train_override),
         "quick_test": lambda: quick_test_table(args.repeats),
+        "fleet": lambda: fleet_table(args.seconds, args.repeats, args.rollouts),
     }
-    tables = []
+    tables: list[str] = []
+    fleet: list[str] = []
     for section in sections:
         print(f"benchmarks: {section} ...", file=sys.stderr, flush=True)
         table, values = runners[section]()
         print(table + "\n", flush=True)
-        tables.append(table)
+        (fleet if section == "fleet" else tables).append(table)
         key |= values
     summary = targets_table(key)
     print(summary)
-    text = "\n\n".join([*parts, "#### Targets", summary, *tables])
-    if not args.no_write:
-        write_results(text)
-        print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+    if args.no_write:
+        return
+    if tables:
+        fleet_key = {name for name in key if name.startswith("fleet_")}
+        main_summary = targets_table({k: v for k, v in key.items() if k not in fleet_key})
+        write_results("\n\n".join([*parts, "#### Targets", main_summary, *tables]))
+    if fleet:
+        write_results("\n\n".join([*parts, *fleet]), begin=FLEET_BEGIN, end=FLEET_END)
+    print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
 
 
 def _env(seconds: float, repeats: int) -> tuple[str, dict[str, float]]:

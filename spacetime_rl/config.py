@@ -55,6 +55,8 @@ _LABEL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 #: Loggers whose package is an optional extra of the same name (pyproject.toml), imported only when chosen.
 OPTIONAL_LOGGERS: Final = frozenset({"wandb", "mlflow"})
+#: env.num_environments when not given: one server (attaching: as many as env.url lists).
+DEFAULT_ENVIRONMENTS = 1
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -67,14 +69,17 @@ class EnvConfig:
     """Where the agents live: the embedded simulator (`sim`) or a running Godot (`godot`)."""
 
     kind: str = "sim"
-    url: str | None = None  # godot: base URL of a running editor's HTTP API
+    # godot: the base URL of a running server's HTTP API, or a list of them (a fleet). `Any`, as
+    # OmegaConf has no str | list[str]: `urls` is the checked list.
+    url: Any = None
     executable: str | None = None  # godot: launch headless instances of this binary instead of url
     project: str | None = None  # godot: the project folder passed to `executable --path`
     token: str | None = None
     scene: str = wire.DEFAULT_SCENE
-    num_environments: int = 1  # servers stepped concurrently
-    # null: the attached server's own count, read from its /rl/spec (env=godot with env.url)
-    agents_per_environment: int | None = wire.DEFAULT_AGENTS
+    num_environments: int = DEFAULT_ENVIRONMENTS  # servers stepped concurrently; attaching: len(env.url)
+    # An int for every server; null: each attached server's own count, read from its /rl/spec
+    # (env=godot with env.url); `envs.with_server_agents` turns it into one count per server (a list)
+    agents_per_environment: Any = wire.DEFAULT_AGENTS
     max_episode_steps: int = 200  # client-side time limit, in actions
     connect_timeout: float = wire.DEFAULT_CONNECT_TIMEOUT  # seconds to reach a server before giving up
     request_timeout: float = wire.DEFAULT_REQUEST_TIMEOUT
@@ -87,6 +92,9 @@ class EnvConfig:
     retries: int = 5  # attached server (env.url): health checks before saving and stopping
     retry_backoff: float = 1.0  # seconds before the first retry, doubling after each
     action_repeat: int = wire.DEFAULT_ACTION_REPEAT  # sim: physics frames per action
+    # sim: milliseconds each launched simulator waits after a step (--step-delay-ms), standing in
+    # for Godot's physics time when measuring many servers (docs/benchmarks.md); 0: none
+    step_delay_ms: float = 0.0
     max_speed: float = 2.0  # m/s
     max_rotation_speed: float = 90.0  # deg/s
     min_goal_distance: float = 3.0  # m; the curriculum overrides the maximum per stage
@@ -105,7 +113,8 @@ class EnvConfig:
                 bool(self.url or self.executable),
                 "env.url",
                 self.url,
-                "env=godot needs env.url=http://127.0.0.1:8080 or env.executable=godot env.project=PATH",
+                "env=godot needs env.url=http://127.0.0.1:8080 (or a list of URLs) or env.executable=godot "
+                "env.project=PATH",
             )
             _require(
                 not self.executable or bool(self.project),
@@ -115,6 +124,15 @@ class EnvConfig:
             )
         if self.token is not None and not access.is_valid_token(self.token):
             raise ConfigError(f"env.token is invalid: it {access.TOKEN_FIX}")  # not echoed: a secret
+        if self.attached:
+            self._check_fleet()
+        else:
+            _require(
+                self.agents_per_environment is None or _is_count(self.agents_per_environment),
+                "env.agents_per_environment",
+                self.agents_per_environment,
+                "the servers train.py starts all run the same count: give one positive integer, e.g. 16",
+            )
         for key in ("max_restarts", "retries"):
             value = getattr(self, key)
             _require(value >= 0, f"env.{key}", value, "use 0 (never) or a positive integer")
@@ -125,7 +143,7 @@ class EnvConfig:
             "only an attached server (env=godot env.url=...) tells its own count; for the instances "
             "train.py starts give one, e.g. env.agents_per_environment=16",
         )
-        for key in ("num_environments", "agents_per_environment", "max_episode_steps", "action_repeat"):
+        for key in ("num_environments", "max_episode_steps", "action_repeat"):
             value = getattr(self, key)
             _require(value is None or value >= 1, f"env.{key}", value, "use a positive integer")
         for key in (
@@ -139,6 +157,18 @@ class EnvConfig:
         ):
             value = getattr(self, key)
             _require(math.isfinite(value) and value > 0, f"env.{key}", value, "use a positive number")
+        _require(
+            math.isfinite(self.step_delay_ms) and self.step_delay_ms >= 0,
+            "env.step_delay_ms",
+            self.step_delay_ms,
+            "use 0 (none) or a positive number of milliseconds",
+        )
+        _require(
+            self.kind == "sim" or not self.step_delay_ms,
+            "env.step_delay_ms",
+            self.step_delay_ms,
+            "only the simulators train.py launches (env=sim) can be slowed; leave it 0 with env=godot",
+        )
         _require(
             0 <= self.min_goal_distance <= self.max_goal_distance,
             "env.min_goal_distance",
@@ -159,19 +189,79 @@ class EnvConfig:
             "use a factor in [0, 1): 0 disables smoothing, 0.2-0.4 is comfortable",
         )
 
+    def _check_fleet(self) -> None:
+        """env.url as one URL or a list, env.num_environments and the agent counts agree with it, and
+        a server beyond this machine has a token."""
+        urls = self.urls
+        _require(
+            bool(urls) and all(isinstance(url, str) and _http_url(url) for url in urls),
+            "env.url",
+            self.url,
+            "use a URL, e.g. env.url=http://127.0.0.1:8080, or a list: 'env.url=[http://a:8080,http://b:8080]'",
+        )
+        _require(
+            len(set(urls)) == len(urls),
+            "env.url",
+            urls,
+            "each server once: a server listed twice would be stepped twice per step",
+        )
+        _require(
+            self.num_environments in (DEFAULT_ENVIRONMENTS, len(urls)),
+            "env.num_environments",
+            self.num_environments,
+            f"attaching, the servers are the {len(urls)} URL(s) of env.url; leave env.num_environments "
+            f"unset or set it to {len(urls)}",
+        )
+        self.num_environments = len(urls)
+        remote = [url for url in urls if not _loopback_url(url)]
+        _require(
+            not remote or self.token is not None,
+            "env.url",
+            remote[0] if remote else None,
+            "a server on another machine needs a token, or anyone who reaches it can drive it: start "
+            "it with --rl-token (or SPACETIME_RL_TOKEN) and set env.token (docs/scaling.md)",
+        )
+        counts = self.agents_per_environment
+        _require(
+            counts is None
+            or _is_count(counts)
+            or (isinstance(counts, list) and len(counts) == len(urls) and all(map(_is_count, counts))),
+            "env.agents_per_environment",
+            counts,
+            f"use null (each server's own count), one positive integer for all, or {len(urls)} of them, "
+            "one per env.url",
+        )
+
     @property
-    def agents(self) -> int:
-        """`agents_per_environment`, once known (`envs.with_server_agents` reads an attached server's)."""
-        if self.agents_per_environment is None:
+    def urls(self) -> list[str]:
+        """The attached servers' URLs: env.url as a list (empty when it is null)."""
+        if self.url is None:
+            return []
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    def url_name(self, index: int) -> str:
+        """The config key of the attached server `index`, for messages: env.url, or env.url[i] in a list."""
+        return "env.url" if isinstance(self.url, str) else f"env.url[{index}]"
+
+    @property
+    def server_agents(self) -> list[int]:
+        """Each server's agent count, once known (`envs.with_server_agents` asks attached servers)."""
+        counts = self.agents_per_environment
+        if counts is None:
             raise ConfigError(
-                "env.agents_per_environment=None is not known yet: ask the server with "
+                "env.agents_per_environment=None is not known yet: ask the servers with "
                 "spacetime_rl.envs.with_server_agents(config) first"
             )
-        return self.agents_per_environment
+        return list(counts) if isinstance(counts, list) else [counts] * self.num_environments
+
+    @property
+    def agents(self) -> int:
+        """One server's agent count (the first's, when attached servers differ): what evaluation runs on."""
+        return self.server_agents[0]
 
     @property
     def num_agents(self) -> int:
-        return self.num_environments * self.agents
+        return sum(self.server_agents)
 
     @property
     def attached(self) -> bool:
@@ -196,6 +286,10 @@ class EnvConfig:
         """Seconds a launched simulator spins for the next request after answering (`auto`: always)."""
         on = self.busy_poll == "on" or (self.busy_poll == "auto" and self.kind == "sim")
         return BUSY_POLL_SECONDS if on else 0.0
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _usable_cores() -> int:
@@ -648,12 +742,17 @@ def torch_threads(config: TrainConfig) -> int:
         return config.training.torch_threads
     env = config.env
     launched = env.num_environments + 1  # and one evaluation server
-    servers = (1 if _loopback_url(env.url) else 0) if env.attached else launched
+    servers = sum(map(_loopback_url, env.urls)) if env.attached else launched
     return max(1, _usable_cores() - servers)
 
 
-def _loopback_url(url: str | None) -> bool:
-    return access.is_loopback(urlsplit(url or "").hostname or "")
+def _http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _loopback_url(url: str) -> bool:
+    return access.is_loopback(urlsplit(url).hostname or "")
 
 
 def register_configs() -> None:

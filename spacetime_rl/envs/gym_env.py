@@ -26,7 +26,7 @@ ENV_ID = "SpaceTime/VRNavigation-v0"
 
 
 class SpaceTimeEnv(gym.Env[np.ndarray, np.ndarray]):
-    """One agent: attaches to `url` (or env.url for env.kind=godot) or starts its own simulator.
+    """One agent: attaches to `url` (or env.url's first for env.kind=godot) or starts its own simulator.
 
     `reset(options=...)` takes the server's reset options (e.g. max_goal_distance); they persist.
     """
@@ -42,7 +42,7 @@ class SpaceTimeEnv(gym.Env[np.ndarray, np.ndarray]):
             self._pool = ServerPool(self.config, count=1, agents=1)
             url = self._pool.start()[0]
         self._loop = asyncio.new_event_loop()
-        self._client = make_clients([url or self.config.url or ""], self.config)[0]
+        self._client = make_clients([url or next(iter(self.config.urls), "")], self.config)[0]
         try:
             if self.config.kind == "godot":
                 self._run(self._client.load_scene(self.config.scene))

@@ -110,19 +110,42 @@ def make_clients(urls: Sequence[str], config: EnvConfig, name: str = "env.url") 
 
 
 def with_server_agents(config: EnvConfig) -> EnvConfig:
-    """`config` with its agent count known: as given, or (null, attaching) the server's, from `/rl/spec`
-    after loading `env.scene` as the VecEnv will."""
-    if config.agents_per_environment is not None:
+    """`config` with every server's agent count known: as given for launched servers; attached, each
+    server's `/rl/spec` after loading `env.scene` as the VecEnv will (null: one count per server,
+    a given count: checked against every server)."""
+    if not config.attached:
         return config
 
-    async def ask() -> int:
-        async with make_clients([config.url or ""], config)[0] as client:
+    async def ask(index: int, url: str) -> int:
+        async with make_clients([url], config, name=config.url_name(index))[0] as client:
             await client.load_scene(config.scene)
             return (await client.spec()).num_agents
 
-    agents = asyncio.run(ask())
-    log.info("env.agents_per_environment=null: the server at %s runs %d agents", config.url, agents)
-    return dataclasses.replace(config, agents_per_environment=agents)
+    async def ask_all() -> list[int]:
+        return list(await asyncio.gather(*(ask(i, url) for i, url in enumerate(config.urls))))
+
+    counts = asyncio.run(ask_all())
+    given = config.agents_per_environment
+    if given is not None:
+        for index, (url, wanted, count) in enumerate(
+            zip(config.urls, config.server_agents, counts, strict=True)
+        ):
+            if count != wanted:
+                raise ConfigError(
+                    f"env.agents_per_environment={given!r} but server {index} at {url} "
+                    f"({config.url_name(index)}) runs {count} agents: set env.agents_per_environment=null "
+                    "to take each server's own count, or start that server with the count given"
+                )
+        return config
+    for index, (url, count) in enumerate(zip(config.urls, counts, strict=True)):
+        log.info(
+            "env.agents_per_environment=null: server %d at %s (%s) runs %d agents",
+            index,
+            url,
+            config.url_name(index),
+            count,
+        )
+    return dataclasses.replace(config, agents_per_environment=counts)
 
 
 def connector(pool: ServerPool, config: EnvConfig) -> Callable[[str], Any]:
@@ -130,7 +153,9 @@ def connector(pool: ServerPool, config: EnvConfig) -> Callable[[str], Any]:
     what `SpaceTimeVecEnv` gets at start and, through `pool.recovery`, after a restart."""
 
     def connect(url: str) -> Any:
-        return make_clients([url], config, name=pool.describe(url) if pool.launched else "env.url")[0]
+        # attached: named by its config key, so the client's hints name env.token and the like
+        name = pool.describe(url) if pool.launched else config.url_name(pool.urls.index(url))
+        return make_clients([url], config, name=name)[0]
 
     return connect
 
@@ -351,6 +376,7 @@ class SpaceTimeVecEnv(VecEnv):
         weights = self._tracker.rewards.weights
         return {
             "agents": self.num_envs,
+            "server_agents": [s.stop - s.start for s in self._slices],
             "observation_size": int(self.observation_space.shape[0]),  # type: ignore[index]
             "max_episode_steps": self._tracker.max_episode_steps,
             "action_smoothing": self._tracker.smoother.smoothing,
@@ -453,7 +479,10 @@ class SpaceTimeVecEnv(VecEnv):
         raise fault
 
     def _server_name(self, server: int) -> str:
-        return str(getattr(self._transports[server], "name", f"server {server}"))
+        transport = self._transports[server]
+        name = str(getattr(transport, "name", f"server {server}"))
+        # An attached server's client is named by its config key (env.url[1]), which lacks the URL.
+        return f"{name} at {transport.url}" if name.startswith("env.url") else name  # type: ignore[attr-defined]
 
     def _agents_of(self, servers: Iterable[int]) -> np.ndarray:
         mask = np.zeros(self.num_envs, dtype=bool)

@@ -97,6 +97,9 @@ def _choose_seed(cfg: DictConfig, run_config: DictConfig | None) -> None:
         return
     training_seed = int(OmegaConf.select(run_config, "training.seed", default=0))
     servers = int(OmegaConf.select(run_config, "env.num_environments", default=1))
+    urls = OmegaConf.select(run_config, "env.url", default=None)
+    if OmegaConf.select(run_config, "env.kind") == "godot" and OmegaConf.is_list(urls):
+        servers = len(urls)  # attached to a fleet: one server per URL, whatever num_environments says
     if cfg.seed is None:
         cfg.seed = held_out_seed(training_seed)
         log.info(
@@ -121,6 +124,7 @@ def evaluate(config: EvaluateConfig, output_dir: Path, source: ModelSource | Non
 
     One server with min(episodes, env.agents_per_environment) agents (env=sim), seeded with
     `config.seed` (None: held out from a run with training.seed=0), as training's evaluation does.
+    Attached (env=godot env.url=...), the first server of env.url's list plays them all.
     """
     if config.policy == "trained" and source is None:
         raise ConfigError("policy=trained needs model=<run directory or model zip>")

@@ -6,8 +6,8 @@ with env.executable) on free loopback ports, waits for each one's ready line and
 `GodotClient`), restarts one that fails (bounded and rate-limited) and stops them all at exit. Before
 the first Godot starts, a project whose script class cache lacks the addon is imported once
 (`godot --headless --path PROJECT --import`). With
-env=godot and env.url it attaches to one running server instead, and recovering means waiting for
-it with backoff. `recovery(connect)` is what `SpaceTimeVecEnv` calls when a server faults.
+env=godot and env.url it attaches to running servers instead (env.url's list, or its first `count`
+for evaluation), and recovering means waiting for the faulty one with backoff. `recovery(connect)` is what `SpaceTimeVecEnv` calls when a server faults.
 """
 
 from __future__ import annotations
@@ -102,16 +102,17 @@ class ServerPool:
         """What the servers are, for messages."""
         if self.config.kind == "sim":
             return "python -m spacetime_rl.sim"
-        return (
-            f"{self.config.executable} (env.executable)" if self.launched else f"{self.config.url} (env.url)"
-        )
+        return f"{self.config.executable} (env.executable)" if self.launched else "env.url"
 
     def describe(self, url: str) -> str:
-        """The server at `url` for messages: its role, index, port and process (`train server 0 ...`)."""
+        """The server at `url` for messages: its role, index, port and process (`train server 0 ...`),
+        or attached, its index, URL and key (`train server 1 at http://... (env.url[1])`)."""
         role = f"{self.role} " if self.role else ""
-        if not self.launched or url not in self.urls:
+        if url not in self.urls:
             return f"{role}server {url} ({self.name})"
         index = self.urls.index(url)
+        if not self.launched:
+            return f"{role}server {index} at {url} ({self.config.url_name(index)})"
         port = url.rsplit(":", 1)[-1]
         return f"{role}server {index} ({self.name}, port {port}, pid {self._processes[index].pid})"
 
@@ -193,7 +194,7 @@ class ServerPool:
             for attempt in range(1, self.config.retries + 1):
                 log.warning(
                     "%s faulted (%s); retry %d/%d in %g s",
-                    self.name,
+                    self.describe(self.urls[index]),
                     fault,
                     attempt,
                     self.config.retries,
@@ -207,9 +208,10 @@ class ServerPool:
                     return transport
                 await transport.close()
             raise GodotConnectionError(
-                f"{self.name} did not recover: no healthy answer after env.retries={self.config.retries} "
-                f"retries over {waited:g} s (env.retry_backoff={self.config.retry_backoff:g}). Last fault: "
-                f"{fault}. Check Godot is running (curl {self.urls[index]}/health), then resume training",
+                f"{self.describe(self.urls[index])} did not recover: no healthy answer after "
+                f"env.retries={self.config.retries} retries over {waited:g} s "
+                f"(env.retry_backoff={self.config.retry_backoff:g}). Last fault: {fault}. Check that "
+                f"server is running (curl {self.urls[index]}/health), then resume training",
                 url=self.urls[index],
             )
 
@@ -218,13 +220,14 @@ class ServerPool:
     # ---------------------------------------------------------------- internals
 
     def _attach(self) -> list[str]:
-        if self.count != 1 or not self.config.url:
+        """The first `count` URLs of env.url: all of them for training, the first for evaluation."""
+        urls = self.config.urls
+        if not 1 <= self.count <= len(urls):
             raise ConfigError(
-                f"env.num_environments={self.count} with env.kind=godot: attaching supports one running "
-                "Godot at env.url; set env.num_environments=1, or set env.executable and env.project to "
-                "let training start several"
+                f"{self.count} attached servers asked for, but env.url lists {len(urls)}: add URLs to "
+                "env.url, or set env.executable and env.project to let training start them"
             )
-        self.urls = [self.config.url]
+        self.urls = urls[: self.count]
         return self.urls
 
     def _import_project(self) -> None:
@@ -298,6 +301,8 @@ class ServerPool:
         ]
         if seed is not None:
             command += ["--seed", str(seed)]
+        if self.config.step_delay_ms:
+            command += ["--step-delay-ms", f"{self.config.step_delay_ms:g}"]
         if spin := self.config.server_busy_poll():
             command += ["--busy-poll-us", str(round(spin * 1e6))]
         return command

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import selectors
 import signal
@@ -74,6 +75,13 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of milliseconds >= 0")
     return value
 
 
@@ -174,6 +182,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default 0: sleep at once); see docs/training.md, 'Speed'",
     )
     parser.add_argument(
+        "--step-delay-ms",
+        type=_milliseconds,
+        default=0.0,
+        help="wait this long after every step before answering, standing in for Godot's physics time "
+        "(waiting, not CPU; default 0); for benchmarks of many servers (docs/benchmarks.md)",
+    )
+    parser.add_argument(
         "--parent-pid",
         type=_positive,
         default=None,
@@ -195,6 +210,7 @@ async def _run(args: argparse.Namespace) -> None:
         body_timeout=args.body_timeout,
         allowed_hosts=args.allowed_host,
         allowed_origins=args.allowed_origin,
+        step_delay=args.step_delay_ms / 1000,
     )
     listener = await serve(
         app, args.host, args.port, max_connections=args.max_connections, header_timeout=args.header_timeout

@@ -11,6 +11,7 @@ import collections
 import hmac
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -84,9 +85,15 @@ class _Simulator:
     """Server state: the loaded scene, its world, and the lock serialising world access."""
 
     def __init__(
-        self, num_agents: int, seed: int | None, action_repeat: int, whitelist: frozenset[str] | None
+        self,
+        num_agents: int,
+        seed: int | None,
+        action_repeat: int,
+        whitelist: frozenset[str] | None,
+        step_delay: float = 0.0,
     ):
         self.num_agents = num_agents
+        self.step_delay = step_delay
         self.seed = seed
         self.action_repeat = action_repeat
         self.whitelist = whitelist
@@ -113,6 +120,12 @@ class _Simulator:
             )
             raise RequestError(409, f'{loaded}; POST /scene/load {{"scene": "{wire.DEFAULT_SCENE}"}} first')
         return self.world
+
+    async def physics_time(self) -> None:
+        """Wait `step_delay` seconds after a step, holding the world: Godot's physics time, stood in
+        for by waiting (no CPU), so a fleet's throughput can be measured on a small machine."""
+        if self.step_delay:
+            await asyncio.sleep(self.step_delay)
 
     def record_step(self) -> None:
         now = time.monotonic()
@@ -358,6 +371,7 @@ async def rl_action(request: web.Request) -> web.Response:
     async with sim.lock:
         outcome = world.step(actions)
         sim.record_step()
+        await sim.physics_time()
     return _json({"tick": outcome.tick})
 
 
@@ -395,6 +409,7 @@ async def rl_step(request: web.Request) -> web.Response:
         terminal = observations[finished]
         if finished.size:
             observations[finished] = world.reset(finished)
+        await sim.physics_time()
     if _accepts_binary(request.headers.get("Accept", "")):
         return _binary_step(observations, outcome, finished, terminal)
     answer: dict[str, Any] = {}
@@ -516,8 +531,12 @@ def create_app(
     body_timeout: float = wire.BODY_TIMEOUT,
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
+    step_delay: float = 0.0,
 ) -> web.Application:
     """The protocol v1 app. `scene` is loaded at once (else nothing is until POST /scene/load).
+
+    `step_delay` seconds are waited after every step (/rl/step, /rl/action) before answering: a
+    stand-in for Godot's physics time in benchmarks (0: answer at once).
 
     `seed` seeds every scene load's reset (random when None); `whitelist` replaces the default
     whitelist (the simulator's two scenes). Requests from web pages and under foreign host names
@@ -535,7 +554,11 @@ def create_app(
         raise ConfigError(f"body_timeout is {body_timeout}; it must be a positive number of seconds")
     if seed is not None and seed < 0:
         raise ConfigError(f"seed is {seed}; expected a non-negative integer")
-    sim = _Simulator(num_agents, seed, action_repeat, None if whitelist is None else frozenset(whitelist))
+    if not (math.isfinite(step_delay) and step_delay >= 0):
+        raise ConfigError(f"step_delay is {step_delay}; expected seconds >= 0")
+    sim = _Simulator(
+        num_agents, seed, action_repeat, None if whitelist is None else frozenset(whitelist), step_delay
+    )
     if scene is not None:
         if scene not in SCENES:
             raise ConfigError(f"scene {scene!r} is not a simulator scene; known: {sorted(SCENES)}")

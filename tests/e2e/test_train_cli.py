@@ -286,11 +286,46 @@ def test_attaching_takes_the_agent_count_from_the_server(tmp_path: Path) -> None
         server.wait(10)
     assert result.returncode == 0, result.stderr
     assert (
-        f"env.agents_per_environment=null: the server at {url} runs 6 agents" in result.stdout + result.stderr
+        f"env.agents_per_environment=null: server 0 at {url} (env.url) runs 6 agents"
+        in result.stdout + result.stderr
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["env_used"]["agents"] == 6
     assert metrics["num_timesteps"] == 1152  # whole rollouts of 64 x 6
+
+
+def test_attaching_to_a_fleet_trains_on_every_server_s_agents(tmp_path: Path) -> None:
+    """'env.url=[a,b]' with a token: servers of 4 and 6 agents train 10 agents over 2 servers."""
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "spacetime_rl.sim", "--port", "0", "--agents", str(count), "--token", "t"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for count in (4, 6)
+    ]
+    try:
+        urls = [server.stdout.readline().split()[-1] for server in servers if server.stdout is not None]
+        overrides = [o for o in TINY if not o.startswith("env.agents_per_environment=")]
+        result = run_train(
+            *overrides, "env=godot", f"env.url=[{','.join(urls)}]", "env.token=t", f"hydra.run.dir={tmp_path}"
+        )
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+    assert result.returncode == 0, result.stderr
+    for index, (url, count) in enumerate(zip(urls, (4, 6), strict=True)):
+        line = (
+            f"env.agents_per_environment=null: server {index} at {url} (env.url[{index}]) runs {count} agents"
+        )
+        assert line in result.stdout + result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["env_used"]["agents"] == 10 and metrics["env_used"]["server_agents"] == [4, 6]
+    assert metrics["num_timesteps"] == 1280  # whole rollouts of 64 x 10
+    saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
+    assert saved["env"]["url"] == urls
 
 
 def test_launched_godot_needs_an_agent_count(tmp_path: Path) -> None:

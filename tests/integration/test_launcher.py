@@ -16,7 +16,7 @@ import pytest
 
 from spacetime_rl.config import BUSY_POLL_SECONDS, EnvConfig, RewardConfig
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
-from spacetime_rl.errors import ConfigError
+from spacetime_rl.errors import ConfigError, GodotTimeoutError
 from spacetime_rl.godot.launcher import ADDON_SCRIPT, CLASS_CACHE, ServerPool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -264,3 +264,26 @@ def test_simulators_stop_by_themselves_when_the_launcher_is_killed():
     for server in alive:
         server.kill()
     assert not alive, "a simulator outlived its killed launcher"
+
+
+def test_launched_simulators_get_the_step_delay_and_take_it() -> None:
+    """env.step_delay_ms reaches every launched simulator, which then holds each step's answer."""
+    config = EnvConfig(
+        num_environments=2, agents_per_environment=2, step_delay_ms=600000, request_timeout=1.0
+    )
+    pool = ServerPool(config)
+    urls = pool.start()
+    try:
+        for pid in pool.pids:
+            command = psutil.Process(pid).cmdline()
+            assert command[command.index("--step-delay-ms") + 1] == "600000"
+        venv = SpaceTimeVecEnv(make_clients(urls, config), config, RewardConfig())
+        try:
+            venv.reset()  # resets do not wait
+            with pytest.raises(GodotTimeoutError, match="/rl/step"):
+                venv.step(np.zeros((4, 3), dtype=np.float32))
+        finally:
+            venv.close()
+    finally:
+        pool.stop()
+    assert "--step-delay-ms" not in ServerPool(EnvConfig())._command(0)

@@ -366,3 +366,50 @@ async def test_cli_rejects_bad_arguments() -> None:
     )
     _, stderr = await result.communicate()
     assert result.returncode == 2 and b"--agents" in stderr
+
+
+def test_step_delay_steps_the_world_then_waits_without_blocking_the_server() -> None:
+    """--step-delay-ms: the step is taken at once (the tick moves), then the answer waits, and
+    meanwhile the server answers other requests: waiting, as Godot's physics time is, not CPU."""
+    import socket
+
+    from sim_process import SimProcess
+
+    server = SimProcess("--agents", str(AGENTS), "--scene", wire.DEFAULT_SCENE, "--step-delay-ms", "600000")
+    try:
+        body = json.dumps({"actions": [[0.0, 1.0, 0.0]] * AGENTS, "auto_reset": True}).encode()
+        with socket.create_connection((server.host, server.port), timeout=30) as step:
+            step.sendall(
+                b"POST /rl/step HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            ticks: list[int] = []
+            while not ticks or ticks[-1] == 0:  # the step request may still be on its way
+                status, data = server.request("GET", "/rl/state")
+                assert status == 200, data
+                ticks.append(json.loads(data)["tick"])
+            assert ticks[-1] == wire.DEFAULT_ACTION_REPEAT  # one step of physics frames
+            assert server.request("GET", "/health")[0] == 200
+            step.setblocking(False)
+            with pytest.raises(BlockingIOError):  # stepped, and still waiting out its physics time
+                step.recv(1)
+    finally:
+        server.stop()
+    without = SimProcess("--agents", str(AGENTS), "--scene", wire.DEFAULT_SCENE)
+    try:
+        status, data = without.request("POST", "/rl/step", body, {"Content-Type": "application/json"})
+        assert status == 200 and json.loads(data)["tick"] == wire.DEFAULT_ACTION_REPEAT
+    finally:
+        without.stop()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_step_delay_must_be_milliseconds(value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "spacetime_rl.sim", "--step-delay-ms", value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "--step-delay-ms" in result.stderr and "milliseconds" in result.stderr

@@ -236,3 +236,74 @@ def test_activations_are_named_once() -> None:
     from spacetime_rl.training.job import ACTIVATIONS as MODULES
 
     assert list(MODULES) == list(ACTIVATIONS)
+
+
+# ---------------------------------------------------------------- a fleet of attached servers
+
+FLEET = ["env=godot", "env.url=[http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083]"]
+
+
+def test_a_list_of_urls_is_the_fleet_and_one_url_still_works() -> None:
+    fleet = compose_train(*FLEET).env
+    assert fleet.urls == ["http://127.0.0.1:8081", "http://127.0.0.1:8082", "http://127.0.0.1:8083"]
+    assert fleet.num_environments == 3 and fleet.url_name(2) == "env.url[2]"
+    assert compose_train(*FLEET, "env.num_environments=3").env.num_environments == 3
+    one = compose_train("env=godot", "env.url=http://127.0.0.1:8080").env
+    assert (
+        one.urls == ["http://127.0.0.1:8080"] and one.num_environments == 1 and one.url_name(0) == "env.url"
+    )
+
+
+def test_a_url_list_and_another_num_environments_names_both_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        compose_train(*FLEET, "env.num_environments=2")
+    message = str(info.value)
+    assert message.startswith("env.num_environments=2 is invalid")
+    assert "the 3 URL(s) of env.url" in message and "set it to 3" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "remote"),
+    [
+        ("http://gpu-box:8080", "http://gpu-box:8080"),
+        ("[http://127.0.0.1:8080,https://10.0.0.7:8443]", "https://10.0.0.7:8443"),
+        ("'http://[2001:db8::1]:8080'", "http://[2001:db8::1]:8080"),
+    ],
+)
+def test_a_server_beyond_this_machine_needs_a_token(url: str, remote: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compose_train("env=godot", f"env.url={url}")
+    message = str(info.value)
+    assert message.startswith(f"env.url={remote!r} is invalid") and "needs a token" in message
+    assert "env.token" in message
+    assert compose_train("env=godot", f"env.url={url}", "env.token=t").env.token == "t"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("env.url=[]", "env.url"),
+        ("env.url=[http://127.0.0.1:1,http://127.0.0.1:1]", "env.url"),
+        ("env.url=127.0.0.1:8080", "env.url"),
+        ("env.agents_per_environment=[4,6]", "env.agents_per_environment"),  # two counts, three servers
+    ],
+)
+def test_fleet_values_checked_for_sense(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compose_train(*FLEET[:1], FLEET[1] if key != "env.url" else override, override)
+    assert str(info.value).startswith(key + "=")
+
+
+def test_servers_train_py_starts_run_one_count() -> None:
+    with pytest.raises(ConfigError, match=r"^env\.agents_per_environment=\[4, 6\] is invalid"):
+        compose_train("env.agents_per_environment=[4,6]")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fix"),
+    [(["env.step_delay_ms=-1"], "milliseconds"), (["env=godot", "env.step_delay_ms=5"], "env=sim")],
+)
+def test_step_delay_is_for_launched_simulators(overrides: list[str], fix: str) -> None:
+    with pytest.raises(ConfigError, match=r"^env\.step_delay_ms=") as info:
+        compose_train(*overrides)
+    assert fix in str(info.value)
