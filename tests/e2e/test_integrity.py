@@ -13,7 +13,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import yaml
@@ -78,7 +78,15 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+#: Cases whose runs take long enough to belong to `make test-slow` (CI runs both).
+SLOW_CASES: Final = frozenset({"lstm"})
+
+
+def _params(names: list[str]) -> list[Any]:
+    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name for name in names]
+
+
+@pytest.fixture(scope="module", params=_params(list(CASES)))
 def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
     """A finished run of one case: its overrides (after the base ones) and its directory."""
     tmp = tmp_path_factory.mktemp(request.param)
@@ -179,7 +187,7 @@ def test_export_sidecar_carries_the_run_settings(case: tuple[list[str], Path], t
     assert sidecar["config_hash"] == config_hash(saved)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["maze", "curriculum", "lstm"])
+@pytest.mark.parametrize("name", _params(["maze", "curriculum", "lstm"]))
 def test_evaluate_replays_the_recorded_held_out_check(name: str, tmp_path: Path) -> None:
     """evaluate.py on a run, with no other setting, plays the run's task at its final goal distance on
     the held-out seed: the same episodes as the best model's check in metrics.json."""

@@ -149,6 +149,7 @@ def test_resume_refuses_a_different_network(tiny_run: Path, tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_recurrent_run_resumes_as_recurrent_and_refuses_an_mlp(tmp_path: Path) -> None:
     """network=lstm end to end: train, resume from a checkpoint (RecurrentPPO again, the step count
     continues), and a resume that asks for another policy is refused naming the key."""
