@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import operator
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -106,7 +107,10 @@ class GodotClient:
             )
         self.url = str(parsed).rstrip("/")
         self.name = name
-        self._prefix = name.rpartition(".")[0] + "." if "." in name else ""
+        # the config section of the URL's key, for hints naming sibling keys; a launched server's
+        # name (`train server 0 (python -m spacetime_rl.sim, ...)`) has none: its keys are env.*
+        section = re.search(r"([\w.]+)\.url\b", name)
+        self._prefix = f"{section.group(1)}." if section else "env."
         self._timeouts = timeouts
         self._binary_step = binary_step
         self._headers = {"Accept": "application/json"}

@@ -110,17 +110,26 @@ async def test_server_down_names_url_key_and_check() -> None:
     assert isinstance(info.value.__cause__, Exception)
 
 
-async def test_slow_answer_times_out_naming_the_key(fake) -> None:
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("env.url", "env.request_timeout"),
+        ("eval.env.url", "eval.env.request_timeout"),
+        ("train server 1 at http://127.0.0.1:8081 (env.url[1])", "env.request_timeout"),
+        ("train server 0 (python -m spacetime_rl.sim, port 8081, pid 7)", "env.request_timeout"),
+    ],
+)
+async def test_slow_answer_times_out_naming_the_key(fake, name: str, key: str) -> None:
     async def slow(_request: web.Request) -> web.Response:
         await asyncio.sleep(2)
         return json_response(spec_body())
 
     url = await fake({("GET", "/rl/spec"): slow})
-    async with GodotClient(url, timeouts=Timeouts(connect=1, request=0.2)) as client:
+    async with GodotClient(url, timeouts=Timeouts(connect=1, request=0.2), name=name) as client:
         with pytest.raises(GodotTimeoutError) as info:
             await client.spec()
     message = str(info.value)
-    assert f"{url}/rl/spec" in message and "env.request_timeout=0.2" in message
+    assert f"{url}/rl/spec" in message and f"({key}=0.2)" in message
     assert isinstance(info.value, TimeoutError)
 
 
