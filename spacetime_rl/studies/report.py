@@ -43,13 +43,18 @@ def is_sweep_dir(path: Path) -> bool:
     return OmegaConf.select(OmegaConf.load(multirun), "hydra.sweeper._target_") == SWEEPER_TARGET
 
 
+def sweep_storage(sweep_dir: Path) -> str:
+    """The storage URL of a sweep folder's study, from the config its sweep ran with (multirun.yaml)."""
+    cfg = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
+    return OmegaConf.select(cfg, "sweep.storage", default=None) or default_storage(sweep_dir)
+
+
 def load_sweep_study(sweep_dir: Path) -> optuna.Study:
     """The study of a sweep folder, found through the config its sweep ran with (multirun.yaml)."""
     sweep_dir = Path(sweep_dir)
     cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
     study_name = OmegaConf.select(cfg, "sweep.study_name", default=None) or sweep_dir.resolve().name
-    storage = OmegaConf.select(cfg, "sweep.storage", default=None) or default_storage(sweep_dir)
-    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return optuna.load_study(study_name=study_name, storage=open_storage(sweep_storage(sweep_dir)))
 
 
 def write_sweep_report(sweep_dir: Path, out_dir: Path | None = None) -> list[Path]:
