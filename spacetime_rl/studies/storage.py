@@ -164,9 +164,9 @@ def tell_result(
     """Record a job's outcome: COMPLETE with finite values, one per objective, else FAIL; a trial the job
     pruned stays PRUNED.
 
-    `result` returns the job's value (a list of them for several objectives) or raises the job's exception (Hydra's `JobReturn.return_value`).
-    The state is read from `storage` itself (the study's own storage): the study caches the trials it
-    asked for and does not see what their jobs wrote.
+    `result` returns the job's value (a list of them for several objectives) or raises the job's
+    exception (Hydra's `JobReturn.return_value`). The state is read from `storage` itself (the study's
+    own storage): the study caches the trials it asked for and does not see what their jobs wrote.
     """
     state = storage.get_trial(trial_id(storage, study.study_name, trial.number)).state
     if state.is_finished():  # the job told the study itself (pruned), or another worker failed it
