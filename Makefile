@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,wandb,mlflow]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,wandb,mlflow,dashboard,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

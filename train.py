@@ -19,8 +19,8 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    def job() -> float:
+def main(cfg: DictConfig) -> float | list[float]:
+    def job() -> float | list[float]:
         config, output_dir = job_config(cfg)
         from spacetime_rl.training import train  # torch loads only once the config is known good
 

@@ -1,7 +1,7 @@
 """Run the benchmark suite and write its tables into docs/benchmarks.md.
 
     python -m benchmarks [--repeats 3] [--seconds 0.5] [--training-repeats 5] [--rollouts 6]
-                         [--only env,training,quick_test,fleet] [--no-write]
+                         [--sweep-trials 20] [--only env,training,quick_test,fleet,sweeps] [--no-write]
 
 Every comparison is measured in the same run, repeats interleaved, and reported as medians and
 ratios: on a shared machine absolute figures drift, ratios much less. Only the part of
@@ -29,7 +29,7 @@ from benchmarks.throughput import AGENT_COUNTS, MAX_SERVERS, SEED_ENDPOINT_AGENT
 DOC: Final = ROOT / "docs" / "benchmarks.md"
 BEGIN: Final = "<!-- results:begin (written by python -m benchmarks; edit outside the markers) -->"
 END: Final = "<!-- results:end -->"
-SECTIONS: Final = ("env", "training", "quick_test", "fleet")
+SECTIONS: Final = ("env", "training", "quick_test", "fleet", "sweeps")
 FLEET_BEGIN: Final = (
     "<!-- fleet:begin (written by python -m benchmarks --only fleet; edit outside the markers) -->"
 )
@@ -282,6 +282,8 @@ def targets_table(key: dict[str, float]) -> str:
             f"<= {TARGET_QUICK_TEST_SECONDS:.0f} s",
             seconds <= TARGET_QUICK_TEST_SECONDS,
         )
+    if not rows:
+        return "(none in these sections)"
     return "\n".join(["| target | measured (median) | goal | met |", "|---|---:|---:|---|", *rows])
 
 
@@ -312,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="a train.py override for the PPO comparison (repeatable), e.g. training.torch_threads=1",
     )
+    parser.add_argument(
+        "--sweep-trials", type=int, default=20, help="no-op trials per study in the sweep overhead section"
+    )
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--no-write", action="store_true", help=f"print only; leave {DOC.name} alone")
     args = parser.parse_args(argv)
@@ -330,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         "training": lambda: training_table(args.training_repeats, args.rollouts, args.train_override),
         "quick_test": lambda: quick_test_table(args.repeats),
         "fleet": lambda: fleet_table(args.seconds, args.repeats, args.rollouts),
+        "sweeps": lambda: _sweeps(args.repeats, args.sweep_trials),
     }
     tables: list[str] = []
     fleet: list[str] = []
@@ -337,7 +343,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"benchmarks: {section} ...", file=sys.stderr, flush=True)
         table, values = runners[section]()
         print(table + "\n", flush=True)
-        (fleet if section == "fleet" else tables).append(table)
+        if section == "fleet":
+            fleet.append(table)
+        elif section != "sweeps":  # printed only: docs/benchmarks.md keeps its table outside the blocks
+            tables.append(table)
         key |= values
     summary = targets_table(key)
     print(summary)
@@ -356,6 +365,12 @@ def _env(seconds: float, repeats: int) -> tuple[str, dict[str, float]]:
     throughput = Throughput(seconds)
     samples = throughput.run(repeats)
     return env_tables(samples, throughput.godot_rl_client)
+
+
+def _sweeps(repeats: int, trials: int) -> tuple[str, dict[str, float]]:
+    from benchmarks.sweeps import sweeps_table
+
+    return sweeps_table(repeats, trials)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -21,6 +22,7 @@ from spacetime_rl.config import TrainConfig, check_command_line, to_train_config
 from spacetime_rl.errors import SpaceTimeError
 
 log = logging.getLogger("spacetime_rl")
+_Value = TypeVar("_Value")  # a job's result: train.py's objective (or objectives), evaluate.py's
 
 
 #: Hydra's flags that take the next argument as their value (`--cfg job`, `-cn train`).
@@ -56,7 +58,7 @@ def job_config(cfg: DictConfig) -> tuple[TrainConfig, Path]:
     return to_train_config(cfg), Path(HydraConfig.get().runtime.output_dir)
 
 
-def run_reporting_errors(job: Callable[[], float]) -> float:
+def run_reporting_errors(job: Callable[[], _Value]) -> _Value | float:
     """Run a job; print a `SpaceTimeError` as a message, then exit 1 (single run) or return NaN (sweep)."""
     try:
         return job()

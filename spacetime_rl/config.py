@@ -570,6 +570,33 @@ class TrainingConfig:
         )
 
 
+DIRECTIONS: Final = ("maximize", "minimize")
+
+
+@dataclass
+class ObjectiveConfig:
+    """One objective of a multi-objective sweep: a metric of the final evaluation and its direction."""
+
+    metric: str = MISSING  # an eval/* metric (spacetime_rl.metrics.EVAL_METRICS)
+    direction: str = "maximize"
+
+    def __post_init__(self) -> None:
+        from spacetime_rl.metrics import EVAL_METRICS
+
+        _require(
+            self.metric in EVAL_METRICS,
+            "sweep.objectives[].metric",
+            self.metric,
+            f"use one of {EVAL_METRICS}",
+        )
+        _require(
+            self.direction in DIRECTIONS,
+            f"sweep.objectives[].direction (of {self.metric})",
+            self.direction,
+            f"use one of {DIRECTIONS}",
+        )
+
+
 @dataclass
 class SweepConfig:
     """An Optuna search (`python train.py -m sweep=<name>`, files in sweeps/); see docs/sweeps.md."""
@@ -593,8 +620,26 @@ class SweepConfig:
     # grace_period s (its worker was killed) is failed by any worker of the study.
     heartbeat_interval: int = 30
     grace_period: int = 120
+    # Two or more make a multi-objective sweep: the study keeps the Pareto front (docs/sweeps.md).
+    # Empty: the one objective training.objective, in hydra.sweeper.direction.
+    objectives: list[ObjectiveConfig] = field(default_factory=list)
+    front_configs: bool = False  # multi-objective: the report writes best_config_<n>.yaml per front trial
 
     def __post_init__(self) -> None:
+        _require(
+            len(self.objectives) != 1,
+            "sweep.objectives",
+            [o.metric for o in self.objectives],
+            "list two or more objectives, or none: one objective is training.objective with "
+            "hydra.sweeper.direction",
+        )
+        _require(
+            not self.multi_objective or self.pruner is None,
+            "sweep.pruner",
+            (self.pruner or {}).get("_target_"),
+            "Optuna cannot prune a multi-objective study (sweep.objectives names "
+            f"{len(self.objectives)}): set sweep.pruner=null",
+        )
         _require(
             self.seeds_per_trial >= 1, "sweep.seeds_per_trial", self.seeds_per_trial, "use a positive integer"
         )
@@ -611,6 +656,10 @@ class SweepConfig:
             f"use more than sweep.heartbeat_interval={self.heartbeat_interval} s (a few beats), "
             "or a live worker's trials are failed",
         )
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) >= 2
 
     @property
     def per_trial(self) -> bool:

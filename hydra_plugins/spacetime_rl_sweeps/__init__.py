@@ -1,1 +1,2 @@
-"""spacetime_rl's Hydra plugins: the `sweep` config group and the `spacetime_optuna` sweeper (docs/sweeps.md)."""
+"""spacetime_rl's Hydra plugins: the `sweep` config group, the `spacetime_optuna` sweeper and the `ray`
+launcher (docs/sweeps.md)."""

@@ -6,6 +6,12 @@
     optimization_history.png     each completed trial's objective and the best so far
     param_importances.png        the share of the objective's variance each parameter explains alone
 
+A multi-objective sweep (`sweep.objectives`) has no single best trial; instead of the last three:
+
+    pareto_front.csv             the trials no other trial beats on every objective (study.best_trials)
+    pareto_front.png             completed trials on the first two objectives, the front marked
+    best_config_<n>.yaml         with sweep.front_configs=true: the config of each front trial n
+
 Parameter importance is the correlation ratio (eta squared) over completed trials, numeric parameters
 binned by rank: Optuna's fANOVA evaluators need scikit-learn, which this project does not install.
 """
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SWEEPER_TARGET: Final = "hydra_plugins.spacetime_rl_sweeps.spacetime_optuna_sweeper.SpacetimeOptunaSweeper"
 BEST_CONFIG: Final = "best_config"
+PARETO_FRONT: Final = "pareto_front"
 #: The sweeper's per-trial settings: a rerun of the best config is an ordinary run.
 TRIAL_KEYS: Final = ("trial", "study_name", "storage")
 MAX_BINS: Final = 5
@@ -43,13 +50,18 @@ def is_sweep_dir(path: Path) -> bool:
     return OmegaConf.select(OmegaConf.load(multirun), "hydra.sweeper._target_") == SWEEPER_TARGET
 
 
+def sweep_storage(sweep_dir: Path) -> str:
+    """The storage URL of a sweep folder's study, from the config its sweep ran with (multirun.yaml)."""
+    cfg = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
+    return OmegaConf.select(cfg, "sweep.storage", default=None) or default_storage(sweep_dir)
+
+
 def load_sweep_study(sweep_dir: Path) -> optuna.Study:
     """The study of a sweep folder, found through the config its sweep ran with (multirun.yaml)."""
     sweep_dir = Path(sweep_dir)
     cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
     study_name = OmegaConf.select(cfg, "sweep.study_name", default=None) or sweep_dir.resolve().name
-    storage = OmegaConf.select(cfg, "sweep.storage", default=None) or default_storage(sweep_dir)
-    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return optuna.load_study(study_name=study_name, storage=open_storage(sweep_storage(sweep_dir)))
 
 
 def write_sweep_report(sweep_dir: Path, out_dir: Path | None = None) -> list[Path]:
@@ -70,6 +82,8 @@ def write_sweep_report(sweep_dir: Path, out_dir: Path | None = None) -> list[Pat
     if complete.empty:
         log.warning("%s: no completed trial yet, so no best config or figures", sweep_dir)
         return written
+    if len(study.directions) > 1:
+        return written + _write_front(study, trials, sweep_dir, out_dir)
     best = study.best_trial
     best_config = _write_best_config(sweep_dir, best.number, out_dir)
     if best_config is not None:
@@ -80,10 +94,56 @@ def write_sweep_report(sweep_dir: Path, out_dir: Path | None = None) -> list[Pat
     return written
 
 
-def _write_best_config(sweep_dir: Path, number: int, out_dir: Path) -> Path | None:
+def _write_front(study: optuna.Study, trials: pd.DataFrame, sweep_dir: Path, out_dir: Path) -> list[Path]:
+    """pareto_front.csv and .png; with `sweep.front_configs`, a best_config_<n>.yaml per front trial."""
+    numbers = sorted(trial.number for trial in study.best_trials)
+    front = trials[trials["number"].isin(numbers)].drop(columns="state")
+    written = [out_dir / f"{PARETO_FRONT}.csv", out_dir / f"{PARETO_FRONT}.png"]
+    front.to_csv(written[0], index=False)
+    complete = trials[trials["state"] == "COMPLETE"]
+    front_figure(complete, numbers, study).savefig(written[1], dpi=100, bbox_inches="tight")
+    if OmegaConf.select(OmegaConf.load(sweep_dir / "multirun.yaml"), "sweep.front_configs", default=False):
+        for number in numbers:
+            path = _write_best_config(sweep_dir, number, out_dir, f"{BEST_CONFIG}_{number}")
+            written += [path] if path is not None else []
+    return written
+
+
+def front_figure(complete: pd.DataFrame, front: list[int], study: optuna.Study) -> Figure:
+    """Completed trials on the study's first two objectives, the Pareto front marked and numbered."""
+    names = _metric_names(study)
+    columns = [
+        f"values_{name}" if f"values_{name}" in complete else f"values_{i}" for i, name in enumerate(names)
+    ]
+    on_front = complete["number"].isin(front)
+    figure = Figure(figsize=(7, 5))
+    ax = figure.subplots()
+    ax.scatter(
+        complete.loc[~on_front, columns[0]], complete.loc[~on_front, columns[1]], c="0.6", label="trials"
+    )
+    points = complete[on_front].sort_values(columns[0])
+    ax.plot(points[columns[0]], points[columns[1]], "o-", c="tab:red", label="Pareto front")
+    for _, row in points.iterrows():
+        ax.annotate(
+            str(row["number"]), (row[columns[0]], row[columns[1]]), xytext=(4, 4), textcoords="offset points"
+        )
+    directions = [d.name.lower() for d in study.directions]
+    ax.set_xlabel(f"{names[0]} ({directions[0]})")
+    ax.set_ylabel(f"{names[1]} ({directions[1]})")
+    more = f", {len(names) - 2} more objectives not drawn" if len(names) > 2 else ""
+    ax.set_title(f"{study.study_name}: {len(front)} of {len(complete)} completed trials on the front{more}")
+    ax.legend()
+    return figure
+
+
+def _metric_names(study: optuna.Study) -> list[str]:
+    return study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+
+
+def _write_best_config(sweep_dir: Path, number: int, out_dir: Path, name: str = BEST_CONFIG) -> Path | None:
     job_config = sweep_dir / str(number) / ".hydra" / "config.yaml"
     if not job_config.is_file():
-        log.warning("%s is missing: cannot write %s.yaml", job_config, BEST_CONFIG)
+        log.warning("%s is missing: cannot write %s.yaml", job_config, name)
         return None
     cfg = OmegaConf.load(job_config)
     assert isinstance(cfg, DictConfig)
@@ -91,10 +151,11 @@ def _write_best_config(sweep_dir: Path, number: int, out_dir: Path) -> Path | No
         if OmegaConf.select(cfg, f"sweep.{key}", default=None) is not None:
             cfg.sweep[key] = None
     body = OmegaConf.to_yaml(OmegaConf.merge({"defaults": ["train_schema", "_self_"]}, cfg))
-    path = out_dir / f"{BEST_CONFIG}.yaml"
+    path = out_dir / f"{name}.yaml"
+    which = "The best trial" if name == BEST_CONFIG else "A Pareto-front trial"
     path.write_text(
-        f"# The best trial ({number}) of the sweep in {sweep_dir}. Train it again with\n"
-        f"#   python train.py --config-dir {out_dir} --config-name {BEST_CONFIG}\n{body}"
+        f"# {which} ({number}) of the sweep in {sweep_dir}. Train it again with\n"
+        f"#   python train.py --config-dir {out_dir} --config-name {name}\n{body}"
     )
     return path
 

@@ -161,28 +161,41 @@ def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
 def tell_result(
     study: optuna.Study, storage: BaseStorage, trial: optuna.trial.Trial, result: Callable[[], Any]
 ) -> TrialState:
-    """Record a job's outcome: COMPLETE with a finite value, else FAIL; a trial the job pruned stays PRUNED.
+    """Record a job's outcome: COMPLETE with finite values, one per objective, else FAIL; a trial the job
+    pruned stays PRUNED.
 
-    `result` returns the job's value or raises the job's exception (Hydra's `JobReturn.return_value`).
-    The state is read from `storage` itself (the study's own storage): the study caches the trials it
-    asked for and does not see what their jobs wrote.
+    `result` returns the job's value (a list of them for several objectives) or raises the job's
+    exception (Hydra's `JobReturn.return_value`). The state is read from `storage` itself (the study's
+    own storage): the study caches the trials it asked for and does not see what their jobs wrote.
     """
     state = storage.get_trial(trial_id(storage, study.study_name, trial.number)).state
     if state.is_finished():  # the job told the study itself (pruned), or another worker failed it
         log.info("trial %d: %s", trial.number, state.name)
         return state
     try:
-        value = float(result())
+        returned = result()
+        values = [float(v) for v in returned] if isinstance(returned, list | tuple) else [float(returned)]
     except Exception as err:
         log.warning(
             "trial %d failed: %s: %s (its job log has the traceback)", trial.number, type(err).__name__, err
         )
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    if not math.isfinite(value):
-        log.warning("trial %d failed: its objective is %s (an error or a diverged run)", trial.number, value)
+    shown = values[0] if len(values) == 1 else values
+    if not all(math.isfinite(v) for v in values):
+        log.warning("trial %d failed: its objective is %s (an error or a diverged run)", trial.number, shown)
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
-    study.tell(trial, value)
-    log.info("trial %d: %s", trial.number, value)
+    if len(values) != len(study.directions):
+        log.warning(
+            "trial %d failed: it returned %d values for the study's %d objectives (sweep.objectives "
+            "changed since the study began? start a new study with another sweep.study_name)",
+            trial.number,
+            len(values),
+            len(study.directions),
+        )
+        study.tell(trial, state=TrialState.FAIL)
+        return TrialState.FAIL
+    study.tell(trial, shown)
+    log.info("trial %d: %s", trial.number, shown)
     return TrialState.COMPLETE

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
+from optuna.study import StudyDirection
 
 from spacetime_rl.config import SweepConfig
 from spacetime_rl.errors import ConfigError
@@ -86,7 +88,37 @@ class OptunaSweep:
         self.study_name: str = self.settings.study_name or self.sweep_dir.resolve().name
         self.storage_url: str = self.settings.storage or default_storage(self.sweep_dir)
         check_storage(self.storage_url)
+        if self.settings.objectives:
+            self._check_one_direction("sweep.objectives gives each objective its direction")
+            self.directions = [o.direction for o in self.settings.objectives]
+        elif self.pass_trial:
+            self._check_one_direction(
+                "a trial returns one objective, training.objective; several go in sweep.objectives, "
+                "each with its metric and direction"
+            )
         self.n_jobs = self.requested_jobs or _launcher_jobs(config.hydra.launcher)
+
+    def _check_one_direction(self, why: str) -> None:
+        if len(self.directions) > 1:
+            raise ConfigError(
+                f"hydra.sweeper.direction={self.directions} names {len(self.directions)} directions, but "
+                f"{why}: leave hydra.sweeper.direction out (or give one)"
+            )
+
+    def _check_same_objectives(self, study: optuna.Study) -> None:
+        """A resumed study keeps its directions and metrics (Optuna loads it as stored, silently)."""
+        stored = [d.name.lower() for d in study.directions]
+        wanted = [
+            d.name.lower() if isinstance(d, StudyDirection) else str(d).lower() for d in self.directions
+        ]
+        metrics = [o.metric for o in self.settings.objectives]
+        if stored != wanted or (study.metric_names is not None and study.metric_names != metrics):
+            began = f"{study.metric_names or 'one objective'} in directions {stored}"
+            raise ConfigError(
+                f"study {study.study_name} in {redact(self.storage_url)} began with {began}; "
+                f"sweep.objectives={metrics or 'none'} with directions {wanted} do not match: start a new "
+                "study with another sweep.study_name, or keep its objectives"
+            )
 
     def sweep(self, arguments: list[str]) -> None:
         assert self.launcher is not None and self.config is not None, "setup() comes first"
@@ -104,6 +136,11 @@ class OptunaSweep:
                 directions=self.directions,
                 load_if_exists=True,
             )
+            self._check_same_objectives(study)
+            if self.settings.multi_objective:  # the report's and the dashboard's column names
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([o.metric for o in self.settings.objectives])
             counted = counted_trials(storage, study)
         done = sum(t.state.is_finished() for t in counted)
         log.info(
@@ -195,9 +232,13 @@ class OptunaSweep:
             log.info("Best trial %d: %s = %s", best.number, best.params, best.value)
             results: dict[str, Any] = {"name": "optuna", "best_params": best.params, "best_value": best.value}
         else:
+            front = sorted(study.best_trials, key=lambda t: t.number)
+            log.info(
+                "Pareto front (%s): trials %s", ", ".join(study.metric_names or []), [t.number for t in front]
+            )
             results = {
                 "name": "optuna",
-                "solutions": [{"params": t.params, "values": t.values} for t in study.best_trials],
+                "solutions": [{"params": t.params, "values": t.values} for t in front],
             }
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
         for path in write_sweep_report(self.sweep_dir):

@@ -73,8 +73,9 @@ def open_trial(sweep: SweepConfig) -> optuna.trial.Trial:
     return optuna.trial.Trial(study, trial_id(storage, sweep.study_name, sweep.trial))
 
 
-def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn) -> float:
-    """Train each seed of the trial into `output_dir/seed_<k>/` with `train` and return the mean objective.
+def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn) -> float | list[float]:
+    """Train each seed of the trial into `output_dir/seed_<k>/` with `train` and return the mean objective
+    (multi-objective: the mean of each of `sweep.objectives`, from each seed's final evaluation).
 
     `train` is the training job (`spacetime_rl.training.train`), passed in so that this job does
     not import that one. A pruned trial is told PRUNED here and returns NaN; so does a seed whose
@@ -82,39 +83,57 @@ def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn) -> float:
     re-raised: the sweeper records FAIL.
     """
     sweep = config.sweep
-    trial = open_trial(sweep) if sweep.trial is not None else None
+    metrics = [o.metric for o in sweep.objectives] if sweep.multi_objective else [config.training.objective]
+    # Optuna reports and prunes single-objective trials only (SweepConfig refuses a pruner otherwise).
+    trial = open_trial(sweep) if sweep.trial is not None and not sweep.multi_objective else None
     reporter = (
         PruningReporter(trial, config.training.objective, plan_budget(config).trained)
         if trial is not None
         else None
     )
-    values: list[float] = []
+    values: list[list[float]] = []
     summary: dict[str, Any] = {"trial": sweep.trial, "seeds": []}
     for k in range(sweep.seeds_per_trial):
         seed = config.training.seed + k
         seed_config = replace(config, training=replace(config.training, seed=seed))
+        seed_dir = Path(output_dir) / f"seed_{k}"
         try:
-            value = train(seed_config, Path(output_dir) / f"seed_{k}", reporter.hook(k) if reporter else None)
+            value = train(seed_config, seed_dir, reporter.hook(k) if reporter else None)
+            seed_values = _final_values(seed_dir, metrics) if sweep.multi_objective else [value]
         except Exception:
             log.exception("trial %s: seed %d failed", sweep.trial, seed)
             raise
-        summary["seeds"].append({"seed": seed, "value": value})
+        summary["seeds"].append({"seed": seed, "value": value} | _named(metrics, seed_values, sweep))
         if reporter is not None and reporter.pruned_at is not None:
             assert trial is not None
             trial.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
             log.info("trial %d pruned at step %d", trial.number, reporter.pruned_at)
             _write_summary(output_dir, config, summary | {"pruned_at": reporter.pruned_at}, None)
             return math.nan
-        if not math.isfinite(value):
-            log.error(
-                "trial %s: seed %d ended with %s = %s", sweep.trial, seed, config.training.objective, value
-            )
+        if not all(math.isfinite(v) for v in seed_values):
+            log.error("trial %s: seed %d ended with %s = %s", sweep.trial, seed, metrics, seed_values)
             _write_summary(output_dir, config, summary, None)
             return math.nan
-        values.append(value)
-    mean = sum(values) / len(values)
-    _write_summary(output_dir, config, summary, mean)
-    return mean
+        values.append(seed_values)
+    means = [sum(column) / len(column) for column in zip(*values, strict=True)]
+    _write_summary(output_dir, config, summary, means)
+    return means if sweep.multi_objective else means[0]
+
+
+def _final_values(seed_dir: Path, metrics: list[str]) -> list[float]:
+    """The final evaluation's value of each metric, from the metrics.json train() wrote."""
+    final = json.loads((seed_dir / "metrics.json").read_text()).get("final", {})
+    missing = [metric for metric in metrics if metric not in final]
+    if missing:
+        raise ConfigError(
+            f"sweep.objectives names {missing}, which {seed_dir / 'metrics.json'}'s final evaluation "
+            f"does not hold (it has {sorted(final)}): use eval/* metrics the evaluation reports"
+        )
+    return [float(final[metric]) for metric in metrics]
+
+
+def _named(metrics: list[str], values: list[float], sweep: SweepConfig) -> dict[str, Any]:
+    return {"values": dict(zip(metrics, values, strict=True))} if sweep.multi_objective else {}
 
 
 def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -124,7 +143,7 @@ def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _write_summary(
-    output_dir: Path, config: TrainConfig, summary: dict[str, Any], value: float | None
+    output_dir: Path, config: TrainConfig, summary: dict[str, Any], values: list[float] | None
 ) -> None:
     """The trial's metrics.json, in train()'s layout so `spacetime_rl.compare` reads a trial like a run."""
     seeds = []
@@ -133,11 +152,23 @@ def _write_summary(
         if seed_metrics.is_file():
             seeds.append(json.loads(seed_metrics.read_text()))
     metrics = {
-        "objective": {"name": config.training.objective, "value": value},
+        # multi-objective: the first of sweep.objectives here (compare sorts by it), all of them below
+        "objective": _objective(config, values),
         "final": _mean_metrics([seed.get("final", {}) for seed in seeds]),
         "best": _mean_metrics([seed.get("best", {}) for seed in seeds]),
         "num_timesteps": sum(seed.get("num_timesteps", 0) for seed in seeds),  # over all seeds
         "requested_timesteps": config.training.total_timesteps * config.sweep.seeds_per_trial,
         **summary,
     }
+    if config.sweep.multi_objective:
+        metrics["objectives"] = [
+            {"metric": o.metric, "direction": o.direction, "value": None if values is None else values[i]}
+            for i, o in enumerate(config.sweep.objectives)
+        ]
     write_json(Path(output_dir) / "metrics.json", metrics)
+
+
+def _objective(config: TrainConfig, values: list[float] | None) -> dict[str, Any]:
+    sweep = config.sweep
+    name = sweep.objectives[0].metric if sweep.multi_objective else config.training.objective
+    return {"name": name, "value": None if values is None else values[0]}

@@ -167,3 +167,22 @@ def test_two_workers_on_postgresql_train_exactly_n_trials_between_them(
     for trial in ("0", "1", "2"):
         assert (sweep_dir / trial / "seed_0" / "final_model.zip").is_file()
     assert "study.db" not in {p.name for p in sweep_dir.iterdir()}  # the study is in the server
+
+
+@pytest.mark.slow
+def test_a_two_objective_sweep_scores_trials_on_their_final_evaluation(tmp_path: Path) -> None:
+    result = run(tmp_path, "sweep=safety", "hydra.sweeper.n_trials=2", "sweep.front_configs=true")
+    assert result.returncode == 0, result.stderr
+    sweep_dir = tmp_path / "multirun" / "sweeps" / "safety"
+    study = optuna.load_study(study_name="safety", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
+    for trial in study.trials:  # train()'s own final evaluation, both objectives
+        final = json.loads((sweep_dir / str(trial.number) / "seed_0" / "metrics.json").read_text())["final"]
+        assert trial.values == [final["eval/success_rate"], final["eval/collisions"]]
+    with open(sweep_dir / "pareto_front.csv", newline="") as file:
+        front = [int(row["number"]) for row in csv.DictReader(file)]
+    assert front and set(front) <= {0, 1}
+    assert sorted(p.name for p in sweep_dir.glob("best_config*.yaml")) == [
+        f"best_config_{n}.yaml" for n in front
+    ]
+    assert (sweep_dir / "pareto_front.png").is_file()

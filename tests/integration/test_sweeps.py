@@ -251,7 +251,7 @@ def test_fake_sweep_prunes_a_trial_below_the_median(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert study_states(sweep_dir) == ["COMPLETE", "COMPLETE", "PRUNED"]
-    assert sorted(p.name for p in (sweep_dir / "2" / "seed_0").iterdir()) == ["eval_1"]
+    assert sorted(p.name for p in (sweep_dir / "2" / "seed_0").glob("eval_*")) == ["eval_1"]
     assert "trial 2 pruned at step 1" in job_log(sweep_dir / "2")
 
 
