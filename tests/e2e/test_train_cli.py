@@ -433,6 +433,7 @@ def test_a_missing_logger_extra_names_the_option_and_the_fix(logger: str, tmp_pa
     assert not (tmp_path / "final_model.zip").exists()
 
 
+@pytest.mark.slow
 def test_logger_wandb_offline_writes_the_run_under_the_run_dir(tmp_path: Path) -> None:
     budget = ["training.total_timesteps=256", "training.eval_freq=256", "training.save_freq=256"]
     offline = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -469,6 +470,7 @@ def test_logger_wandb_without_a_login_says_what_to_do(tmp_path: Path) -> None:
     assert "`wandb login`, or set WANDB_MODE=offline" in result.stdout
 
 
+@pytest.mark.slow
 def test_logger_mlflow_records_params_and_metrics_in_the_run_dir(tmp_path: Path) -> None:
     budget = ["training.total_timesteps=256", "training.eval_freq=256", "training.save_freq=256"]
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
