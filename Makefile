@@ -18,8 +18,10 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py preset=quick_test
 
+# Test files spread over one pytest worker per core (pytest-xdist); a file's tests stay together,
+# so its module-scoped runs and servers are made once.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # Unit and integration tests only (no CLI subprocess runs): a quick check while changing code.
 test-fast: $(STAMP)
