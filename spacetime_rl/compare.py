@@ -30,7 +30,7 @@ from rich.table import Table
 
 from spacetime_rl import studies
 from spacetime_rl.artifacts import EVALUATIONS, RUN_CONFIG, load_overrides
-from spacetime_rl.config import run_label
+from spacetime_rl.config import joined_label
 from spacetime_rl.metrics import EVAL_METRICS
 
 __all__ = ["RunRow", "compare", "find_runs", "is_sweep_dir", "learning_curves", "report_sweep"]
@@ -242,7 +242,7 @@ def _print(rows: Sequence[RunRow], labels: Sequence[str], root: Path | None) -> 
         per_task = [row.final.get(f"eval/{task}/success_rate") for task in tasks]
         table.add_row(
             _relative(row.run_dir, root),
-            run_label(row.name, row.tags) if row.name else "-",
+            joined_label(row.name, row.tags) if row.name else "-",
             label,
             row.objective,
             "-" if math.isnan(row.value) else f"{row.value:.3f}",

@@ -751,23 +751,25 @@ def run_label(name: str, tags: Sequence[str]) -> str:
             "use letters, digits, '.', '_' and '-', starting with a letter or digit (it names the run's "
             "folder), e.g. name=baseline tags=[walk,v2]",
         )
-    return _joined(name, tags)
+    return joined_label(name, tags)
 
 
-def _joined(name: str, tags: Sequence[str]) -> str:
+def joined_label(name: str, tags: Sequence[str]) -> str:
+    """`name+tag+...` as recorded, unchecked (compare reads old or hand-edited metrics.json files)."""
     return "+".join([name, *tags])
 
 
 def _folder_label(name: str | None, preset: str, tags: Sequence[str]) -> str:
     """`run_label` for hydra.run.dir, which Hydra resolves before the job starts: a bad name or tag is
     made safe here and then refused by `TrainConfig`'s check, with its message instead of a traceback."""
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", _joined(run_name(name, preset), [str(tag) for tag in tags]))
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", joined_label(run_name(name, preset), [str(tag) for tag in tags]))
 
 
 def hyperparameters(config: TrainConfig) -> dict[str, bool | int | float | str]:
     """The run's config flattened to `section.key` scalars, for TensorBoard's HPARAMS tab and wandb/mlflow.
 
-    Lists, dicts and None become their JSON text; `env.token` is left out (a secret).
+    Lists, dicts and None become their JSON text; `env.token` is left out and a password in a URL
+    (`sweep.storage`, `logger.tracking_uri`) is masked: they are secrets.
     """
     flat: dict[str, bool | int | float | str] = {}
 
@@ -775,7 +777,9 @@ def hyperparameters(config: TrainConfig) -> dict[str, bool | int | float | str]:
         if isinstance(value, dict) and value:
             for key, item in value.items():
                 add(f"{prefix}.{key}" if prefix else str(key), item)
-        elif isinstance(value, bool | int | float | str):
+        elif isinstance(value, str):
+            flat[prefix] = _without_password(value)
+        elif isinstance(value, bool | int | float):
             flat[prefix] = value
         else:
             flat[prefix] = json.dumps(value)
@@ -783,6 +787,14 @@ def hyperparameters(config: TrainConfig) -> dict[str, bool | int | float | str]:
     add("", dataclasses.asdict(config))
     flat.pop("env.token", None)
     return flat
+
+
+def _without_password(value: str) -> str:
+    """`value`, or, when it is a URL with a password, the same URL with `***` for the password."""
+    parts = urlsplit(value) if "://" in value else None
+    if parts is None or not parts.password:
+        return value
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def torch_threads(config: TrainConfig) -> int:

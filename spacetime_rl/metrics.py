@@ -160,10 +160,9 @@ def play_episodes(
     targets = np.array([(episodes + i) // env.num_envs for i in range(env.num_envs)])
     counts = np.zeros(env.num_envs, dtype=int)
     results: list[EpisodeResult] = []
-    starts = np.ones(env.num_envs, dtype=bool)
+    dones = np.ones(env.num_envs, dtype=bool)  # every agent starts an episode at the reset
     while (counts < targets).any():
-        obs, _, starts, infos = env.step(act(obs, starts))  # a done agent's next observation starts one
-        dones = starts
+        obs, _, dones, infos = env.step(act(obs, dones))  # a done agent's next observation starts one
         if after_step is not None:
             after_step()
         for i in np.flatnonzero(dones & (counts < targets)):

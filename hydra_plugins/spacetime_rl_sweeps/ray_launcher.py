@@ -39,8 +39,8 @@ class RayLauncherConf:
 
 class RayLauncher(Launcher):
     def __init__(self, address: str | None, n_jobs: int, num_cpus: int | None) -> None:
+        del n_jobs  # the sweeper reads hydra.launcher.n_jobs from the config to size its batches
         self.address = address
-        self.n_jobs = n_jobs
         self.num_cpus = num_cpus
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None

@@ -40,9 +40,8 @@ class GuardedServer:
     def __init__(self, server: web.Server, *, max_connections: int, header_timeout: float) -> None:
         self._server = server
         self._max_connections = max_connections
-        self.open: set[asyncio.Protocol] = (
-            set()
-        )  # not aiohttp's list, which keeps closed ones until their task ends
+        # counted here, not by aiohttp's list, which keeps a closed one until its handler task ends
+        self.open: set[asyncio.Protocol] = set()
         self._header_timeout = header_timeout
         self._full = error_response(
             503,
@@ -81,10 +80,8 @@ class _HeaderDeadline(asyncio.Protocol):
         if self._parser is not None:
             try:
                 self._parser.feed_data(data)
-            except httptools.HttpParserUpgrade:
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # aiohttp answers, closes
                 self._stop_watching()
-            except httptools.HttpParserError:
-                self._stop_watching()  # aiohttp answers 400 and closes
         self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:

@@ -13,23 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_sweep import fake_sweep_command
 from postgres import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_APP = Path(__file__).with_name("fake_train_app.py")
 
 
 def run_sweep(sweep_dir: Path, study_name: str, *overrides: str) -> None:
-    command = [
-        sys.executable,
-        str(FAKE_APP),
-        "-m",
-        "sweep=ppo",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"sweep.study_name={study_name}",
-        "hydra.sweeper.n_trials=2",
-        *overrides,
-    ]
+    command = fake_sweep_command(
+        sweep_dir, f"sweep.study_name={study_name}", "hydra.sweeper.n_trials=2", *overrides
+    )
     result = subprocess.run(command, cwd=sweep_dir.parent, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
 

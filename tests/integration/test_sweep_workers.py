@@ -10,32 +10,27 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from fake_sweep import fake_sweep_command
 
 from spacetime_rl.studies.storage import open_storage
 
-FAKE_APP = Path(__file__).with_name("fake_train_app.py")
 FAST_HEARTBEAT = ("sweep.heartbeat_interval=1", "sweep.grace_period=3")
 
 
 def start_worker(sweep_dir: Path, storage: str, n_trials: int, hang: bool = False) -> subprocess.Popen[str]:
-    command = [
-        sys.executable,
-        str(FAKE_APP),
-        "-m",
-        "sweep=ppo",
-        f"hydra.sweep.dir={sweep_dir}",
+    command = fake_sweep_command(
+        sweep_dir,
         f"sweep.storage={storage}",
         "sweep.study_name=shared",
         f"hydra.sweeper.n_trials={n_trials}",
         *FAST_HEARTBEAT,
-    ]
+    )
     return subprocess.Popen(
         command,
         cwd=sweep_dir.parent,

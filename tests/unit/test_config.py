@@ -307,3 +307,17 @@ def test_step_delay_is_for_launched_simulators(overrides: list[str], fix: str) -
     with pytest.raises(ConfigError, match=r"^env\.step_delay_ms=") as info:
         compose_train(*overrides)
     assert fix in str(info.value)
+
+
+def test_hyperparameters_keep_secrets_out() -> None:
+    """What HPARAMS, wandb and mlflow receive: no token, no password of a URL."""
+    from spacetime_rl.config import EnvConfig, SweepConfig, hyperparameters
+
+    config = TrainConfig(
+        env=EnvConfig(token="t0ken"),
+        sweep=SweepConfig(storage="postgresql://optuna:s3cret@db-host:5432/optuna"),
+    )
+    flat = hyperparameters(config)
+    assert "env.token" not in flat
+    assert flat["sweep.storage"] == "postgresql://optuna:***@db-host:5432/optuna"
+    assert "s3cret" not in str(flat) and "t0ken" not in str(flat)
