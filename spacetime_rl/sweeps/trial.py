@@ -103,7 +103,13 @@ def run_trial(config: TrainConfig, output_dir: Path, train: TrainFn) -> float | 
         except Exception:
             log.exception("trial %s: seed %d failed", sweep.trial, seed)
             raise
-        summary["seeds"].append({"seed": seed, "value": value} | _named(metrics, seed_values, sweep))
+        # one objective: its value; several: each by name (train()'s own value is training.objective's)
+        scored = (
+            {"values": dict(zip(metrics, seed_values, strict=True))}
+            if sweep.multi_objective
+            else {"value": value}
+        )
+        summary["seeds"].append({"seed": seed} | scored)
         if reporter is not None and reporter.pruned_at is not None:
             assert trial is not None
             trial.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
@@ -130,10 +136,6 @@ def _final_values(seed_dir: Path, metrics: list[str]) -> list[float]:
             f"does not hold (it has {sorted(final)}): use eval/* metrics the evaluation reports"
         )
     return [float(final[metric]) for metric in metrics]
-
-
-def _named(metrics: list[str], values: list[float], sweep: SweepConfig) -> dict[str, Any]:
-    return {"values": dict(zip(metrics, values, strict=True))} if sweep.multi_objective else {}
 
 
 def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:

@@ -74,6 +74,9 @@ def test_a_two_objective_sweep_reports_its_pareto_front(tmp_path: Path) -> None:
         metrics = json.loads((sweep_dir / str(row["number"]) / "metrics.json").read_text())
         values = {o["metric"]: o["value"] for o in metrics["objectives"]}
         assert values == {"eval/success_rate": row[SUCCESS], "eval/collisions": row[COLLISIONS]}
+        for seed in metrics["seeds"]:  # each seed's values by name, no unnamed single value beside them
+            assert set(seed) == {"seed", "values"}
+            assert set(seed["values"]) == {"eval/success_rate", "eval/collisions"}
 
     front = pd.read_csv(sweep_dir / "pareto_front.csv")
     expected = pareto_numbers(trials)
