@@ -63,7 +63,7 @@ def vec_env(config: TrainConfig, transport: str) -> Iterator[SpaceTimeVecEnv]:
         else:
             transports = [
                 InProcessTransport(env.agents_per_environment, seed=seed + i, action_repeat=env.action_repeat)
-                for i in range(env.num_environments)
+                for i in range(env.servers)
             ]
         venv = SpaceTimeVecEnv(transports, env, config.reward, seed=seed)
         stack.callback(venv.close)

@@ -55,7 +55,7 @@ _LABEL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 #: Loggers whose package is an optional extra of the same name (pyproject.toml), imported only when chosen.
 OPTIONAL_LOGGERS: Final = frozenset({"wandb", "mlflow"})
-#: env.num_environments when not given: one server (attaching: as many as env.url lists).
+#: Servers when env.num_environments is null and none are attached (attached: one per env.url).
 DEFAULT_ENVIRONMENTS = 1
 
 
@@ -76,7 +76,9 @@ class EnvConfig:
     project: str | None = None  # godot: the project folder passed to `executable --path`
     token: str | None = None
     scene: str = wire.DEFAULT_SCENE
-    num_environments: int = DEFAULT_ENVIRONMENTS  # servers stepped concurrently; attaching: len(env.url)
+    # Servers stepped concurrently; null: one launched, or one per env.url attached (`servers`).
+    # Left null, the run's record says what was asked, and metrics.json's settings what ran.
+    num_environments: int | None = None
     # An int for every server; null: each attached server's own count, read from its /rl/spec
     # (env=godot with env.url); `envs.with_server_agents` turns it into one count per server (a list)
     agents_per_environment: Any = wire.DEFAULT_AGENTS
@@ -206,13 +208,12 @@ class EnvConfig:
             "each server once: a server listed twice would be stepped twice per step",
         )
         _require(
-            self.num_environments in (DEFAULT_ENVIRONMENTS, len(urls)),
+            self.num_environments in (None, len(urls)),
             "env.num_environments",
             self.num_environments,
             f"attaching, the servers are the {len(urls)} URL(s) of env.url; leave env.num_environments "
-            f"unset or set it to {len(urls)}",
+            f"null or set it to {len(urls)}",
         )
-        self.num_environments = len(urls)
         remote = [url for url in urls if not _loopback_url(url)]
         _require(
             not remote or self.token is not None,
@@ -244,6 +245,13 @@ class EnvConfig:
         return "env.url" if isinstance(self.url, str) else f"env.url[{index}]"
 
     @property
+    def servers(self) -> int:
+        """How many servers train: env.num_environments, or when null one per attached URL (else one)."""
+        if self.num_environments is not None:
+            return self.num_environments
+        return len(self.urls) if self.attached else DEFAULT_ENVIRONMENTS
+
+    @property
     def server_agents(self) -> list[int]:
         """Each server's agent count, once known (`envs.with_server_agents` asks attached servers)."""
         counts = self.agents_per_environment
@@ -252,7 +260,7 @@ class EnvConfig:
                 "env.agents_per_environment=None is not known yet: ask the servers with "
                 "spacetime_rl.envs.with_server_agents(config) first"
             )
-        return list(counts) if isinstance(counts, list) else [counts] * self.num_environments
+        return list(counts) if isinstance(counts, list) else [counts] * self.servers
 
     @property
     def agents(self) -> int:
@@ -277,7 +285,7 @@ class EnvConfig:
         server and the trainer have a core of their own.
         """
         if self.busy_poll == "auto":
-            on = self.kind == "sim" and self.num_environments + 1 <= _usable_cores()
+            on = self.kind == "sim" and self.servers + 1 <= _usable_cores()
         else:
             on = self.busy_poll == "on"
         return BUSY_POLL_SECONDS if on else 0.0
@@ -802,7 +810,7 @@ def torch_threads(config: TrainConfig) -> int:
     if config.training.torch_threads:
         return config.training.torch_threads
     env = config.env
-    launched = env.num_environments + 1  # and one evaluation server
+    launched = env.servers + 1  # and one evaluation server
     servers = sum(map(_loopback_url, env.urls)) if env.attached else launched
     return max(1, _usable_cores() - servers)
 

@@ -21,6 +21,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from spacetime_rl.config import DEFAULT_ENVIRONMENTS
 from spacetime_rl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class RayLauncherConf:
     # "auto"; null: $RAY_ADDRESS if set, else a Ray started on this machine for the sweep.
     address: str | None = None
     n_jobs: int = 2  # trials launched together (the sweeper's default n_jobs): raise it with the cluster
-    # CPUs Ray reserves per trial; null: env.num_environments + 1 (its simulators and the trainer)
+    # CPUs Ray reserves per trial; null: its simulators (env.num_environments, null: one) + the trainer
     num_cpus: int | None = None
 
 
@@ -78,7 +79,10 @@ class RayLauncher(Launcher):
                 config.hydra.job.id = idx
                 config.hydra.job.num = idx
                 config.hydra.sweep.dir = str(sweep_dir)
-            cpus = self.num_cpus or int(OmegaConf.select(config, "env.num_environments", default=1)) + 1
+            cpus = (
+                self.num_cpus
+                or (OmegaConf.select(config, "env.num_environments") or DEFAULT_ENVIRONMENTS) + 1
+            )
             task = run_remote.options(num_cpus=cpus)
             pending.append(task.remote(self.hydra_context, config, self.task_function, Singleton.get_state()))
         return list(ray.get(pending))

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.vec_env import VecEnv
 
-from spacetime_rl.artifacts import ModelSource, resolve_model, write_json
+from spacetime_rl.artifacts import ModelSource, resolve_model, run_env_config, write_json
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients, with_server_agents
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.evaluation.config import EvaluateConfig, to_evaluate_config
@@ -96,10 +96,7 @@ def _choose_seed(cfg: DictConfig, run_config: DictConfig | None) -> None:
             log.info("seed=%d: the held-out episodes of a run with training.seed=0", cfg.seed)
         return
     training_seed = int(OmegaConf.select(run_config, "training.seed", default=0))
-    servers = int(OmegaConf.select(run_config, "env.num_environments", default=1))
-    urls = OmegaConf.select(run_config, "env.url", default=None)
-    if OmegaConf.select(run_config, "env.kind") == "godot" and OmegaConf.is_list(urls):
-        servers = len(urls)  # attached to a fleet: one server per URL, whatever num_environments says
+    servers = run_env_config(run_config).servers
     if cfg.seed is None:
         cfg.seed = held_out_seed(training_seed)
         log.info(

@@ -77,7 +77,7 @@ class ServerPool:
     ) -> None:
         self.config = config
         self.role = role  # "train" or "eval": which servers these are, in messages
-        self.count = config.num_environments if count is None else count
+        self.count = config.servers if count is None else count
         self.agents = config.agents if agents is None else agents
         self.seed = seed
         self.verbose = verbose
@@ -410,6 +410,6 @@ def launch_servers(
     seed: int | None = None,
     verbose: bool = False,
 ) -> Iterator[list[str]]:
-    """URLs of `count` (default env.num_environments) servers for the block; launched ones stop after it."""
+    """URLs of `count` (default env.servers) servers for the block; launched ones stop after it."""
     with ServerPool(config, count=count, agents=agents, seed=seed, verbose=verbose) as urls:
         yield urls

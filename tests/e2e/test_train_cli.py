@@ -327,6 +327,8 @@ def test_attaching_to_a_fleet_trains_on_every_server_s_agents(tmp_path: Path) ->
     assert metrics["num_timesteps"] == 1280  # whole rollouts of 64 x 10
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert saved["env"]["url"] == urls
+    # As asked: null, one server per URL (it once said 1 here while two servers trained).
+    assert saved["env"]["num_environments"] is None
 
 
 def test_launched_godot_needs_an_agent_count(tmp_path: Path) -> None:

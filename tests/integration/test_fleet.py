@@ -41,7 +41,7 @@ def attached(servers: list[SimProcess], **changes: object) -> EnvConfig:
 
 def test_each_server_tells_its_own_count_and_the_total_is_their_sum(fleet: list[SimProcess]) -> None:
     config = with_server_agents(attached(fleet))
-    assert config.server_agents == [4, 6] and config.num_agents == 10 and config.num_environments == 2
+    assert config.server_agents == [4, 6] and config.num_agents == 10 and config.servers == 2
 
 
 def test_a_given_count_that_a_server_does_not_run_names_that_server(fleet: list[SimProcess]) -> None:

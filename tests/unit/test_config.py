@@ -246,12 +246,10 @@ FLEET = ["env=godot", "env.url=[http://127.0.0.1:8081,http://127.0.0.1:8082,http
 def test_a_list_of_urls_is_the_fleet_and_one_url_still_works() -> None:
     fleet = compose_train(*FLEET).env
     assert fleet.urls == ["http://127.0.0.1:8081", "http://127.0.0.1:8082", "http://127.0.0.1:8083"]
-    assert fleet.num_environments == 3 and fleet.url_name(2) == "env.url[2]"
-    assert compose_train(*FLEET, "env.num_environments=3").env.num_environments == 3
+    assert fleet.servers == 3 and fleet.num_environments is None and fleet.url_name(2) == "env.url[2]"
+    assert compose_train(*FLEET, "env.num_environments=3").env.servers == 3
     one = compose_train("env=godot", "env.url=http://127.0.0.1:8080").env
-    assert (
-        one.urls == ["http://127.0.0.1:8080"] and one.num_environments == 1 and one.url_name(0) == "env.url"
-    )
+    assert one.urls == ["http://127.0.0.1:8080"] and one.servers == 1 and one.url_name(0) == "env.url"
 
 
 def test_a_url_list_and_another_num_environments_names_both_keys() -> None:
