@@ -12,21 +12,15 @@ its own, so `--only fleet` keeps the other figures); the rest of the page is kep
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
-import os
-import platform
-import re
 import statistics
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Final
 
 from benchmarks.memory import ROOT
+from benchmarks.report import DOC, machine, write_results
 from benchmarks.throughput import AGENT_COUNTS, MAX_SERVERS, SEED_ENDPOINT_AGENTS, Samples, Throughput
 
-DOC: Final = ROOT / "docs" / "benchmarks.md"
 BEGIN: Final = "<!-- results:begin (written by python -m benchmarks; edit outside the markers) -->"
 END: Final = "<!-- results:end -->"
 SECTIONS: Final = ("env", "training", "quick_test", "fleet", "sweeps")
@@ -34,33 +28,12 @@ FLEET_BEGIN: Final = (
     "<!-- fleet:begin (written by python -m benchmarks --only fleet; edit outside the markers) -->"
 )
 FLEET_END: Final = "<!-- fleet:end -->"
-PACKAGES: Final = ("numpy", "torch", "stable-baselines3", "aiohttp", "orjson", "godot-rl")
 # targets on the 2-core machine (issue 7)
 TARGET_TRAINING_RATIO: Final = 0.9
 TARGET_STEP_64: Final = 100_000
 TARGET_WORLD_64: Final = 200_000
 TARGET_QUICK_TEST_SECONDS: Final = 60.0
 TARGET_FLEET_SPEEDUP: Final = 0.9  # x N servers (issue 19)
-
-
-def machine() -> str:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = []
-    for package in PACKAGES:
-        try:
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{datetime.date.today()}: {os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
-        f"Python {platform.python_version()}; {', '.join(versions)}. Load average at start: {load}."
-    )
 
 
 def _k(value: float) -> str:
@@ -287,16 +260,6 @@ def targets_table(key: dict[str, float]) -> str:
     return "\n".join(["| target | measured (median) | goal | met |", "|---|---:|---:|---|", *rows])
 
 
-def write_results(text: str, path: Path = DOC, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the block between `begin` and `end` of the page (or create the page around it)."""
-    block = f"{begin}\n{text}\n{end}"
-    page = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
-    if begin not in page:
-        page = page.rstrip() + f"\n\n## Results\n\n{begin}\n{end}\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    path.write_text(pattern.sub(lambda _: block, page, count=1))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every measurement")
@@ -355,9 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     if tables:
         fleet_key = {name for name in key if name.startswith("fleet_")}
         main_summary = targets_table({k: v for k, v in key.items() if k not in fleet_key})
-        write_results("\n\n".join([*parts, "#### Targets", main_summary, *tables]))
+        write_results("\n\n".join([*parts, "#### Targets", main_summary, *tables]), BEGIN, END)
     if fleet:
-        write_results("\n\n".join([*parts, *fleet]), begin=FLEET_BEGIN, end=FLEET_END)
+        write_results("\n\n".join([*parts, *fleet]), FLEET_BEGIN, FLEET_END)
     print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
 
 

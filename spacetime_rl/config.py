@@ -319,6 +319,9 @@ class RewardConfig:
     fall_penalty: float = -50.0
     timeout_penalty: float = -20.0
     teleport_penalty: float = -1.0
+    # Per step x (1 - comfort score): the only term that makes slower, steadier motion pay, since
+    # the bonuses above grow with speed (docs/rewards.md "Earning comfort"); 0 in the seed's reward.
+    discomfort_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         for key, value in vars(self).items():
@@ -328,7 +331,13 @@ class RewardConfig:
             _require(
                 value >= 0, f"reward.{key}", value, "a bonus must be >= 0 (penalties are the *_penalty keys)"
             )
-        for key in ("collision_penalty", "fall_penalty", "timeout_penalty", "teleport_penalty"):
+        for key in (
+            "collision_penalty",
+            "fall_penalty",
+            "timeout_penalty",
+            "teleport_penalty",
+            "discomfort_penalty",
+        ):
             value = getattr(self, key)
             _require(value <= 0, f"reward.{key}", value, "a penalty must be <= 0")
 

@@ -113,6 +113,7 @@ class EpisodeResult:
         return {
             "agent": self.agent,
             "index": self.index,
+            "task": self.info.get("task"),
             "success": self.success,
             "return": self.reward,
             "length": self.length,

@@ -125,6 +125,7 @@ class RewardCalculator:
             "fall_penalty": w["fall_penalty"] * events.fell,
             "timeout_penalty": w["timeout_penalty"] * truncated,
             "teleport_penalty": w["teleport_penalty"] * events.teleports,
+            "discomfort_penalty": w["discomfort_penalty"] * (1.0 - comfort),
         }
         terms = {name: np.asarray(value, dtype=np.float64) for name, value in terms.items()}
         total = np.sum(list(terms.values()), axis=0)

@@ -59,6 +59,7 @@ def test_terms_are_the_config_fields():
         "fall_penalty",
         "timeout_penalty",
         "teleport_penalty",
+        "discomfort_penalty",
     )
 
 
@@ -78,6 +79,29 @@ def test_comfort_bonus_is_comfort_score_times_new_progress():
     result = one_step(only(comfort_bonus=2.0), 10.0, 8.0, actions=(0.0, 1.0, -0.8))
     assert result.total[0] == pytest.approx(2.8)
     assert result.comfort[0] == pytest.approx(0.7)
+
+
+def test_discomfort_penalty_costs_every_uncomfortable_step_and_nothing_standing_still():
+    penalty = only(discomfort_penalty=-1.0)
+    fast = one_step(penalty, 10.0, 10.0, velocity=(1.9, 0.0, 0.0))  # above 80% of 2 m/s: comfort 0.8
+    assert fast.terms["discomfort_penalty"][0] == pytest.approx(-0.2)
+    turning = one_step(penalty, 10.0, 10.0, actions=(0.0, 0.0, 0.9))  # comfort 0.7
+    assert turning.terms["discomfort_penalty"][0] == pytest.approx(-0.3)
+    still = one_step(penalty, 10.0, 10.0)
+    assert still.terms["discomfort_penalty"][0] == 0.0 and still.total[0] == 0.0
+
+
+def test_with_the_comfort_weights_a_comfortable_pace_pays_more_per_step_than_full_speed():
+    """docs/rewards.md "Earning comfort": 0.2 m per step at full speed, 0.16 m at 80%."""
+    weights = RewardConfig(comfort_bonus=5.0, smooth_movement=0.0, discomfort_penalty=-3.0)
+    full = one_step(weights, 10.0, 9.8, velocity=(2.0, 0.0, 0.0)).total[0]
+    comfortable = one_step(weights, 10.0, 9.84, velocity=(1.6, 0.0, 0.0)).total[0]
+    assert comfortable > full
+    seed_weights = RewardConfig(smooth_movement=0.0)  # without the term full speed pays more per step
+    assert (
+        one_step(seed_weights, 10.0, 9.8, velocity=(2.0, 0.0, 0.0)).total[0]
+        > one_step(seed_weights, 10.0, 9.84, velocity=(1.6, 0.0, 0.0)).total[0]
+    )
 
 
 def test_smooth_movement_pays_for_low_acceleration_per_metre():
