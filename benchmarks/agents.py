@@ -288,7 +288,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "agents")
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md and docs/figures/")
     parser.add_argument(
-        "--report", type=Path, help="re-read an earlier run's results.json instead of training"
+        "--report",
+        type=Path,
+        nargs="+",
+        help="make the tables from earlier runs' results-*.json (e.g. one per seed, run side by side)",
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training run")
     args = parser.parse_args()
