@@ -34,6 +34,8 @@ from spacetime_rl.seed_config import expand_config_file
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 ENV_KINDS = ("sim", "godot")
+#: Where launched servers run: subprocesses of train.py (`local`) or Ray actors over a cluster's nodes.
+LAUNCHERS = ("local", "ray")
 #: network.activation_fn values -> the torch.nn class each names (training looks the class up).
 ACTIVATIONS = {
     "relu": "ReLU",
@@ -75,6 +77,13 @@ class EnvConfig:
     executable: str | None = None  # godot: launch headless instances of this binary instead of url
     project: str | None = None  # godot: the project folder passed to `executable --path`
     token: str | None = None
+    # local: launched servers are subprocesses on this machine; ray: Ray actors spread over a Ray
+    # cluster's nodes, one CPU each (godot/ray_pool.py, docs/scaling.md)
+    launcher: str = "local"
+    # env.launcher=ray: ray.init's address, host:port of the cluster's head (or "auto"); null:
+    # $RAY_ADDRESS if set, else a Ray started on this machine for the run (inside a
+    # hydra/launcher=ray trial: that trial's cluster)
+    ray_address: str | None = None
     scene: str = wire.DEFAULT_SCENE
     num_environments: int = DEFAULT_ENVIRONMENTS  # servers stepped concurrently; attaching: len(env.url)
     # An int for every server; null: each attached server's own count, read from its /rl/spec
@@ -122,6 +131,14 @@ class EnvConfig:
                 self.project,
                 "env.executable needs env.project=/path/to/SpaceTime (the folder with project.godot)",
             )
+        _require(self.launcher in LAUNCHERS, "env.launcher", self.launcher, f"use one of {LAUNCHERS}")
+        _require(
+            self.launcher == "local" or not self.attached,
+            "env.launcher",
+            self.launcher,
+            "env.url attaches to running servers and launches none: drop env.url and set "
+            "env.executable/env.project (env=godot), or use env=sim, to have Ray start the servers",
+        )
         if self.token is not None and not access.is_valid_token(self.token):
             raise ConfigError(f"env.token is invalid: it {access.TOKEN_FIX}")  # not echoed: a secret
         if self.attached:
