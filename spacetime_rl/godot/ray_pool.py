@@ -24,6 +24,8 @@ import logging
 import os
 import secrets
 import shutil
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,7 +41,9 @@ log = logging.getLogger(__name__)
 
 #: The Ray namespace of the server actors; each is named `<role>-<index>-<pool id>` in it.
 ACTOR_NAMESPACE: Final = "spacetime_rl"
-_INSTALL_FIX: Final = "pip install -c constraints.txt -e '.[ray]' on this machine and every node (make install does)"
+_INSTALL_FIX: Final = (
+    "pip install -c constraints.txt -e '.[ray]' on this machine and every node (make install does)"
+)
 
 
 class ServerActor:
@@ -48,7 +52,9 @@ class ServerActor:
     def __init__(self, config: EnvConfig, agents: int, seed: int | None) -> None:
         import ray
 
-        self.node = ray.util.get_node_ip_address()
+        # The address Ray knows this node by (--node-ip-address): one the other nodes reach it at
+        here = ray.get_runtime_context().get_node_id()
+        self.node = next(node["NodeManagerAddress"] for node in ray.nodes() if node["NodeID"] == here)
         self._pool = ServerPool(config, count=1, agents=agents, seed=seed, host=self.node)
 
     def start(self) -> tuple[str, str, int]:
@@ -148,7 +154,10 @@ class RayServerPool(ServerPool):
             raise
         if self.verbose:
             log.info(
-                "started %d server(s) x %d agents as Ray actors: %s", self.count, self.agents, ", ".join(self.urls)
+                "started %d server(s) x %d agents as Ray actors: %s",
+                self.count,
+                self.agents,
+                ", ".join(self.urls),
             )
         return self.urls
 
@@ -188,7 +197,9 @@ class RayServerPool(ServerPool):
         try:
             started = await _awaited(ray, self._actors[index].restart.remote())
         except ray.exceptions.RayActorError as exc:
-            log.warning("the Ray actor of %s died (%s); starting a new one", self.describe(self.urls[index]), exc)
+            log.warning(
+                "the Ray actor of %s died (%s); starting a new one", self.describe(self.urls[index]), exc
+            )
             with contextlib.suppress(Exception):
                 ray.kill(self._actors[index])
             self._actors[index] = self._new_actor(ray, index)
@@ -205,8 +216,15 @@ class RayServerPool(ServerPool):
     def _connect(self, ray: Any) -> None:
         """Join the cluster at env.ray_address (a Ray already joined, e.g. in a Ray task, is kept)."""
         if not ray.is_initialized():
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             ray.init(address=self.config.ray_address, log_to_driver=False, configure_logging=False)
             RayServerPool._opened_ray = True
+            # A Ray started here takes SIGTERM for itself; train.py's handler saves a checkpoint first
+            # and stops this pool, which ends that Ray.
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in handlers.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
         RayServerPool._connections += 1
         self._connected = True
 
@@ -217,7 +235,9 @@ class RayServerPool(ServerPool):
         total = int(ray.cluster_resources().get("CPU", 0))
         # Training starts one evaluation server after these: check for it now, before any starts.
         needed = self.count + (1 if self.role == "train" else 0)
-        where = f"the Ray cluster at {self.config.ray_address or os.environ.get('RAY_ADDRESS') or 'this machine'}"
+        where = (
+            f"the Ray cluster at {self.config.ray_address or os.environ.get('RAY_ADDRESS') or 'this machine'}"
+        )
         fix = (
             "add nodes (ray start --address=<head> on each), start the head with more --num-cpus, or "
             "lower env.num_environments"
