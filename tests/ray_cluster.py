@@ -52,6 +52,10 @@ def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the raylet, GCS and workers end with it
+            # Without token authentication whatever ~/.ray holds: a token there (written by any
+            # `ray.init()` that started a Ray of its own) turns it on, and clients given an address
+            # would then be refused
+            env=os.environ | {"RAY_AUTH_MODE": "disabled"},
         )
     try:
         while READY not in log.read_text():

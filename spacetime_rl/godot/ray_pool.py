@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -52,18 +53,18 @@ class ServerActor:
     def __init__(self, config: EnvConfig, agents: int, seed: int | None) -> None:
         import ray
 
+        self.node_id = ray.get_runtime_context().get_node_id()
         # The address Ray knows this node by (--node-ip-address): one the other nodes reach it at
-        here = ray.get_runtime_context().get_node_id()
-        self.node = next(node["NodeManagerAddress"] for node in ray.nodes() if node["NodeID"] == here)
+        self.node = next(node["NodeManagerAddress"] for node in ray.nodes() if node["NodeID"] == self.node_id)
         self._pool = ServerPool(config, count=1, agents=agents, seed=seed, host=self.node)
 
-    def start(self) -> tuple[str, str, int]:
-        """Start the server; its URL, this node's address and the server's pid."""
+    def start(self) -> dict[str, Any]:
+        """Start the server; its URL, process id and node (address and Ray's id)."""
         _check_node(self._pool.config, self.node)
         url = self._pool.start()[0]
-        return url, self.node, self._pool.pids[0]
+        return {"url": url, "pid": self._pool.pids[0], "node": self.node, "node_id": self.node_id}
 
-    def restart(self) -> tuple[str, str, int]:
+    def restart(self) -> dict[str, Any]:
         self._pool.stop()
         return self.start()
 
@@ -100,8 +101,7 @@ class RayServerPool(ServerPool):
             self.config = dataclasses.replace(config, token=secrets.token_urlsafe())
         self._id = uuid.uuid4().hex[:8]
         self._actors: list[Any] = []
-        self._nodes: list[str] = []
-        self._pids: list[int] = []
+        self._servers: list[dict[str, Any]] = []  # what each actor's start() said
         self._group: Any = None
         self._connected = False
 
@@ -116,15 +116,15 @@ class RayServerPool(ServerPool):
             return f"{role}server {url} ({self.name})"
         index = self.urls.index(url)
         port = url.rsplit(":", 1)[-1]
+        server = self._servers[index]
         return (
-            f"{role}server {index} ({self.name} on node {self._nodes[index]}, port {port}, "
-            f"pid {self._pids[index]})"
+            f"{role}server {index} ({self.name} on node {server['node']}, port {port}, pid {server['pid']})"
         )
 
     @property
     def pids(self) -> list[int]:
         """The servers' process ids, each on its node (`record()` says which)."""
-        return list(self._pids)
+        return [server["pid"] for server in self._servers]
 
     def record(self) -> dict[str, Any]:
         return {
@@ -132,8 +132,7 @@ class RayServerPool(ServerPool):
             "ray_address": self.config.ray_address,
             "placement_group": self._group.id.hex() if self._group is not None else None,
             "servers": [
-                {"url": url, "node": node, "pid": pid, "actor": self._actor_name(index)}
-                for index, (url, node, pid) in enumerate(zip(self.urls, self._nodes, self._pids, strict=True))
+                server | {"actor": self._actor_name(index)} for index, server in enumerate(self._servers)
             ],
         }
 
@@ -144,21 +143,20 @@ class RayServerPool(ServerPool):
             self._connect(ray)
             self._group = self._reserve(ray)
             self._actors = [self._new_actor(ray, index) for index in range(self.count)]
-            started = _unwrap(ray, lambda: ray.get([actor.start.remote() for actor in self._actors]))
-            self.urls = [url for url, _, _ in started]
-            self._nodes = [node for _, node, _ in started]
-            self._pids = [pid for _, _, pid in started]
+            self._servers = _unwrap(ray, lambda: ray.get([actor.start.remote() for actor in self._actors]))
+            self.urls = [server["url"] for server in self._servers]
             asyncio.run(self._check_reachable())
         except BaseException:
             self.stop()
             raise
-        if self.verbose:
-            log.info(
-                "started %d server(s) x %d agents as Ray actors: %s",
-                self.count,
-                self.agents,
-                ", ".join(self.urls),
-            )
+        nodes = collections.Counter(f"{server['node']} ({server['node_id'][:8]})" for server in self._servers)
+        log.info(
+            "started %d %sserver(s) x %d agents as Ray actors, per node: %s",
+            self.count,
+            f"{self.role} " if self.role else "",
+            self.agents,
+            ", ".join(f"{node} {count}" for node, count in nodes.items()),
+        )
         return self.urls
 
     def stop(self) -> None:
@@ -198,13 +196,16 @@ class RayServerPool(ServerPool):
             started = await _awaited(ray, self._actors[index].restart.remote())
         except ray.exceptions.RayActorError as exc:
             log.warning(
-                "the Ray actor of %s died (%s); starting a new one", self.describe(self.urls[index]), exc
+                "the Ray actor of %s died (%s); starting a new one in its bundle",
+                self.describe(self.urls[index]),
+                str(exc).splitlines()[0],
             )
             with contextlib.suppress(Exception):
                 ray.kill(self._actors[index])
             self._actors[index] = self._new_actor(ray, index)
             started = await _awaited(ray, self._actors[index].start.remote())
-        self.urls[index], self._nodes[index], self._pids[index] = started
+        self._servers[index] = started
+        self.urls[index] = started["url"]
         await self._wait_healthy(index, self.urls[index], time.monotonic() + self.config.connect_timeout)
         log.warning(
             "restarted %s after a fault; its agents' episodes were truncated", self.describe(self.urls[index])
@@ -286,7 +287,7 @@ class RayServerPool(ServerPool):
 
     def _failure(self, index: int, kind: type[Exception], what: str) -> Exception:
         return kind(
-            f"Server {index} ({self.name} on node {self._nodes[index]}) {what}. Check that this machine "
+            f"Server {index} ({self.name} on node {self._servers[index]['node']}) {what}. Check that this machine "
             f"reaches the node's address (a firewall, or a node address that only the node sees)"
         )
 

@@ -4,6 +4,7 @@ group or simulator behind, at a normal exit or after Ctrl-C; the refusals name t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import psutil
 import pytest
 import ray
 import yaml
+from fake_godot import fake_godot
 from ray_cluster import RayHead, ray_head
 
 from spacetime_rl.config import EnvConfig
@@ -122,6 +124,37 @@ def test_ctrl_c_saves_a_checkpoint_and_leaves_no_actor_group_or_simulator(
 
     assert process.returncode == 130, stderr
     assert "interrupted by SIGINT" in stdout + stderr and "Traceback" not in stderr
+    assert_nothing_left(head)
+
+
+def test_a_godot_whose_actor_died_restarts_in_a_new_actor_on_the_node_s_address_with_a_token(
+    head: RayHead, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "project.godot").touch()
+    config = EnvConfig(
+        kind="godot",
+        executable=str(fake_godot(tmp_path / "godot")),
+        project=str(project),
+        agents_per_environment=2,
+        launcher="ray",
+        ray_address=head.address,
+    )
+    pool = server_pool(config, seed=0)
+    with pool as (url,):
+        assert pool.config.token and config.token is None  # generated for the run, never saved
+        first = pool.record()["servers"][0]
+        command = psutil.Process(first["pid"]).cmdline()
+        assert f"--rl-host={head.node}" in command and f"--rl-allowed-host={head.node}" in command
+        assert url.startswith(f"http://{head.node}:")
+        ray.kill(ray.get_actor(first["actor"], namespace=ACTOR_NAMESPACE))
+        psutil.wait_procs([psutil.Process(first["pid"])], timeout=10)  # --parent-pid: it follows its actor
+        url = asyncio.run(pool.restart(0))
+        second = pool.record()["servers"][0]
+        assert second["pid"] != first["pid"] and second["url"] == url and pool.restarts == 1
+        assert ray.get_actor(second["actor"], namespace=ACTOR_NAMESPACE)  # a new actor, same name and bundle
+    assert not ray.is_initialized()
     assert_nothing_left(head)
 
 
