@@ -80,9 +80,9 @@ class EnvConfig:
     # local: launched servers are subprocesses on this machine; ray: Ray actors spread over a Ray
     # cluster's nodes, one CPU each (godot/ray_pool.py, docs/scaling.md)
     launcher: str = "local"
-    # env.launcher=ray: ray.init's address, host:port of the cluster's head (or "auto"); null:
-    # $RAY_ADDRESS if set, else a Ray started on this machine for the run (inside a
-    # hydra/launcher=ray trial: that trial's cluster)
+    # env.launcher=ray: ray.init's address, host:port of the cluster's head ("local": a new Ray on
+    # this machine); null: $RAY_ADDRESS, else the cluster last started here, else a new one (inside
+    # a hydra/launcher=ray trial: that trial's cluster)
     ray_address: str | None = None
     scene: str = wire.DEFAULT_SCENE
     num_environments: int = DEFAULT_ENVIRONMENTS  # servers stepped concurrently; attaching: len(env.url)
