@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -217,8 +218,17 @@ class RayServerPool(ServerPool):
     def _connect(self, ray: Any) -> None:
         """Join the cluster at env.ray_address (a Ray already joined, e.g. in a Ray task, is kept)."""
         if not ray.is_initialized():
+            address = self.config.ray_address
+            fix = (
+                f"start the head there (ray start --head --port=PORT) or fix env.ray_address={address!r}; "
+                "env.launcher=local runs the servers on this machine instead"
+            )
+            _check_head(address, self.config.connect_timeout, fix)
             handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-            ray.init(address=self.config.ray_address, log_to_driver=False, configure_logging=False)
+            try:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError) as exc:
+                raise ConfigError(f"env.launcher=ray could not join a Ray cluster ({exc}): {fix}") from exc
             RayServerPool._opened_ray = True
             # A Ray started here takes SIGTERM for itself; train.py's handler saves a checkpoint first
             # and stops this pool, which ends that Ray.
@@ -290,6 +300,19 @@ class RayServerPool(ServerPool):
             f"Server {index} ({self.name} on node {self._servers[index]['node']}) {what}. Check that this machine "
             f"reaches the node's address (a firewall, or a node address that only the node sees)"
         )
+
+
+def _check_head(address: str | None, timeout: float, fix: str) -> None:
+    """Fail at once when nothing listens at a `host:port` address: ray.init would retry for minutes."""
+    host, colon, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not (colon and port.isdigit()):
+        return  # null, auto or local: Ray finds or starts the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"env.launcher=ray: nothing answers at env.ray_address={address!r} ({exc}): {fix}"
+        ) from exc
 
 
 def _import_ray() -> Any:

@@ -18,6 +18,7 @@ import pytest
 import ray
 import yaml
 from fake_godot import fake_godot
+from postgres import free_port
 from ray_cluster import RayHead, ray_head
 
 from spacetime_rl.config import EnvConfig
@@ -185,6 +186,16 @@ def test_a_node_without_env_executable_is_named(head: RayHead, tmp_path: Path) -
         f"env.executable={str(tmp_path / 'godot')!r} is not an executable file on Ray node {head.node}"
     )
     assert not ray.is_initialized()
+
+
+def test_an_address_where_no_ray_listens_is_refused_at_once() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        server_pool(EnvConfig(launcher="ray", ray_address=address)).start()
+    assert str(error.value).startswith(f"env.launcher=ray: nothing answers at env.ray_address={address!r}")
+    assert "ray start --head" in str(error.value) and "env.launcher=local" in str(error.value)
+    assert time.monotonic() - started < 10
 
 
 def test_without_ray_the_launcher_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
