@@ -2,8 +2,8 @@
 
 `RayServerPool` reserves a placement group of one 1-CPU bundle per server (strategy SPREAD: a node
 each while there are nodes), and starts a `ServerActor` in each bundle. The actor runs a one-server
-local `ServerPool` on its node, listening on the node's address (loopback only when the cluster
-is), with the pool's token: env.token, or one generated for the run. The trainer then checks
+local `ServerPool` on its node, listening on the address Ray knows the node by (a network
+address, so never without a token: env.token, or one generated for the run). The trainer then checks
 each server's `/health` itself, so a node it cannot reach fails at start, naming the node.
 
 A fault restarts the server through its actor, or through a new actor in the same bundle when
@@ -108,7 +108,7 @@ class RayServerPool(ServerPool):
 
     @property
     def name(self) -> str:
-        what = "python -m spacetime_rl.sim" if self.config.kind == "sim" else f"{self.config.executable}"
+        what = "python -m spacetime_rl.sim" if self.config.kind == "sim" else str(self.config.executable)
         return f"{what} as a Ray actor"
 
     def describe(self, url: str) -> str:
