@@ -55,6 +55,7 @@ def measure_fleet(
         agents_per_environment=AGENTS,
         step_delay_ms=STEP_DELAY_MS,
         busy_poll="off",
+        connect_timeout=60,  # as PPO_OVERRIDES: eight servers started at load 9 missed the default 10 s
     )
     bank = actions_bank(AGENTS)
     for _ in range(repeats):

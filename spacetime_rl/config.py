@@ -34,6 +34,8 @@ from spacetime_rl.seed_config import expand_config_file
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 ENV_KINDS = ("sim", "godot")
+#: Where launched servers run: subprocesses of train.py (`local`) or Ray actors over a cluster's nodes.
+LAUNCHERS = ("local", "ray")
 #: network.activation_fn values -> the torch.nn class each names (training looks the class up).
 ACTIVATIONS = {
     "relu": "ReLU",
@@ -75,6 +77,13 @@ class EnvConfig:
     executable: str | None = None  # godot: launch headless instances of this binary instead of url
     project: str | None = None  # godot: the project folder passed to `executable --path`
     token: str | None = None
+    # local: launched servers are subprocesses on this machine; ray: Ray actors spread over a Ray
+    # cluster's nodes, one CPU each (godot/ray_pool.py, docs/scaling.md)
+    launcher: str = "local"
+    # env.launcher=ray: ray.init's address, host:port of the cluster's head ("local": a new Ray on
+    # this machine); null: $RAY_ADDRESS, else the cluster last started here, else a new one (inside
+    # a hydra/launcher=ray trial: that trial's cluster)
+    ray_address: str | None = None
     scene: str = wire.DEFAULT_SCENE
     # Servers stepped concurrently; null: one launched, or one per env.url attached (`servers`).
     # Left null, the run's record says what was asked, and metrics.json's settings what ran.
@@ -124,6 +133,14 @@ class EnvConfig:
                 self.project,
                 "env.executable needs env.project=/path/to/SpaceTime (the folder with project.godot)",
             )
+        _require(self.launcher in LAUNCHERS, "env.launcher", self.launcher, f"use one of {LAUNCHERS}")
+        _require(
+            self.launcher == "local" or not self.attached,
+            "env.launcher",
+            self.launcher,
+            "env.url attaches to running servers and launches none: drop env.url and set "
+            "env.executable/env.project (env=godot), or use env=sim, to have Ray start the servers",
+        )
         if self.token is not None and not access.is_valid_token(self.token):
             raise ConfigError(f"env.token is invalid: it {access.TOKEN_FIX}")  # not echoed: a secret
         if self.attached:

@@ -148,9 +148,11 @@ def with_server_agents(config: EnvConfig) -> EnvConfig:
     return dataclasses.replace(config, agents_per_environment=counts)
 
 
-def connector(pool: ServerPool, config: EnvConfig) -> Callable[[str], Any]:
+def connector(pool: ServerPool) -> Callable[[str], Any]:
     """Makes the client of a pool's server by URL, named for messages (`train server 0 (..., pid N)`);
-    what `SpaceTimeVecEnv` gets at start and, through `pool.recovery`, after a restart."""
+    what `SpaceTimeVecEnv` gets at start and, through `pool.recovery`, after a restart. The pool's
+    config has the servers' token (a Ray pool may have generated it)."""
+    config = pool.config
 
     def connect(url: str) -> Any:
         # attached: named by its config key, so the client's hints name env.token and the like

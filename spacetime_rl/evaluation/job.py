@@ -30,7 +30,7 @@ from spacetime_rl.evaluation.plots import plot_episodes
 from spacetime_rl.evaluation.policies import heuristic_policy, random_policy
 from spacetime_rl.evaluation.settings import apply_run_config
 from spacetime_rl.evaluation.trajectories import RecordingTransport, attach_paths
-from spacetime_rl.godot.launcher import launch_servers
+from spacetime_rl.godot.launcher import server_pool
 from spacetime_rl.metrics import (
     METRICS,
     Act,
@@ -129,11 +129,11 @@ def evaluate(config: EvaluateConfig, output_dir: Path, source: ModelSource | Non
     seed = held_out_seed(0) if config.seed is None else config.seed
     agents = min(config.episodes, env_config.agents)
     with contextlib.ExitStack() as stack:
-        urls = stack.enter_context(
-            launch_servers(env_config, count=1, agents=agents, seed=seed, verbose=config.verbose)
-        )
+        pool = server_pool(env_config, count=1, agents=agents, seed=seed, verbose=config.verbose)
+        urls = stack.enter_context(pool)
         layout_rounds = math.ceil(config.plot_episodes / agents)
-        recorders = [RecordingTransport(client, layout_rounds) for client in make_clients(urls, env_config)]
+        clients = make_clients(urls, pool.config)  # with the token a Ray pool generated
+        recorders = [RecordingTransport(client, layout_rounds) for client in clients]
         venv = SpaceTimeVecEnv(recorders, env_config, config.reward, seed=seed, tasks=config.task)
         stack.callback(venv.close)
         env, act = _policy(config, venv, source, seed)

@@ -8,6 +8,8 @@ the first Godot starts, a project whose script class cache lacks the addon is im
 (`godot --headless --path PROJECT --import`). With
 env=godot and env.url it attaches to running servers instead (env.url's list, or its first `count`
 for evaluation), and recovering means waiting for the faulty one with backoff. `recovery(connect)` is what `SpaceTimeVecEnv` calls when a server faults.
+With env.launcher=ray, `server_pool` gives a `RayServerPool` (godot/ray_pool.py) instead: the same
+interface, its servers Ray actors on a cluster's nodes.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from typing import Any, Final
 from spacetime_rl.config import EnvConfig
 from spacetime_rl.errors import ConfigError, GodotConnectionError, GodotError, GodotTimeoutError
 from spacetime_rl.godot.client import GodotClient, Timeouts
-from spacetime_rl.protocol import wire
+from spacetime_rl.protocol import access, wire
 
-__all__ = ["Recovery", "ServerPool", "launch_servers"]
+__all__ = ["Recovery", "ServerPool", "launch_servers", "server_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class ServerPool:
         seed: int | None = None,
         verbose: bool = False,
         role: str = "",
+        host: str = wire.DEFAULT_HOST,
     ) -> None:
         self.config = config
         self.role = role  # "train" or "eval": which servers these are, in messages
@@ -81,6 +84,7 @@ class ServerPool:
         self.agents = config.agents if agents is None else agents
         self.seed = seed
         self.verbose = verbose
+        self.host = host  # the address servers listen on (a Ray node's, to be reached from others)
         self.urls: list[str] = []
         self.restarts = 0  # servers restarted after a fault, over the pool's life
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -159,6 +163,26 @@ class ServerPool:
         Raises `GodotConnectionError` once env.max_restarts restarts happened within
         env.restart_window seconds: a server that keeps failing is broken, not unlucky.
         """
+        self._count_restart(index, fault)
+        process = self._processes[index]
+        _signal_group(process, signal.SIGKILL)  # it failed: nothing of its state is worth a grace period
+        process.wait()
+        self._processes[index] = self._spawn(index)
+        self.urls[index] = await self._wait_ready(index)
+        log.warning(
+            "restarted %s after a fault; its agents' episodes were truncated", self.describe(self.urls[index])
+        )
+        return self.urls[index]
+
+    def record(self) -> dict[str, Any]:
+        """What ran, for metrics.json: the launcher and each server's URL and process (attached: URLs)."""
+        if not self.launched:
+            return {"launcher": None, "servers": [{"url": url} for url in self.urls]}
+        servers = [{"url": url, "pid": pid} for url, pid in zip(self.urls, self.pids, strict=True)]
+        return {"launcher": "local", "servers": servers}
+
+    def _count_restart(self, index: int, fault: GodotError | None) -> None:
+        """Count a restart of server `index`, or raise once env.max_restarts are used up (`restart`)."""
         now = time.monotonic()
         while self._recent_restarts and now - self._recent_restarts[0] > self.config.restart_window:
             self._recent_restarts.popleft()
@@ -173,15 +197,6 @@ class ServerPool:
             )
         self._recent_restarts.append(now)
         self.restarts += 1
-        process = self._processes[index]
-        _signal_group(process, signal.SIGKILL)  # it failed: nothing of its state is worth a grace period
-        process.wait()
-        self._processes[index] = self._spawn(index)
-        self.urls[index] = await self._wait_ready(index)
-        log.warning(
-            "restarted %s after a fault; its agents' episodes were truncated", self.describe(self.urls[index])
-        )
-        return self.urls[index]
 
     def recovery(self, connect: Callable[[str], Any]) -> Recovery:
         """The VecEnv's fault handler: `connect(url)` makes a transport for a (re)started server."""
@@ -276,6 +291,8 @@ class ServerPool:
                 "--path",
                 self.config.project,
                 "--",
+                f"--rl-host={self.host}",
+                *([] if access.is_loopback(self.host) else [f"--rl-allowed-host={self.host}"]),
                 "--rl-port=0",
                 f"--rl-agents={self.agents}",
                 f"--rl-action-repeat={self.config.action_repeat}",
@@ -287,7 +304,8 @@ class ServerPool:
             "-m",
             "spacetime_rl.sim",
             "--host",
-            wire.DEFAULT_HOST,
+            self.host,
+            *([] if access.is_loopback(self.host) else ["--allowed-host", self.host]),
             "--port",
             "0",
             "--agents",
@@ -401,6 +419,18 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)
 
 
+def server_pool(config: EnvConfig, **options: Any) -> ServerPool:
+    """The pool env.launcher names: `ServerPool` (local subprocesses, or attached) or `RayServerPool`.
+
+    Its clients must be made with the pool's `config`: a Ray pool's carries the token it generated.
+    """
+    if config.launcher == "ray":
+        from spacetime_rl.godot.ray_pool import RayServerPool  # Ray loads only when asked for
+
+        return RayServerPool(config, **options)
+    return ServerPool(config, **options)
+
+
 @contextlib.contextmanager
 def launch_servers(
     config: EnvConfig,
@@ -410,6 +440,9 @@ def launch_servers(
     seed: int | None = None,
     verbose: bool = False,
 ) -> Iterator[list[str]]:
-    """URLs of `count` (default env.servers) servers for the block; launched ones stop after it."""
+    """URLs of `count` (default env.servers) servers for the block; launched ones stop after it.
+
+    Local subprocesses whatever env.launcher says (benchmarks, tests): `server_pool` honours it.
+    """
     with ServerPool(config, count=count, agents=agents, seed=seed, verbose=verbose) as urls:
         yield urls

@@ -6,7 +6,8 @@ Output directory layout:
     checkpoints/vr_nav_model_<steps>_steps.zip (+ _vecnormalize.pkl, _state.json)
     best_models/best_model.zip      (+ companions) best evaluation so far
     final_model.zip                 (+ companions)
-    metrics.json                    name and tags, final and best evaluation, the objective, server faults
+    metrics.json                    name and tags, final and best evaluation, the objective, server faults,
+                                    the servers (launcher, URLs, processes; Ray nodes and actors)
     progress.csv / wandb/ / mlflow.db   with logger=csv|wandb|mlflow (training/loggers.py)
 
 SIGINT (Ctrl-C) and SIGTERM stop training at the next step: a checkpoint is saved, the servers are
@@ -64,7 +65,7 @@ from spacetime_rl.config import (
 from spacetime_rl.curriculum import Curriculum, TaskCurricula
 from spacetime_rl.envs import SpaceTimeVecEnv, connector, with_server_agents
 from spacetime_rl.errors import ConfigError, GodotError
-from spacetime_rl.godot.launcher import ServerPool
+from spacetime_rl.godot.launcher import ServerPool, server_pool
 from spacetime_rl.seeds import held_out_seed, in_training_eval_seed
 from spacetime_rl.snapshots import Model, algorithm, load_frozen
 from spacetime_rl.training.callbacks import (
@@ -270,6 +271,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "restarts": envs.train_pool.restarts + envs.eval_pool.restarts,
             "lost_agent_steps": train_venv.lost_agent_steps,
         }
+        servers = {"train": envs.train_pool.record(), "eval": envs.eval_pool.record()}
 
     objective = float(record.last[training.objective])
     write_json(
@@ -288,6 +290,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "env_used": env_used,
             "curriculum": curriculum.to_dict() | {"name": curriculum.stage_name},
             "server_faults": faults,
+            "servers": servers,
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
@@ -349,8 +352,8 @@ def _start_envs(stack: contextlib.ExitStack, config: TrainConfig) -> _Envs:
     """
     env_config, training = config.env, config.training
 
-    train_pool = ServerPool(env_config, seed=training.seed, verbose=config.verbose, role="train")
-    eval_pool = ServerPool(
+    train_pool = server_pool(env_config, seed=training.seed, verbose=config.verbose, role="train")
+    eval_pool = server_pool(
         env_config,
         count=1,
         agents=min(training.eval_episodes, env_config.agents),
@@ -362,19 +365,19 @@ def _start_envs(stack: contextlib.ExitStack, config: TrainConfig) -> _Envs:
     train_urls = stack.enter_context(train_pool)
     eval_urls = stack.enter_context(eval_pool)
     train_venv = SpaceTimeVecEnv(
-        [connector(train_pool, env_config)(url) for url in train_urls],
+        [connector(train_pool)(url) for url in train_urls],
         env_config,
         config.reward,
         seed=training.seed,
-        recover=train_pool.recovery(connector(train_pool, env_config)),
+        recover=train_pool.recovery(connector(train_pool)),
         tasks=config.task,
     )
     stack.callback(train_venv.close)
     eval_venv = SpaceTimeVecEnv(
-        [connector(eval_pool, env_config)(url) for url in eval_urls],
+        [connector(eval_pool)(url) for url in eval_urls],
         env_config,
         config.reward,
-        recover=eval_pool.recovery(connector(eval_pool, env_config)),
+        recover=eval_pool.recovery(connector(eval_pool)),
         tasks=config.task,
     )
     stack.callback(eval_venv.close)

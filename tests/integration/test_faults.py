@@ -73,11 +73,11 @@ def recovering_venv(config: EnvConfig, seed: int | None = 0) -> Iterator[tuple[S
     pool = ServerPool(config, seed=0, role="train")
     urls = pool.start()
     venv = SpaceTimeVecEnv(
-        [connector(pool, config)(url) for url in urls],
+        [connector(pool)(url) for url in urls],
         config,
         RewardConfig(),
         seed=seed,
-        recover=pool.recovery(connector(pool, config)),
+        recover=pool.recovery(connector(pool)),
     )
     try:
         yield pool, venv
@@ -144,7 +144,7 @@ def attached_via_proxy() -> Iterator[tuple[CorruptingProxy, SpaceTimeVecEnv]]:
             make_clients(attached.start(), config),
             config,
             RewardConfig(),
-            recover=attached.recovery(connector(attached, config)),
+            recover=attached.recovery(connector(attached)),
         )
         try:
             yield proxy, venv

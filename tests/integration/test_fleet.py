@@ -62,10 +62,10 @@ def test_a_server_that_dies_mid_run_is_named_when_training_gives_up(caplog: pyte
         pool = ServerPool(config, role="train")
         urls = pool.start()
         venv = SpaceTimeVecEnv(
-            [connector(pool, config)(url) for url in urls],
+            [connector(pool)(url) for url in urls],
             config,
             RewardConfig(),
-            recover=pool.recovery(connector(pool, config)),
+            recover=pool.recovery(connector(pool)),
         )
         try:
             venv.reset()

@@ -13,44 +13,15 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from fake_godot import fake_godot
 
 from spacetime_rl.config import BUSY_POLL_SECONDS, EnvConfig, RewardConfig
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.errors import ConfigError, GodotTimeoutError
-from spacetime_rl.godot.launcher import ADDON_SCRIPT, CLASS_CACHE, ServerPool
+from spacetime_rl.godot.launcher import CLASS_CACHE, ServerPool
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "launcher-secret"
-
-
-def fake_godot(path: Path, *, imports: bool = True, stdout_to_stderr: bool = False) -> Path:
-    """A stand-in `godot` binary. It appends its arguments to `path`.log, one invocation a line;
-    `--path P --import` writes P's script class cache (without `imports`, nothing); anything else
-    prints Godot's banner and runs the simulator with Godot's flags, whose stdout goes to stderr with
-    `stdout_to_stderr` (a release export, where print() is never flushed, says its ready line there)."""
-    cache = f'"$project/{CLASS_CACHE.parent}"'
-    path.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s " "$@" >> "{path}.log"; echo >> "{path}.log"\n'
-        'project=""; previous=""\n'
-        'for arg in "$@"; do\n'
-        '  if [ "$previous" = "--path" ]; then project="$arg"; fi\n'
-        '  if [ "$arg" = "--import" ]; then\n'
-        + (
-            f"    mkdir -p {cache}\n"
-            f'    echo \'list=[{{"class": &"RLService", "path": "{ADDON_SCRIPT}"}}]\' > "$project/{CLASS_CACHE}"\n'
-            if imports
-            else ""
-        )
-        + "    exit 0\n"
-        "  fi\n"
-        '  previous="$arg"\n'
-        "done\n"
-        'echo "Godot Engine v4.5.1.stable.official - https://godotengine.org"\n'
-        f'exec "{sys.executable}" -m spacetime_rl.sim "$@"{" 1>&2" if stdout_to_stderr else ""}\n'
-    )
-    path.chmod(0o755)
-    return path
 
 
 def invocations(godot: Path) -> list[list[str]]:

@@ -4,60 +4,25 @@ a two-trial sweep whose trials run as Ray tasks in the cluster's workers and rep
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-from postgres import free_port
+from ray_cluster import ray_head
 
 from spacetime_rl.studies.storage import open_storage
 
 FAKE_APP = Path(__file__).with_name("fake_train_app.py")
-RAY = Path(sys.executable).with_name("ray")
-READY = "This command will now block"
 
 
 @pytest.fixture
 def ray_address() -> Iterator[str]:
-    """A one-node Ray cluster with 2 CPUs; ended with its whole process group (started here)."""
-    port = free_port()
-    # Ray's socket paths must fit in 107 bytes: a short folder, not pytest's tmp_path
-    folder = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    log = folder / "head.log"
-    with open(log, "w") as out:
-        head = subprocess.Popen(
-            [
-                str(RAY),
-                "start",
-                "--head",
-                "--block",
-                f"--port={port}",
-                "--num-cpus=2",
-                "--node-ip-address=127.0.0.1",
-                "--include-dashboard=false",
-                "--disable-usage-stats",
-                f"--temp-dir={folder / 'ray'}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the raylet, GCS and workers end with it
-        )
-    try:
-        while READY not in log.read_text():
-            assert head.poll() is None, log.read_text()
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
+    """A one-node Ray cluster with 2 CPUs, started and ended here (tests/ray_cluster.py)."""
+    with ray_head() as head:
+        yield head.address
 
 
 def test_a_sweeps_trials_run_on_the_ray_cluster_and_report_to_one_study(

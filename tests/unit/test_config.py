@@ -155,6 +155,7 @@ def test_wrong_type_fails_with_full_key() -> None:
         ("env.kind=unity", "env.kind"),
         ("training.rollout_torch_threads=-1", "training.rollout_torch_threads"),
         ("env.busy_poll=sometimes", "env.busy_poll"),
+        ("env.launcher=slurm", "env.launcher"),
     ],
 )
 def test_values_checked_for_sense(override: str, key: str) -> None:
@@ -319,3 +320,14 @@ def test_hyperparameters_keep_secrets_out() -> None:
     assert "env.token" not in flat
     assert flat["sweep.storage"] == "postgresql://optuna:***@db-host:5432/optuna"
     assert "s3cret" not in str(flat) and "t0ken" not in str(flat)
+
+
+def test_ray_launches_servers_and_does_not_attach() -> None:
+    launched = compose_train("env.launcher=ray", "env.ray_address=10.0.0.1:6379").env
+    assert (launched.launcher, launched.ray_address) == ("ray", "10.0.0.1:6379")
+    assert compose_train().env.launcher == "local"
+    with pytest.raises(ConfigError) as info:
+        compose_train(*FLEET, "env.launcher=ray")
+    message = str(info.value)
+    assert message.startswith("env.launcher='ray' is invalid: env.url attaches to running servers")
+    assert "env.executable/env.project" in message
