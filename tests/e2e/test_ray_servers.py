@@ -166,7 +166,9 @@ def test_a_cluster_without_a_cpu_per_server_is_refused_with_the_numbers(head: Ra
     with pytest.raises(ConfigError) as error:
         server_pool(config, role="train").start()
     message = str(error.value)
-    assert message.startswith("env.launcher=ray reserves one CPU per server, 4 for 3 server(s) (env.num_environments=3)")
+    assert message.startswith(
+        "env.launcher=ray reserves one CPU per server, 4 for 3 server(s) (env.num_environments=3)"
+    )
     assert f"the Ray cluster at {head.address} has 3 CPUs" in message and "--num-cpus" in message
     assert time.monotonic() - started < 30 and not ray.is_initialized()
 
