@@ -45,6 +45,7 @@ from spacetime_rl.artifacts import (
     checkpoint_path,
     clean_stale,
     load_state,
+    record_resolved,
     resolve_resume,
     save_snapshot,
     stats_path,
@@ -58,6 +59,7 @@ from spacetime_rl.config import (
     TrainConfig,
     TrainingConfig,
     hyperparameters,
+    rollout_mode,
     run_name,
     torch_threads,
 )
@@ -81,6 +83,7 @@ from spacetime_rl.training.callbacks import (
     evaluate,
 )
 from spacetime_rl.training.loggers import destinations, run_logger
+from spacetime_rl.training.overlapped import OverlappedPPO
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,10 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     evaluation's (sweeps prune trials this way).
     """
     config = dataclasses.replace(config, env=with_server_agents(config.env))  # re-runs its checks
+    # auto resolved once, here: hparams, metrics.json and .hydra/config.yaml record the mode that runs
+    config = dataclasses.replace(
+        config, training=dataclasses.replace(config.training, rollout=rollout_mode(config))
+    )
     env_config, training = config.env, config.training
     if training.objective not in EVAL_METRICS:
         raise ConfigError(f"training.objective={training.objective!r} is invalid: use one of {EVAL_METRICS}")
@@ -114,6 +121,8 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     label = config.label
 
     output_dir = Path(output_dir)
+    record_resolved(output_dir, "training.rollout", training.rollout)
+    log.info("training.rollout=%s", training.rollout)
     checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
     resume = resolve_resume(config.resume, RUNS_ROOT) if config.resume else None
     for run_dir in dict.fromkeys([output_dir, *([resume.parent.parent] if resume else [])]):
@@ -288,6 +297,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "env_used": env_used,
             "curriculum": curriculum.to_dict() | {"name": curriculum.stage_name},
             "server_faults": faults,
+            "rollout": training.rollout,
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
@@ -489,9 +499,16 @@ class _StopOnSignal(BaseCallback):
         model.policy.optimizer.load_state_dict(self._weights["optimizer"])
 
 
+def _algorithm(config: TrainConfig) -> type[Model]:
+    """The algorithm class that trains `config`'s network with its rollout mode (resolved)."""
+    if rollout_mode(config) == "overlapped":
+        return OverlappedPPO
+    return algorithm(config.network.policy)
+
+
 def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> Model:
     ppo, network = config.ppo, config.network
-    return algorithm(network.policy)(
+    return _algorithm(config)(
         network.policy,
         env,
         learning_rate=ppo.learning_rate,
@@ -539,7 +556,7 @@ def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> Model:
         if wanted != had:
             changed[name] = wanted
             log.info("resume: ppo.%s=%s applies (the checkpoint trained with %s)", name, wanted, had)
-    model = algorithm(network.policy).load(str(path), env=env, device=config.ppo.device, **changed)
+    model = _algorithm(config).load(str(path), env=env, device=config.ppo.device, **changed)
     model.set_random_seed(config.training.seed)
     return model
 
