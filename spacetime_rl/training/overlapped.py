@@ -149,9 +149,9 @@ def _receive(norm: VecNormalize | None, venv: SpaceTimeVecEnv, servers: range) -
     if len(norm.old_reward) != venv.num_envs:  # VecNormalize makes it at its first step
         norm.old_reward = np.zeros(venv.num_envs, dtype=np.float32)
     norm.old_obs[rows] = obs  # type: ignore[index]
-    assert isinstance(norm.obs_rms, RunningMeanStd)
     norm.old_reward[rows] = rewards
     if norm.training and norm.norm_obs:
+        assert isinstance(norm.obs_rms, RunningMeanStd)
         norm.obs_rms.update(obs)
     normalized = norm.normalize_obs(obs)
     if norm.training:
