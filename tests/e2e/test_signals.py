@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from .runs import ROOT, TINY_RUN
 
@@ -104,3 +105,45 @@ def test_ctrl_c_during_a_long_update_stops_at_once_and_saves_the_last_complete_s
     assert saved and int(saved.group(2)) == 0, stdout + stderr  # the first update was cut and undone
     state = json.loads(Path(saved.group(1).replace(".zip", "_state.json")).read_text())
     assert state["num_timesteps"] == 0
+
+
+def test_ctrl_c_in_an_overlapped_rollout_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    """Two servers, training.rollout=overlapped: steps are in flight when the signal comes."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *LONG_RUN,
+            "env.num_environments=2",
+            "training.rollout=overlapped",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = run_dir / "checkpoints"
+    wait_for(lambda: any(checkpoints.glob("*_steps.zip")), "the first checkpoint", process)
+    servers = psutil.Process(process.pid).children(recursive=True)
+    assert len(servers) == 3  # two training and one evaluation simulator
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=STARTUP_LIMIT)
+
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    output = stdout + stderr
+    assert "training.rollout=overlapped" in output and "interrupted by SIGINT" in output
+    saved = re.search(r"saved (\S+vr_nav_model_(\d+)_steps\.zip)", output)
+    assert saved, output
+    steps = int(saved.group(2))
+    assert steps >= 512 and steps % 512 == 0  # whole rollouts: 64 steps x 8 agents
+    state = json.loads((checkpoints / f"vr_nav_model_{steps}_steps_state.json").read_text())
+    assert state["num_timesteps"] == steps
+    assert (
+        yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["training"]["rollout"]
+        == "overlapped"
+    )
+    _, alive = psutil.wait_procs(servers, timeout=10)
+    assert not alive

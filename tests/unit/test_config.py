@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from spacetime_rl.config import CONF_DIR, TrainConfig, check_command_line, compose_train_config
+from spacetime_rl.config import CONF_DIR, TrainConfig, check_command_line, compose_train_config, rollout_mode
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.seed_config import EXAMPLE, load_seed_config, write_example
 
@@ -321,3 +321,40 @@ def test_hyperparameters_keep_secrets_out() -> None:
     assert "env.token" not in flat
     assert flat["sweep.storage"] == "postgresql://optuna:***@db-host:5432/optuna"
     assert "s3cret" not in str(flat) and "t0ken" not in str(flat)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mode"),
+    [
+        (["env.num_environments=2"], "overlapped"),
+        (["env.num_environments=1"], "serial"),
+        (["env.num_environments=2", "network=lstm"], "serial"),
+        (["env=godot", "env.url=[http://127.0.0.1:1,http://127.0.0.1:2]"], "serial"),
+        (["env.num_environments=2", "training.rollout=serial"], "serial"),
+        (["env.num_environments=3", "training.rollout=overlapped"], "overlapped"),
+    ],
+)
+def test_rollout_auto_overlaps_where_it_can(overrides: list[str], mode: str) -> None:
+    assert rollout_mode(compose_train(*overrides)) == mode
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named", "fix"),
+    [
+        (["network=lstm", "env.num_environments=2"], "network.policy=MlpLstmPolicy", "network=default"),
+        (["env.num_environments=1"], "env.num_environments=1", "env.num_environments=2"),
+        (["env=godot", "env.url=[http://127.0.0.1:1,http://127.0.0.1:2]"], "env.url", "env=sim"),
+    ],
+)
+def test_rollout_overlapped_where_it_cannot_names_the_keys_and_the_fix(
+    overrides: list[str], named: str, fix: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"^training\.rollout='overlapped' is invalid") as info:
+        compose_train(*overrides, "training.rollout=overlapped")
+    message = str(info.value)
+    assert named in message and fix in message and "training.rollout=serial" in message
+
+
+def test_rollout_modes_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^training\.rollout='async' is invalid: use one of"):
+        compose_train("training.rollout=async")
