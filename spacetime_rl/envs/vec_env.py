@@ -2,7 +2,9 @@
 
 `step_async` sends one `/rl/step` per server and `step_wait` reads the answers (the transports'
 blocking `send_step`/`receive_step`), so the servers step concurrently; resets and the rest run
-concurrently on an event loop the VecEnv owns. Finished agents are reset by the server
+concurrently on an event loop the VecEnv owns. `send_group`/`receive_group` do the same for a
+contiguous group of servers (`server_groups`) and their agents alone, by the same code, so a
+trainer can serve one group while another steps (`training/overlapped.py`). Finished agents are reset by the server
 (auto_reset); agents cut by the client-side time limit, and agents whose reset options changed
 (the curriculum), are reset with one batched `/rl/reset` per server.
 
