@@ -260,19 +260,6 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return config
 
 
-def record_resolved(run_dir: Path, key: str, value: Any) -> None:
-    """Write the value an `auto` setting resolved to into the run's `.hydra/config.yaml`, so the
-    record says what ran (nothing to do outside a Hydra run directory)."""
-    path = run_dir / RUN_CONFIG
-    if not path.is_file():
-        return
-    config = load_run_config(run_dir)
-    if OmegaConf.select(config, key) == value:
-        return
-    OmegaConf.update(config, key, value, merge=False)
-    write_atomically(path, lambda temporary: OmegaConf.save(config, temporary))
-
-
 def load_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides of a run (`.hydra/overrides.yaml`), or [] when absent."""
     path = run_dir / RUN_OVERRIDES

@@ -47,7 +47,7 @@ TURN_MODES = ("smooth", "snap")
 BUSY_POLL_MODES = ("auto", "on", "off")
 #: How long a busy-polling side spins on its socket before it blocks (docs/training.md, "Speed").
 BUSY_POLL_SECONDS = 0.002
-ROLLOUT_MODES: Final = ("auto", "serial", "overlapped")
+ROLLOUT_MODES: Final = ("serial", "overlapped")
 CURRICULUM_MODES = ("timesteps", "success_rate")
 #: The task of a run that names none: walk to a goal on the open field (conf/task/navigate.yaml).
 DEFAULT_TASK = "navigate"
@@ -557,9 +557,9 @@ class TrainingConfig:
     rollout_torch_threads: int = 1
     # serial: every server steps, then the policy acts for every agent (SB3's loop). overlapped: the
     # servers in two groups, one stepping while the policy acts for the other (training/overlapped.py;
-    # needs 2+ launched servers and network.policy=MlpPolicy). auto: overlapped where it can run,
-    # where it is the faster (docs/benchmarks.md), else serial; runs record the mode that ran.
-    rollout: str = "auto"
+    # needs 2+ launched servers and network.policy=MlpPolicy). Serial by default: overlapped was not
+    # measurably faster on the 2-core machine, even with slow servers (docs/benchmarks.md).
+    rollout: str = "serial"
 
     def __post_init__(self) -> None:
         for key in ("total_timesteps", "save_freq", "eval_freq", "eval_episodes"):
@@ -819,13 +819,6 @@ def torch_threads(config: TrainConfig) -> int:
     launched = env.num_environments + 1  # and one evaluation server
     servers = sum(map(_loopback_url, env.urls)) if env.attached else launched
     return max(1, _usable_cores() - servers)
-
-
-def rollout_mode(config: TrainConfig) -> str:
-    """`training.rollout`, with auto resolved: overlapped unless the run can only collect serially."""
-    if config.training.rollout != "auto":
-        return config.training.rollout
-    return "serial" if _serial_only(config) else "overlapped"
 
 
 def _serial_only(config: TrainConfig) -> str | None:

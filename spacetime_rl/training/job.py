@@ -45,7 +45,6 @@ from spacetime_rl.artifacts import (
     checkpoint_path,
     clean_stale,
     load_state,
-    record_resolved,
     resolve_resume,
     save_snapshot,
     stats_path,
@@ -59,7 +58,6 @@ from spacetime_rl.config import (
     TrainConfig,
     TrainingConfig,
     hyperparameters,
-    rollout_mode,
     run_name,
     torch_threads,
 )
@@ -109,10 +107,6 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     evaluation's (sweeps prune trials this way).
     """
     config = dataclasses.replace(config, env=with_server_agents(config.env))  # re-runs its checks
-    # auto resolved once, here: hparams, metrics.json and .hydra/config.yaml record the mode that runs
-    config = dataclasses.replace(
-        config, training=dataclasses.replace(config.training, rollout=rollout_mode(config))
-    )
     env_config, training = config.env, config.training
     if training.objective not in EVAL_METRICS:
         raise ConfigError(f"training.objective={training.objective!r} is invalid: use one of {EVAL_METRICS}")
@@ -121,7 +115,6 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     label = config.label
 
     output_dir = Path(output_dir)
-    record_resolved(output_dir, "training.rollout", training.rollout)
     log.info("training.rollout=%s", training.rollout)
     checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
     resume = resolve_resume(config.resume, RUNS_ROOT) if config.resume else None
@@ -500,8 +493,8 @@ class _StopOnSignal(BaseCallback):
 
 
 def _algorithm(config: TrainConfig) -> type[Model]:
-    """The algorithm class that trains `config`'s network with its rollout mode (resolved)."""
-    if rollout_mode(config) == "overlapped":
+    """The algorithm class that trains `config`'s network with its rollout mode."""
+    if config.training.rollout == "overlapped":
         return OverlappedPPO
     return algorithm(config.network.policy)
 

@@ -23,7 +23,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 
 from spacetime_rl.artifacts import config_hash
 from spacetime_rl.budget import plan_budget
-from spacetime_rl.config import TrainConfig, compose_train_config, rollout_mode
+from spacetime_rl.config import TrainConfig, compose_train_config
 from spacetime_rl.export import export_onnx, resolve_model
 from spacetime_rl.protocol import wire
 from spacetime_rl.seeds import held_out_seed
@@ -108,20 +108,14 @@ def expected_goal_distance(config: TrainConfig, task: str) -> float:
 
 
 def test_saved_config_is_what_cfg_job_shows_and_what_composes(case: tuple[list[str], Path]) -> None:
-    """But for training.rollout, which the run saves as the mode `auto` resolved to (what ran)."""
     overrides, run_dir = case
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     shown = run("train.py", "--cfg", "job", *overrides)
     assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout) == saved
     composed = compose_train_config(overrides)
-    ran = rollout_mode(composed)
-    assert (
-        json.loads((run_dir / "metrics.json").read_text())["rollout"] == saved["training"]["rollout"] == ran
-    )
-    for expected in (yaml.safe_load(shown.stdout), OmegaConf.to_container(OmegaConf.structured(composed))):
-        assert isinstance(expected, dict) and expected["training"]["rollout"] == "auto"
-        expected["training"]["rollout"] = ran
-        assert expected == saved
+    assert OmegaConf.to_container(OmegaConf.structured(composed)) == saved
+    assert json.loads((run_dir / "metrics.json").read_text())["rollout"] == saved["training"]["rollout"]
 
 
 def test_model_carries_the_configured_hyperparameters(case: tuple[list[str], Path]) -> None:

@@ -520,8 +520,7 @@ def wandb_records(path: Path) -> Iterator[Any]:
     [(["env.num_environments=2", "training.rollout=overlapped"], "overlapped"), ([], "serial")],
 )
 def test_the_records_say_which_rollout_mode_ran(overrides: list[str], mode: str, tmp_path: Path) -> None:
-    """Given or resolved from auto (one server: serial), the mode that ran is in .hydra/config.yaml,
-    metrics.json and the log."""
+    """Given or by default (serial), the mode that ran is in .hydra/config.yaml, metrics.json and the log."""
     result = run_train(*TINY, "training.held_out_episodes=0", *overrides, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert f"training.rollout={mode}" in result.stdout + result.stderr

@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from spacetime_rl.config import CONF_DIR, TrainConfig, check_command_line, compose_train_config, rollout_mode
+from spacetime_rl.config import CONF_DIR, TrainConfig, check_command_line, compose_train_config
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.seed_config import EXAMPLE, load_seed_config, write_example
 
@@ -323,19 +323,10 @@ def test_hyperparameters_keep_secrets_out() -> None:
     assert "s3cret" not in str(flat) and "t0ken" not in str(flat)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "mode"),
-    [
-        (["env.num_environments=2"], "overlapped"),
-        (["env.num_environments=1"], "serial"),
-        (["env.num_environments=2", "network=lstm"], "serial"),
-        (["env=godot", "env.url=[http://127.0.0.1:1,http://127.0.0.1:2]"], "serial"),
-        (["env.num_environments=2", "training.rollout=serial"], "serial"),
-        (["env.num_environments=3", "training.rollout=overlapped"], "overlapped"),
-    ],
-)
-def test_rollout_auto_overlaps_where_it_can(overrides: list[str], mode: str) -> None:
-    assert rollout_mode(compose_train(*overrides)) == mode
+def test_rollouts_are_serial_unless_overlapped_is_asked_for() -> None:
+    assert compose_train("env.num_environments=2").training.rollout == "serial"
+    overlapped = compose_train("env.num_environments=2", "training.rollout=overlapped")
+    assert overlapped.training.rollout == "overlapped"
 
 
 @pytest.mark.parametrize(
