@@ -4,9 +4,9 @@
 blocking `send_step`/`receive_step`), so the servers step concurrently; resets and the rest run
 concurrently on an event loop the VecEnv owns. `send_group`/`receive_group` do the same for a
 contiguous group of servers (`server_groups`) and their agents alone, by the same code, so a
-trainer can serve one group while another steps (`training/overlapped.py`). Finished agents are reset by the server
-(auto_reset); agents cut by the client-side time limit, and agents whose reset options changed
-(the curriculum), are reset with one batched `/rl/reset` per server.
+trainer can serve one group while another steps (`training/overlapped.py`). Finished agents are
+reset by the server (auto_reset); agents cut by the client-side time limit, and agents whose reset
+options changed (the curriculum), are reset with one batched `/rl/reset` per server.
 
 A server that faults (unreachable, timed out, an error status, an answer breaking the protocol) is
 handed to the `recover` callback, which restarts it or waits for it
