@@ -248,7 +248,6 @@ def fleet_table(seconds: float, repeats: int, rollouts: int) -> tuple[str, dict[
                 for r, s in zip(runs, samples.ppo[(n, "serial")], strict=True)
             ]
             gain = f"{statistics.median(ups):.2f} | {min(ups):.2f}-{max(ups):.2f}"
-            key[f"fleet_overlapped_gain_{n}"] = statistics.median(ups)
         lines.append(
             f"| {n} | {n * AGENTS} | {mode} | {_k(statistics.median(whole))} | {_k(min(whole))}-{_k(max(whole))} | "
             f"{_k(statistics.median(rollout))} | {_k(min(rollout))}-{_k(max(rollout))} | {gain or '- | -'} |"

@@ -17,8 +17,8 @@ the action noise is drawn per group (another order of the same draws), and `VecN
 running statistics are updated a group at a time, so A's observations of step t are normalised
 with statistics that include A's but not yet B's observations of that step (serial: both). After
 every full step the statistics are the same (the running mean/variance merge is exact up to
-rounding); only that half-step lag differs, which shifts a normalised observation by far less
-than its noise once a few hundred steps are in the statistics.
+rounding: tests/integration/test_overlapped.py); only that half-step lag differs, one step's
+observations of half the agents, which moves the statistics noticeably only in a run's first steps.
 """
 
 from __future__ import annotations
