@@ -31,7 +31,6 @@ ENV = EnvConfig(
     min_goal_distance=0.5,
     max_goal_distance=1.0,
     action_smoothing=0.3,
-    request_timeout=2.0,
 )
 SEED = 3
 N_STEPS = 40
