@@ -24,7 +24,7 @@ from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.protocol import wire
 
 FLEET_SIZES: Final = (1, 2, 4, 8)
-PPO_FLEET_SIZES: Final = (1, 8)
+PPO_FLEET_SIZES: Final = (1, 2, 8)
 STEP_DELAY_MS: Final = 5.0
 AGENTS: Final = wire.DEFAULT_AGENTS
 #: Overrides of the PPO runs: servers as in the throughput runs (quick_test's hyperparameters).
@@ -38,17 +38,18 @@ PPO_OVERRIDES: Final = (
 
 @dataclass
 class FleetSamples:
-    """Per repeat: agent-steps/s by servers, and PPO rates by servers."""
+    """Per repeat: agent-steps/s by servers, and PPO rates by (servers, training.rollout)."""
 
     steps: dict[int, list[float]] = field(default_factory=dict)
-    ppo: dict[int, list[TrainingRate]] = field(default_factory=dict)
+    ppo: dict[tuple[int, str], list[TrainingRate]] = field(default_factory=dict)
 
 
 def measure_fleet(
     seconds: float, repeats: int, rollouts: int, sizes: Sequence[int] = FLEET_SIZES
 ) -> FleetSamples:
-    """Each repeat steps the first N of max(sizes) servers for every N, then trains PPO over 1 and 8
-    fresh servers: all in one run, interleaved, so a busy phase of the machine hits every size."""
+    """Each repeat steps the first N of max(sizes) servers for every N, then trains PPO over 1, 2 and
+    8 fresh servers, serially and (2 and 8) overlapped: all in one run, interleaved, so a busy phase
+    of the machine hits every size."""
     samples = FleetSamples()
     config = EnvConfig(
         num_environments=max(sizes),
@@ -78,6 +79,9 @@ def measure_fleet(
 
                 samples.steps.setdefault(n, []).append(rate(step, AGENTS * n, seconds))
         for n in PPO_FLEET_SIZES:
-            training = train_config([f"env.num_environments={n}", *PPO_OVERRIDES])
-            samples.ppo.setdefault(n, []).append(measure_training(training, "http", rollouts))
+            for mode in ("serial", "overlapped") if n > 1 else ("serial",):
+                training = train_config(
+                    [f"env.num_environments={n}", f"training.rollout={mode}", *PPO_OVERRIDES]
+                )
+                samples.ppo.setdefault((n, mode), []).append(measure_training(training, "http", rollouts))
     return samples

@@ -1,8 +1,9 @@
 """PPO training speed over HTTP vs in-process, and the wall time and peak RSS of `train.py preset=quick_test`.
 
-Both PPO runs are built from the real config (`conf/`, quick_test preset) with the training job's own
-model constructor; only the VecEnv's transports differ: `GodotClient`s to simulator subprocesses, or
-`InProcessTransport`s over worlds in this process.
+The PPO runs are built from the real config (`conf/`, quick_test preset) with the training job's own
+model constructor (PPO, or OverlappedPPO with `training.rollout=overlapped`); only the VecEnv's
+transports differ: `GodotClient`s to simulator subprocesses, or `InProcessTransport`s over worlds in
+this process.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from spacetime_rl.training.callbacks import RolloutThreads
 from spacetime_rl.training.job import _new_model
 
 TRANSPORTS: Final = ("http", "in-process")
+#: What a repeat of the PPO comparison runs with N servers, in this order: (transport, training.rollout).
+#: Overlapping needs two or more servers; in-process there is nothing to overlap with.
+RUNS: Final = {
+    1: (("http", "serial"), ("in-process", "serial")),
+    2: (("http", "overlapped"), ("http", "serial"), ("in-process", "serial")),
+}
 
 
 class RolloutTimer(BaseCallback):
@@ -77,7 +84,8 @@ class TrainingRate:
 
 
 def measure_training(config: TrainConfig, transport: str, rollouts: int) -> TrainingRate:
-    """Steps per second of `model.learn` for `rollouts` rollouts, set-up excluded."""
+    """Steps per second of `model.learn` for `rollouts` rollouts, set-up excluded; the rollouts are
+    collected as `config.training.rollout` says (resolved as training resolves it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads(config))  # as the training job does
     with contextlib.ExitStack() as stack:

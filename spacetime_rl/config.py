@@ -49,6 +49,7 @@ TURN_MODES = ("smooth", "snap")
 BUSY_POLL_MODES = ("auto", "on", "off")
 #: How long a busy-polling side spins on its socket before it blocks (docs/training.md, "Speed").
 BUSY_POLL_SECONDS = 0.002
+ROLLOUT_MODES: Final = ("serial", "overlapped")
 CURRICULUM_MODES = ("timesteps", "success_rate")
 #: The task of a run that names none: walk to a goal on the open field (conf/task/navigate.yaml).
 DEFAULT_TASK = "navigate"
@@ -588,6 +589,11 @@ class TrainingConfig:
     # While collecting rollouts the policy runs on this many threads, leaving the other cores to
     # the simulator or Godot; 0: the same as torch_threads
     rollout_torch_threads: int = 1
+    # serial: every server steps, then the policy acts for every agent (SB3's loop). overlapped: the
+    # servers in two groups, one stepping while the policy acts for the other (training/overlapped.py;
+    # needs 2+ launched servers and network.policy=MlpPolicy). Serial by default: overlapped was not
+    # measurably faster on the 2-core machine, even with slow servers (docs/benchmarks.md).
+    rollout: str = "serial"
 
     def __post_init__(self) -> None:
         for key in ("total_timesteps", "save_freq", "eval_freq", "eval_episodes"):
@@ -596,6 +602,9 @@ class TrainingConfig:
         for key in ("torch_threads", "rollout_torch_threads"):
             value = getattr(self, key)
             _require(value >= 0, f"training.{key}", value, "use 0 (auto) or more")
+        _require(
+            self.rollout in ROLLOUT_MODES, "training.rollout", self.rollout, f"use one of {ROLLOUT_MODES}"
+        )
         _require(
             self.held_out_episodes >= 0,
             "training.held_out_episodes",
@@ -750,6 +759,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         run_label(run_name(self.name, self.preset), self.tags)  # a bad name or tag fails here
+        if self.training.rollout == "overlapped":
+            reason = _serial_only(self)
+            _require(
+                reason is None, "training.rollout", "overlapped", f"{reason}; or set training.rollout=serial"
+            )
         if self.env.agents_per_environment is None:
             return  # checked again once the server said its count (envs.with_server_agents)
         rollout = self.ppo.n_steps * self.env.num_agents
@@ -839,6 +853,28 @@ def torch_threads(config: TrainConfig) -> int:
     launched = env.servers + 1  # and one evaluation server
     servers = sum(map(_loopback_url, env.urls)) if env.attached else launched
     return max(1, _usable_cores() - servers)
+
+
+def _serial_only(config: TrainConfig) -> str | None:
+    """Why `config`'s rollouts cannot overlap (a message naming the keys and the fix), or None."""
+    if config.network.recurrent:
+        return (
+            "network.policy=MlpLstmPolicy (network=lstm) collects serially: RecurrentPPO carries the LSTM "
+            "state across every agent's step; use network=default to overlap"
+        )
+    if config.env.attached:
+        return (
+            "env.url attaches to running servers, and the evaluation shares the first one and restarts the "
+            "training episodes, which must not have a step in flight; use launched servers "
+            "(env=sim, or env.executable) to overlap"
+        )
+    if config.env.servers < 2:
+        return (
+            f"env.num_environments={config.env.num_environments} runs {config.env.servers} server: "
+            "overlapping needs two or more servers, "
+            "one group stepping while the policy acts for the other; set env.num_environments=2 or more"
+        )
+    return None
 
 
 def _http_url(url: str) -> bool:

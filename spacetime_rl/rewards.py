@@ -100,21 +100,24 @@ class RewardCalculator:
         actions: np.ndarray,
         events: Events,
         truncated: np.ndarray,
+        agents: slice = slice(None),
     ) -> RewardBreakdown:
-        """Rewards for the step that led to raw `observations` (N, 48), given the applied `actions`.
+        """Rewards for the step that led to raw `observations` (k, 48) of `agents` (all N by
+        default), given the applied `actions`.
 
         `observations` are the last observations of the step (the terminal one for finished agents),
         `truncated` flags agents cut by the time limit without finishing.
         """
-        w = {name: values[self.task] for name, values in self.weights.items()}  # (N,) each
+        w = {name: values[self.task[agents]] for name, values in self.weights.items()}  # (k,) each
         distance = observations[:, OBS["goal_distance"]][:, 0]
-        new_progress = np.maximum(self.best_distance - distance, 0.0)
-        np.minimum(self.best_distance, distance, out=self.best_distance)
+        best = self.best_distance[agents]  # a view: agents is a slice
+        new_progress = np.maximum(best - distance, 0.0)
+        np.minimum(best, distance, out=best)
 
         velocity = observations[:, OBS["camera_velocity"]]
         comfort = comfort_score(observations, actions, self.max_speed)
-        smooth = smoothness(self.previous_velocity, velocity, self.max_speed)
-        self.previous_velocity[:] = velocity
+        smooth = smoothness(self.previous_velocity[agents], velocity, self.max_speed)
+        self.previous_velocity[agents] = velocity
 
         terms = {
             "goal_reached": w["goal_reached"] * events.goal_reached,

@@ -51,36 +51,51 @@ class EpisodeTracker:
             stat[agents] = 0
         self.terms[:, agents] = 0.0
 
-    def smooth(self, raw_actions: np.ndarray) -> np.ndarray:
-        """Applied actions (N, 3) for the policy's actions: smoothed and clipped to [-1, 1]."""
-        return self.smoother(raw_actions)
+    def smooth(self, raw_actions: np.ndarray, agents: slice = slice(None)) -> np.ndarray:
+        """Applied actions (k, 3) for the policy's actions of `agents` (all N by default): smoothed
+        and clipped to [-1, 1]."""
+        return self.smoother(raw_actions, agents)
 
     def record(
-        self, observations: np.ndarray, applied: np.ndarray, events: Events, done: np.ndarray
+        self,
+        observations: np.ndarray,
+        applied: np.ndarray,
+        events: Events,
+        done: np.ndarray,
+        agents: slice = slice(None),
     ) -> StepRecord:
-        """Score one step; `observations` (N, 48) are each agent's last raw observation of it."""
-        self.steps += 1
-        truncated = (self.steps >= self.max_episode_steps) & ~done
-        breakdown = self.rewards.step(observations, applied, events, truncated)
-        self.returns += breakdown.total
-        self.collisions += events.collisions
-        self.teleports += events.teleports
-        self.comfort += breakdown.comfort
-        self.terms += np.stack([breakdown.terms[name] for name in REWARD_TERMS])
+        """Score one step of `agents` (all N by default; a slice, so every update below is in place);
+        `observations` (k, 48) are each one's last raw observation of it, the rest (k,) likewise."""
+        steps = self.steps[agents]
+        steps += 1
+        truncated = (steps >= self.max_episode_steps) & ~done
+        breakdown = self.rewards.step(observations, applied, events, truncated, agents)
+        self.returns[agents] += breakdown.total
+        self.collisions[agents] += events.collisions
+        self.teleports[agents] += events.teleports
+        self.comfort[agents] += breakdown.comfort
+        self.terms[:, agents] += np.stack([breakdown.terms[name] for name in REWARD_TERMS])
         return StepRecord(rewards=breakdown.total.astype(np.float32), truncated=truncated)
 
     def episode_info(
-        self, agent: int, final_observation: np.ndarray, events: Events, truncated: bool
+        self,
+        agent: int,
+        final_observation: np.ndarray,
+        events: Events,
+        truncated: bool,
+        row: int | None = None,
     ) -> dict[str, Any]:
-        """Info entries for an agent whose episode just ended (before `start` clears its stats)."""
+        """Info entries for an agent whose episode just ended (before `start` clears its stats);
+        `row` is its row of `events` when they cover only some agents (default: `agent`)."""
         length = int(self.steps[agent])
+        row = agent if row is None else row
         return {
             "episode": {"r": float(self.returns[agent]), "l": length},
-            "is_success": bool(events.goal_reached[agent]),
+            "is_success": bool(events.goal_reached[row]),
             "TimeLimit.truncated": truncated,
             "episode_stats": {
                 "collisions": int(self.collisions[agent]),
-                "falls": int(events.fell[agent]),
+                "falls": int(events.fell[row]),
                 "teleports": int(self.teleports[agent]),
                 "comfort": float(self.comfort[agent] / max(length, 1)),
                 "goal_distance": float(final_observation[OBS["goal_distance"].start]),

@@ -83,10 +83,10 @@ class ActionSmoother:
     def reset(self, agents: np.ndarray | slice = slice(None)) -> None:
         self.previous[agents] = 0.0
 
-    def __call__(self, raw_actions: np.ndarray) -> np.ndarray:
-        """Applied actions (N, 3) float64 for the policy's raw actions (N, 3)."""
+    def __call__(self, raw_actions: np.ndarray, agents: slice = slice(None)) -> np.ndarray:
+        """Applied actions (k, 3) float64 for the policy's raw actions (k, 3) of `agents` (all N by default)."""
         raw = np.clip(np.asarray(raw_actions, dtype=np.float64), -1.0, 1.0)
-        smoothed = self.smoothing * self.previous + (1.0 - self.smoothing) * raw
+        smoothed = self.smoothing * self.previous[agents] + (1.0 - self.smoothing) * raw
         np.clip(smoothed, -1.0, 1.0, out=smoothed)
-        self.previous[:] = smoothed
+        self.previous[agents] = smoothed
         return smoothed

@@ -2,9 +2,11 @@
 
 `step_async` sends one `/rl/step` per server and `step_wait` reads the answers (the transports'
 blocking `send_step`/`receive_step`), so the servers step concurrently; resets and the rest run
-concurrently on an event loop the VecEnv owns. Finished agents are reset by the server
-(auto_reset); agents cut by the client-side time limit, and agents whose reset options changed
-(the curriculum), are reset with one batched `/rl/reset` per server.
+concurrently on an event loop the VecEnv owns. `send_group`/`receive_group` do the same for a
+contiguous group of servers (`server_groups`) and their agents alone, by the same code, so a
+trainer can serve one group while another steps (`training/overlapped.py`). Finished agents are
+reset by the server (auto_reset); agents cut by the client-side time limit, and agents whose reset
+options changed (the curriculum), are reset with one batched `/rl/reset` per server.
 
 A server that faults (unreachable, timed out, an error status, an answer breaking the protocol) is
 handed to the `recover` callback, which restarts it or waits for it
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import warnings
@@ -221,6 +224,7 @@ class SpaceTimeVecEnv(VecEnv):
         self._stale_options = np.zeros(num_agents, dtype=bool)
         self._seed = seed
         self._warned_ignored = False
+        self._servers = range(len(self._transports))
         self._applied = np.zeros((num_agents, wire.ACTION_SIZE))  # smoothed, as sent
         self._last_raw = np.zeros((num_agents, wire.OBSERVATION_SIZE), dtype=np.float32)
         super().__init__(num_agents, observation_space(self._tasks.size), action_space())
@@ -252,63 +256,87 @@ class SpaceTimeVecEnv(VecEnv):
         return self._observe(raw, self._tasks.ids)
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._applied = self._tracker.smooth(np.asarray(actions).reshape(self.num_envs, wire.ACTION_SIZE))
-        for transport, agents in zip(self._transports, self._slices, strict=True):
-            transport.send_step(self._applied[agents], auto_reset=True)
+        self.send_group(self._servers, actions)
 
     def step_wait(self) -> VecEnvStepReturn:
-        applied = self._applied
+        return self.receive_group(self._servers)
+
+    def server_groups(self, count: int) -> list[range]:
+        """The servers in `count` contiguous groups of near-equal size (one per server if fewer)."""
+        bounds = np.linspace(0, len(self._transports), min(count, len(self._transports)) + 1).round()
+        return [range(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+    def agents_of(self, servers: range) -> slice:
+        """The env indices of the agents of `servers` (a contiguous range of them)."""
+        return slice(int(self._offsets[servers.start]), int(self._offsets[servers.stop]))
+
+    def send_group(self, servers: range, actions: np.ndarray) -> None:
+        """Send one step of `actions` (k, 3), the policy's for the agents of `servers`, to them.
+
+        `step_async` is this for every server; with a group at a time the other groups' servers can
+        step while their next actions are computed (training.rollout=overlapped).
+        """
+        agents = self.agents_of(servers)
+        raw = np.asarray(actions).reshape(agents.stop - agents.start, wire.ACTION_SIZE)
+        self._applied[agents] = self._tracker.smooth(raw, agents)
+        for server in servers:
+            self._transports[server].send_step(self._applied[self._slices[server]], auto_reset=True)
+
+    def receive_group(self, servers: range) -> VecEnvStepReturn:
+        """Read the step `send_group(servers, ...)` sent: observations, rewards, dones and infos of
+        their agents only (`agents_of(servers)`), computed as `step_wait` computes every agent's."""
+        agents = self.agents_of(servers)
+        base = agents.start
+        applied = self._applied[agents]
         outcomes: list[StepResult | BaseException] = []
-        for transport in self._transports:
+        for server in servers:
             try:
-                outcomes.append(transport.receive_step())
+                outcomes.append(self._transports[server].receive_step())
             except Exception as error:  # every server is read before any error is raised
                 outcomes.append(error)
-        results, faults = self._sort_faults(outcomes)
+        results, group_faults = self._sort_faults(outcomes)
+        faults = {servers[i]: fault for i, fault in group_faults.items()}
         fresh = self._recover_all(faults)
         # A faulty server's agents: their new episodes' first observations, no events, not done.
-        raw = np.concatenate([fresh[s] if r is None else r.observations for s, r in enumerate(results)])
-        done = np.concatenate(
-            [np.zeros(len(fresh[s]), bool) if r is None else r.done for s, r in enumerate(results)]
-        )
+        pairs = list(zip(servers, results, strict=True))
+        raw = np.concatenate([fresh[s] if r is None else r.observations for s, r in pairs])
+        done = np.concatenate([np.zeros(len(fresh[s]), bool) if r is None else r.done for s, r in pairs])
         events = Events(
             *(
                 np.concatenate(
-                    [
-                        np.zeros(len(fresh[s]), int) if r is None else getattr(r.events, name)
-                        for s, r in enumerate(results)
-                    ]
+                    [np.zeros(len(fresh[s]), int) if r is None else getattr(r.events, name) for s, r in pairs]
                 )
                 for name in wire.EVENT_FIELDS
             )
         )
-        faulted = self._agents_of(faults)
+        faulted = self._agents_of(faults)[agents]
         final = raw.copy()  # each agent's last observation of this step; `raw` gets the resets
-        final[faulted] = self._last_raw[faulted]
-        for offset, result in zip(self._offsets, results, strict=False):
+        final[faulted] = self._last_raw[agents][faulted]
+        for server, result in pairs:
             for agent, last in result.terminal_observations.items() if result is not None else ():
-                final[offset + agent] = last
-        record = self._tracker.record(final, applied, events, done)
-        finished_tasks = self._tasks.ids.copy()
-        new_task = self._tasks.draw((record.truncated | done) & ~faulted)
-        client_reset = (record.truncated | (done & (self._stale_options | new_task))) & ~faulted
-        faulted |= self._reset_agents(raw, client_reset) & ~done
+                final[self._offsets[server] - base + agent] = last
+        record = self._tracker.record(final, applied, events, done, agents)
+        finished_tasks = self._tasks.ids[agents].copy()
+        new_task = self._tasks.draw(self._spread(agents, (record.truncated | done) & ~faulted))[agents]
+        client_reset = (record.truncated | (done & (self._stale_options[agents] | new_task))) & ~faulted
+        faulted |= self._reset_agents(raw, client_reset, base) & ~done
         truncated = record.truncated | faulted
         ended = done | truncated
-        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        infos: list[dict[str, Any]] = [{} for _ in range(len(raw))]
         if ended.any():
-            agents = np.flatnonzero(ended)
-            terminal = self._observe(final[agents], finished_tasks[agents])
-            for row, agent in enumerate(agents.tolist()):
-                info = self._tracker.episode_info(agent, final[agent], events, bool(truncated[agent]))
-                info["terminal_observation"] = terminal[row]
-                info["task"] = self._tasks.names[finished_tasks[agent]]
-                if faulted[agent]:
+            rows = np.flatnonzero(ended)
+            terminal = self._observe(final[rows], finished_tasks[rows])
+            for index, row in enumerate(rows.tolist()):
+                agent = base + row
+                info = self._tracker.episode_info(agent, final[row], events, bool(truncated[row]), row)
+                info["terminal_observation"] = terminal[index]
+                info["task"] = self._tasks.names[finished_tasks[row]]
+                if faulted[row]:
                     info["server_fault"] = True
-                infos[agent] = info
-            self._tracker.start(raw[ended], ended)
-        self._last_raw = raw
-        obs = self._observe(raw, self._tasks.ids)
+                infos[row] = info
+            self._tracker.start(raw[ended], self._spread(agents, ended))
+        self._last_raw[agents] = raw
+        obs = self._observe(raw, self._tasks.ids[agents])
         return obs, record.rewards, ended, infos
 
     def close(self) -> None:
@@ -486,6 +514,12 @@ class SpaceTimeVecEnv(VecEnv):
         # An attached server's client is named by its config key (env.url[1]), which lacks the URL.
         return f"{name} at {transport.url}" if name.startswith("env.url") else name  # type: ignore[attr-defined]
 
+    def _spread(self, agents: slice, values: np.ndarray) -> np.ndarray:
+        """An (N,) mask: `values` (k,) at `agents`, False elsewhere."""
+        mask = np.zeros(self.num_envs, dtype=bool)
+        mask[agents] = values
+        return mask
+
     def _agents_of(self, servers: Iterable[int]) -> np.ndarray:
         mask = np.zeros(self.num_envs, dtype=bool)
         for server in servers:
@@ -497,14 +531,16 @@ class SpaceTimeVecEnv(VecEnv):
             await transport.load_scene(self.config.scene)  # type: ignore[attr-defined]
         return await transport.spec()
 
-    def _reset_agents(self, raw: np.ndarray, client_reset: np.ndarray) -> np.ndarray:
-        """`/rl/reset` the agents flagged in `client_reset` (N,), writing their rows of `raw`.
+    def _reset_agents(self, raw: np.ndarray, client_reset: np.ndarray, base: int = 0) -> np.ndarray:
+        """`/rl/reset` the agents flagged in `client_reset` (k,), writing their rows of `raw` (k, 48):
+        env indices `base` to `base + k`.
 
-        Returns the agents of servers that faulted meanwhile: recovered, all their agents restarted.
+        Returns those of them on servers that faulted meanwhile: recovered, all their agents restarted.
         """
-        agents = np.flatnonzero(client_reset)
+        agents = np.flatnonzero(client_reset) + base
+        rows = slice(base, base + len(raw))
         if not agents.size:
-            return np.zeros(self.num_envs, dtype=bool)
+            return np.zeros(len(raw), dtype=bool)
         servers = np.searchsorted(self._offsets, agents, side="right") - 1
         batches = [(s, agents[servers == s]) for s in np.unique(servers).tolist()]
         results, faults = self._settle(
@@ -513,12 +549,12 @@ class SpaceTimeVecEnv(VecEnv):
         )
         for (_, batch), result in zip(batches, results, strict=True):
             if result is not None:
-                raw[batch] = result.observations
+                raw[batch - base] = result.observations
         self._stale_options[agents] = False
         faulted_servers = {batches[i][0]: fault for i, fault in faults.items()}
         for server, observations in self._recover_all(faulted_servers).items():
-            raw[self._slices[server]] = observations
-        return self._agents_of(faulted_servers)
+            raw[self._slices[server].start - base : self._slices[server].stop - base] = observations
+        return self._agents_of(faulted_servers)[rows]
 
     async def _reset_server(
         self,

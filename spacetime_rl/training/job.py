@@ -82,6 +82,7 @@ from spacetime_rl.training.callbacks import (
     evaluate,
 )
 from spacetime_rl.training.loggers import destinations, run_logger
+from spacetime_rl.training.overlapped import OverlappedPPO
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     label = config.label
 
     output_dir = Path(output_dir)
+    log.info("training.rollout=%s", training.rollout)
     checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
     resume = resolve_resume(config.resume, RUNS_ROOT) if config.resume else None
     for run_dir in dict.fromkeys([output_dir, *([resume.parent.parent] if resume else [])]):
@@ -291,6 +293,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "curriculum": curriculum.to_dict() | {"name": curriculum.stage_name},
             "server_faults": faults,
             "servers": servers,
+            "rollout": training.rollout,
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
@@ -492,9 +495,16 @@ class _StopOnSignal(BaseCallback):
         model.policy.optimizer.load_state_dict(self._weights["optimizer"])
 
 
+def _algorithm(config: TrainConfig) -> type[Model]:
+    """The algorithm class that trains `config`'s network with its rollout mode."""
+    if config.training.rollout == "overlapped":
+        return OverlappedPPO
+    return algorithm(config.network.policy)
+
+
 def _new_model(env: VecNormalize, config: TrainConfig, verbose: int) -> Model:
     ppo, network = config.ppo, config.network
-    return algorithm(network.policy)(
+    return _algorithm(config)(
         network.policy,
         env,
         learning_rate=ppo.learning_rate,
@@ -542,7 +552,7 @@ def _load_model(path: Path, env: VecNormalize, config: TrainConfig) -> Model:
         if wanted != had:
             changed[name] = wanted
             log.info("resume: ppo.%s=%s applies (the checkpoint trained with %s)", name, wanted, had)
-    model = algorithm(network.policy).load(str(path), env=env, device=config.ppo.device, **changed)
+    model = _algorithm(config).load(str(path), env=env, device=config.ppo.device, **changed)
     model.set_random_seed(config.training.seed)
     return model
 

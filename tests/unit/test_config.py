@@ -331,3 +331,31 @@ def test_ray_launches_servers_and_does_not_attach() -> None:
     message = str(info.value)
     assert message.startswith("env.launcher='ray' is invalid: env.url attaches to running servers")
     assert "env.executable/env.project" in message
+
+
+def test_rollouts_are_serial_unless_overlapped_is_asked_for() -> None:
+    assert compose_train("env.num_environments=2").training.rollout == "serial"
+    overlapped = compose_train("env.num_environments=2", "training.rollout=overlapped")
+    assert overlapped.training.rollout == "overlapped"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named", "fix"),
+    [
+        (["network=lstm", "env.num_environments=2"], "network.policy=MlpLstmPolicy", "network=default"),
+        (["env.num_environments=1"], "env.num_environments=1", "env.num_environments=2"),
+        (["env=godot", "env.url=[http://127.0.0.1:1,http://127.0.0.1:2]"], "env.url", "env=sim"),
+    ],
+)
+def test_rollout_overlapped_where_it_cannot_names_the_keys_and_the_fix(
+    overrides: list[str], named: str, fix: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"^training\.rollout='overlapped' is invalid") as info:
+        compose_train(*overrides, "training.rollout=overlapped")
+    message = str(info.value)
+    assert named in message and fix in message and "training.rollout=serial" in message
+
+
+def test_rollout_modes_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^training\.rollout='async' is invalid: use one of"):
+        compose_train("training.rollout=async")

@@ -1,0 +1,165 @@
+"""`OverlappedPPO`: PPO whose rollouts step the servers in two groups, so they step while the policy thinks.
+
+Serial PPO alternates: the policy computes every agent's action while every server idles, then
+every server steps while the trainer idles. Here the servers are split into two groups (A, B;
+`SpaceTimeVecEnv.server_groups`) and the rollout is a pipeline: A's answer to step t is read,
+normalised and scored, A's actions for step t+1 are computed and sent, then the same for B, so
+A's servers step while the trainer handles B and the other way round (Sample Factory's
+double-buffered sampling, EnvPool's async mode).
+
+What PPO stores is SB3's `OnPolicyAlgorithm.collect_rollouts` to the letter: one `rollout_buffer.add`
+per full step of all N agents with the observation each agent saw, the action sampled for it, its
+value and log-probability under the rollout's parameters (a rollout's last step sends nothing
+ahead, so no action is ever computed by parameters other than the ones it is stored with), the
+episode starts, truncated episodes bootstrapped from their `terminal_observation`; callbacks'
+`on_step` once per full step with every agent's infos and dones. Two things differ from serial:
+the action noise is drawn per group (another order of the same draws), and `VecNormalize`'s
+running statistics are updated a group at a time, so A's observations of step t are normalised
+with statistics that include A's but not yet B's observations of that step (serial: both). After
+every full step the statistics are the same (the running mean/variance merge is exact up to
+rounding: tests/integration/test_overlapped.py); only that half-step lag differs, one step's
+observations of half the agents, which moves the statistics noticeably only in a run's first steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+
+from spacetime_rl.envs import SpaceTimeVecEnv
+
+__all__ = ["GROUPS", "OverlappedPPO"]
+
+#: Server groups a rollout alternates between: two keep one group stepping while the other is served.
+GROUPS = 2
+
+
+class OverlappedPPO(PPO):
+    """PPO over a `SpaceTimeVecEnv` (optionally under `VecNormalize`) of two or more servers, whose
+    rollouts overlap the servers' stepping with the policy's inference (module docstring)."""
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        assert self._last_obs is not None and self._last_episode_starts is not None
+        norm, venv = _layers(env)
+        groups = venv.server_groups(GROUPS)
+        agents = [venv.agents_of(g) for g in groups]
+        self.policy.set_training_mode(False)
+        n_steps = 0
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+
+        last_obs: np.ndarray = self._last_obs  # type: ignore[assignment]
+        sent = [self._act(venv, g, last_obs[a]) for g, a in zip(groups, agents, strict=True)]
+        while n_steps < n_rollout_steps:
+            ahead = n_steps + 1 < n_rollout_steps  # the rollout's last step sends nothing ahead
+            new_obs = np.empty_like(last_obs)
+            rewards = np.empty(env.num_envs, dtype=np.float32)
+            dones = np.empty(env.num_envs, dtype=bool)
+            infos: list[dict[str, Any]] = [{} for _ in range(env.num_envs)]
+            upcoming = []
+            for servers, rows in zip(groups, agents, strict=True):
+                new_obs[rows], rewards[rows], dones[rows], infos[rows] = _receive(norm, venv, servers)
+                if ahead:
+                    upcoming.append(self._act(venv, servers, new_obs[rows]))
+            actions = np.concatenate([a for a, _, _ in sent])
+            values = torch.cat([v for _, v, _ in sent])
+            log_probs = torch.cat([p for _, _, p in sent])
+
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                for servers in groups if ahead else ():  # answered, so no request is left in flight
+                    venv.receive_group(servers)
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            # Timeouts bootstrap from the value of the terminal observation (SB3 issue #633).
+            for idx, done in enumerate(dones):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
+                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with torch.no_grad():
+                        terminal_value = self.policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
+                    rewards[idx] += self.gamma * terminal_value
+
+            rollout_buffer.add(last_obs, actions, rewards, self._last_episode_starts, values, log_probs)
+            self._last_obs = last_obs = new_obs
+            self._last_episode_starts = dones
+            sent = upcoming
+
+        with torch.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _act(
+        self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray
+    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Sample the actions of `servers`' agents for `obs` and send them; returns what PPO stores."""
+        with torch.no_grad():
+            actions, values, log_probs = self.policy(obs_as_tensor(obs, self.device))
+        sampled = actions.cpu().numpy()
+        assert isinstance(self.action_space, spaces.Box)
+        # As SB3: the Gaussian's sample is clipped for the env and stored unclipped.
+        venv.send_group(servers, np.clip(sampled, self.action_space.low, self.action_space.high))
+        return sampled, values, log_probs
+
+
+def _layers(env: VecEnv) -> tuple[VecNormalize | None, SpaceTimeVecEnv]:
+    """The normalisation over the `SpaceTimeVecEnv` (None without one) and the VecEnv itself."""
+    norm = env if isinstance(env, VecNormalize) else None
+    venv = norm.venv if norm is not None else env
+    if not isinstance(venv, SpaceTimeVecEnv):
+        raise TypeError(
+            f"OverlappedPPO steps a SpaceTimeVecEnv, optionally under VecNormalize, not {type(venv).__name__}"
+        )
+    return norm, venv
+
+
+def _receive(norm: VecNormalize | None, venv: SpaceTimeVecEnv, servers: range) -> VecEnvStepReturn:
+    """`servers`' answer to their last step, through `norm` as `VecNormalize.step_wait` passes a
+    full step: statistics updated with these agents' observations and returns, then applied."""
+    obs, rewards, dones, infos = venv.receive_group(servers)
+    assert isinstance(obs, np.ndarray)  # a Box space: one array (for mypy)
+    if norm is None:
+        return obs, rewards, dones, infos
+    rows = venv.agents_of(servers)
+    if len(norm.old_reward) != venv.num_envs:  # VecNormalize makes it at its first step
+        norm.old_reward = np.zeros(venv.num_envs, dtype=np.float32)
+    norm.old_obs[rows] = obs  # type: ignore[index]
+    norm.old_reward[rows] = rewards
+    if norm.training and norm.norm_obs:
+        assert isinstance(norm.obs_rms, RunningMeanStd)
+        norm.obs_rms.update(obs)
+    normalized = norm.normalize_obs(obs)
+    if norm.training:
+        norm.returns[rows] = norm.returns[rows] * norm.gamma + rewards
+        norm.ret_rms.update(norm.returns[rows])
+    scaled = norm.normalize_reward(rewards)
+    for index in np.flatnonzero(dones).tolist():
+        if "terminal_observation" in infos[index]:
+            infos[index]["terminal_observation"] = norm.normalize_obs(infos[index]["terminal_observation"])
+    norm.returns[rows][dones] = 0
+    return normalized, scaled, dones, infos
