@@ -52,7 +52,7 @@ class InfoLog(BaseCallback):
 def launched(config: EnvConfig) -> Iterator[tuple[ServerPool, VecNormalize]]:
     pool = ServerPool(config, seed=SEED, role="train")
     urls = pool.start()
-    connect = connector(pool, config)
+    connect = connector(pool)
     venv = SpaceTimeVecEnv(
         [connect(url) for url in urls], config, RewardConfig(), seed=SEED, recover=pool.recovery(connect)
     )
