@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt
 from benchmarks.learning import success_curve
 from benchmarks.memory import ROOT
 from benchmarks.report import machine, write_results
+from benchmarks.tasks import SANITY_CHECK
 from spacetime_rl.metrics import wilson_interval
 
 #: Goals that are really far: 25-30 m on the 48 m platform (the open field fits them, mean 27 m).
@@ -45,15 +46,11 @@ CELLS: Final = {
     "multi": ["task=multi"],
     "far_comfort": ["preset=comfort_optimized", "task=navigate", *FAR],
 }
-#: The docs/training.md sanity-check settings: 32 agents on one simulator, short rollouts.
+#: The sanity-check settings with the default [256, 256] network.
 FAST: Final = [
-    "env.agents_per_environment=32",
-    "ppo.n_steps=64",
-    "ppo.batch_size=512",
-    "ppo.n_epochs=5",
+    *SANITY_CHECK,
     "training.eval_episodes=32",
     "training.held_out_episodes=0",  # evaluate.py plays the held-out episodes below, every policy alike
-    "training.progress_bar=false",
     "training.torch_threads=1",
 ]
 POLICIES: Final = ("trained", "heuristic", "random")
@@ -166,14 +163,11 @@ def results_table(runs: list[SeedRun]) -> str:
         tasks = sorted({e["task"] for e in cell_runs[0].episodes["trained"]})
         for task in [None, *tasks] if len(tasks) > 1 else [None]:
             label = cell if task is None else f"{cell}: {task}"
-            per_policy = {
-                policy: (pooled(per_seed), per_seed)
-                for policy in POLICIES
-                if all(per_seed := row_episodes(cell_runs, policy, task))
-            }
-            heuristic = per_policy["heuristic"][0]
-            for policy, (s, per_seed) in per_policy.items():
-                rates = [summary(e)["success"] for e in per_seed]
+            per_policy = {policy: row_episodes(cell_runs, policy, task) for policy in POLICIES}
+            heuristic = pooled(per_policy["heuristic"])
+            for policy, per_seed in per_policy.items():
+                s = pooled(per_seed)
+                rates = [summary(e)["success"] for e in per_seed if e]
                 seeds = f"{min(rates):.2f}-{max(rates):.2f}"
                 versus = "" if policy != "trained" else _versus(s, heuristic)
                 lines.append(

@@ -21,15 +21,15 @@ from spacetime_rl.config import compose_train_config
 from spacetime_rl.training import train
 
 TASKS = ("navigate", "obstacle_course", "maze")
-FAST = [
+#: The docs/training.md sanity-check settings: 32 agents on one simulator, short rollouts, few epochs.
+SANITY_CHECK = [
     "env.agents_per_environment=32",
-    "network=small",
     "ppo.n_steps=64",
     "ppo.batch_size=512",
     "ppo.n_epochs=5",
-    "training.eval_episodes=48",
     "training.progress_bar=false",
 ]
+FAST = [*SANITY_CHECK, "network=small", "training.eval_episodes=48"]
 
 
 def run(task: str, seed: int, timesteps: int, overrides: list[str]) -> tuple[dict[str, float], float]:
