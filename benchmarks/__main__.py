@@ -102,7 +102,7 @@ def env_tables(samples: Samples, godot_rl_client: str) -> tuple[str, dict[str, f
 
 
 def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[str, dict[str, float]]:
-    from benchmarks.training import RUNS, measure_training, train_config
+    from benchmarks.training import MODES, RUNS, measure_training, train_config
 
     lines = [
         "#### 4. PPO training over HTTP vs in-process",
@@ -112,7 +112,9 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
         "VecNormalize and `PPO` (`training.job._new_model`) over `GodotClient`s to simulator "
         "subprocesses or `InProcessTransport`s (`benchmarks/inprocess.py`). HTTP rollouts are "
         "collected serially (SB3's loop) or overlapped (`training.rollout=overlapped`: two server "
-        "groups, one stepping while the policy acts for the other); in-process always serially. "
+        "groups, one stepping while the policy acts for the other; `training.cpu_affinity` puts the "
+        "rollout on one core and the servers on the other, and the unpinned row turns that off); "
+        "in-process always serially. "
         "Rollout = time in `collect_rollouts` (policy + environment); training = the whole `learn()`. "
         f"{repeats} repeats, each running every row's mode in turn; ratios are per repeat.",
         "",
@@ -123,9 +125,7 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
     key = {}
     for environments, runs in RUNS.items():
         configs = {
-            run: train_config(
-                [f"env.num_environments={environments}", f"training.rollout={run[1]}", *overrides]
-            )
+            run: train_config([f"env.num_environments={environments}", *MODES[run[1]], *overrides])
             for run in runs
         }
         rates: dict[tuple[str, str], list[tuple[float, float]]] = {run: [] for run in runs}
@@ -143,7 +143,7 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
             key[f"training_ratio_{environments}_{mode}_min"] = min(ratios)
             key[f"rollout_ratio_{environments}_{mode}"] = statistics.median(rollout_ratios)
             lines.append(
-                f"| {environments} | {configs[(transport, mode)].env.num_agents} | {mode} | "
+                f"| {environments} | {configs[(transport, mode)].env.num_agents} | {mode.replace('_', ', ')} | "
                 f"{_k(statistics.median(h[0] for h in http))} | {_k(statistics.median(i[0] for i in local))} | "
                 f"{statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} | "
                 f"{statistics.median(rollout_ratios):.2f} | {min(rollout_ratios):.2f}-{max(rollout_ratios):.2f} |"

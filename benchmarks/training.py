@@ -26,15 +26,27 @@ from benchmarks.memory import ROOT, run_sampled
 from spacetime_rl.config import TrainConfig, compose_train_config, torch_threads
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.godot.launcher import launch_servers
-from spacetime_rl.training.callbacks import RolloutThreads
+from spacetime_rl.training.callbacks import RolloutTorch
 from spacetime_rl.training.job import _new_model
+from spacetime_rl.training.overlapped import OverlappedPPO, core_split
 
 TRANSPORTS: Final = ("http", "in-process")
-#: What a repeat of the PPO comparison runs with N servers, in this order: (transport, training.rollout).
+#: How rollouts are collected, by the name a table row gives it: its config overrides.
+MODES: Final = {
+    "serial": ["training.rollout=serial"],
+    "overlapped": ["training.rollout=overlapped"],  # training.cpu_affinity=true, the default
+    "overlapped_unpinned": ["training.rollout=overlapped", "training.cpu_affinity=false"],
+}
+#: What a repeat of the PPO comparison runs with N servers, in this order: (transport, mode).
 #: Overlapping needs two or more servers; in-process there is nothing to overlap with.
 RUNS: Final = {
     1: (("http", "serial"), ("in-process", "serial")),
-    2: (("http", "overlapped"), ("http", "serial"), ("in-process", "serial")),
+    2: (
+        ("http", "overlapped"),
+        ("http", "overlapped_unpinned"),
+        ("http", "serial"),
+        ("in-process", "serial"),
+    ),
 }
 
 
@@ -66,7 +78,9 @@ def vec_env(config: TrainConfig, transport: str) -> Iterator[SpaceTimeVecEnv]:
     seed = config.training.seed
     with contextlib.ExitStack() as stack:
         if transport == "http":
-            transports: list[Any] = make_clients(stack.enter_context(launch_servers(env, seed=seed)), env)
+            split = core_split(config)  # as the training job places its servers
+            urls = stack.enter_context(launch_servers(env, seed=seed, cores=split.servers if split else None))
+            transports: list[Any] = make_clients(urls, env)
         else:
             transports = [
                 InProcessTransport(env.agents_per_environment, seed=seed + i, action_repeat=env.action_repeat)
@@ -99,13 +113,16 @@ def measure_training(config: TrainConfig, transport: str, rollouts: int) -> Trai
             gamma=config.ppo.gamma,
         )
         model = _new_model(env, config, verbose=0)
+        split = core_split(config)
+        if split and transport == "http" and isinstance(model, OverlappedPPO):
+            model.rollout_cores = split.trainer
         # Set-up: the first reset opens each transport's step connection and session (~0.1 s over
         # HTTP, once per run); learn() resets again, warm, inside the timing.
         env.reset()
         steps = rollouts * config.ppo.n_steps * venv.num_envs
         timer = RolloutTimer()
         start = time.perf_counter()
-        model.learn(steps, callback=[timer, RolloutThreads(config.training.rollout_torch_threads)])
+        model.learn(steps, callback=[timer, RolloutTorch(config.training.rollout_torch_threads)])
         elapsed = time.perf_counter() - start
     return TrainingRate(model.num_timesteps / elapsed, model.num_timesteps / timer.seconds)
 

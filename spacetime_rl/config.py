@@ -594,6 +594,10 @@ class TrainingConfig:
     # needs 2+ launched servers and network.policy=MlpPolicy). Serial by default: overlapped was not
     # measurably faster on the 2-core machine, even with slow servers (docs/benchmarks.md).
     rollout: str = "serial"
+    # Overlapped rollouts over launched local servers: the trainer collects on one core and its
+    # servers run on the others, so a server woken by its actions never preempts the policy
+    # (Sample Factory's set_workers_cpu_affinity). Ignored otherwise, and with fewer than 2 cores.
+    cpu_affinity: bool = True
 
     def __post_init__(self) -> None:
         for key in ("total_timesteps", "save_freq", "eval_freq", "eval_episodes"):

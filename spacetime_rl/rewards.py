@@ -34,8 +34,13 @@ class RewardBreakdown:
     """One step's rewards: the total and each weighted term, all shaped (N,) float64."""
 
     total: np.ndarray
-    terms: dict[str, np.ndarray]
+    weighted: np.ndarray  # (len(REWARD_TERMS), N): each term, weighted, in REWARD_TERMS order
     comfort: np.ndarray  # the comfort score in [0.3, 1] used for the comfort bonus
+
+    @property
+    def terms(self) -> dict[str, np.ndarray]:
+        """Each weighted term (N,) by name."""
+        return dict(zip(REWARD_TERMS, self.weighted, strict=True))
 
 
 def roll_angle(quaternions: np.ndarray) -> np.ndarray:
@@ -84,6 +89,7 @@ class RewardCalculator:
         configs = [config] if isinstance(config, RewardConfig) else list(config)
         #: term -> (tasks,) weights; indexed by `task` each step, so every agent has its own weights.
         self.weights = {name: np.array([getattr(c, name) for c in configs]) for name in REWARD_TERMS}
+        self._matrix = np.stack(list(self.weights.values()))  # (terms, tasks), REWARD_TERMS order
         self.task = np.zeros(num_agents, dtype=np.int64)
         self.max_speed = max_speed
         self.best_distance = np.zeros(num_agents)
@@ -108,7 +114,6 @@ class RewardCalculator:
         `observations` are the last observations of the step (the terminal one for finished agents),
         `truncated` flags agents cut by the time limit without finishing.
         """
-        w = {name: values[self.task[agents]] for name, values in self.weights.items()}  # (k,) each
         distance = observations[:, OBS["goal_distance"]][:, 0]
         best = self.best_distance[agents]  # a view: agents is a slice
         new_progress = np.maximum(best - distance, 0.0)
@@ -119,17 +124,18 @@ class RewardCalculator:
         smooth = smoothness(self.previous_velocity[agents], velocity, self.max_speed)
         self.previous_velocity[agents] = velocity
 
-        terms = {
-            "goal_reached": w["goal_reached"] * events.goal_reached,
-            "progress": w["progress"] * new_progress,
-            "smooth_movement": w["smooth_movement"] * smooth * new_progress,
-            "comfort_bonus": w["comfort_bonus"] * comfort * new_progress,
-            "collision_penalty": w["collision_penalty"] * events.collisions,
-            "fall_penalty": w["fall_penalty"] * events.fell,
-            "timeout_penalty": w["timeout_penalty"] * truncated,
-            "teleport_penalty": w["teleport_penalty"] * events.teleports,
-            "discomfort_penalty": w["discomfort_penalty"] * (1.0 - comfort),
+        unweighted = {
+            "goal_reached": events.goal_reached,
+            "progress": new_progress,
+            "smooth_movement": smooth * new_progress,
+            "comfort_bonus": comfort * new_progress,
+            "collision_penalty": events.collisions,
+            "fall_penalty": events.fell,
+            "timeout_penalty": truncated,
+            "teleport_penalty": events.teleports,
+            "discomfort_penalty": 1.0 - comfort,
         }
-        terms = {name: np.asarray(value, dtype=np.float64) for name, value in terms.items()}
-        total = np.sum(list(terms.values()), axis=0)
-        return RewardBreakdown(total=total, terms=terms, comfort=comfort)
+        # (terms, k): every term at once, each agent with its task's weights
+        weighted = self._matrix[:, self.task[agents]] * np.array([unweighted[name] for name in REWARD_TERMS])
+        total = weighted.sum(axis=0)
+        return RewardBreakdown(total=total, weighted=weighted, comfort=comfort)

@@ -74,7 +74,7 @@ class EpisodeTracker:
         self.collisions[agents] += events.collisions
         self.teleports[agents] += events.teleports
         self.comfort[agents] += breakdown.comfort
-        self.terms[:, agents] += np.stack([breakdown.terms[name] for name in REWARD_TERMS])
+        self.terms[:, agents] += breakdown.weighted
         return StepRecord(rewards=breakdown.total.astype(np.float32), truncated=truncated)
 
     def episode_info(

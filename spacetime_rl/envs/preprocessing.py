@@ -39,11 +39,9 @@ def yaw_angle(quaternions: np.ndarray) -> np.ndarray:
     return np.arctan2(2.0 * (x * z + w * y), 1.0 - 2.0 * (x * x + y * y))
 
 
-def _into_heading_frame(vectors: np.ndarray, cos_yaw: np.ndarray, sin_yaw: np.ndarray) -> None:
-    """Rotate world vectors (N, 3) in place by minus the yaw whose cos/sin (N,) are given, about +Y."""
-    x, z = vectors[:, 0].copy(), vectors[:, 2].copy()
-    vectors[:, 0] = cos_yaw * x - sin_yaw * z
-    vectors[:, 2] = sin_yaw * x + cos_yaw * z
+#: Columns of the x and of the z component of every world-axis vector, in the same order.
+_X: Final = np.array([OBS[name].start for name in _WORLD_VECTORS])
+_Z: Final = _X + 2
 
 
 def preprocess_observations(observations: np.ndarray, *, heading_frame: bool) -> np.ndarray:
@@ -56,12 +54,13 @@ def preprocess_observations(observations: np.ndarray, *, heading_frame: bool) ->
 
     if heading_frame:
         quaternion = obs[:, OBS["camera_rotation"]]
-        yaw = yaw_angle(quaternion)
-        cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
-        for name in _WORLD_VECTORS:
-            _into_heading_frame(obs[:, OBS[name]], cos_yaw, sin_yaw)
+        yaw = yaw_angle(quaternion)[:, None]
+        # every world vector rotated by minus the yaw about +Y, in one go
+        cos_yaw, sin_yaw, x, z = np.cos(yaw), np.sin(yaw), obs[:, _X], obs[:, _Z]
+        obs[:, _X] = cos_yaw * x - sin_yaw * z
+        obs[:, _Z] = sin_yaw * x + cos_yaw * z
         # q_local = conj(q_yaw) * q with q_yaw = (0, sin(yaw/2), 0, cos(yaw/2)).
-        qy, qw = np.sin(0.5 * yaw), np.cos(0.5 * yaw)
+        qy, qw = np.sin(0.5 * yaw[:, 0]), np.cos(0.5 * yaw[:, 0])
         x, y, z, w = quaternion.T.copy()
         quaternion[:, 0] = qw * x - qy * z
         quaternion[:, 1] = qw * y - qy * w

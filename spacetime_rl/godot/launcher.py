@@ -77,6 +77,7 @@ class ServerPool:
         verbose: bool = False,
         role: str = "",
         host: str = wire.DEFAULT_HOST,
+        cores: frozenset[int] | None = None,
     ) -> None:
         self.config = config
         self.role = role  # "train" or "eval": which servers these are, in messages
@@ -85,6 +86,7 @@ class ServerPool:
         self.seed = seed
         self.verbose = verbose
         self.host = host  # the address servers listen on (a Ray node's, to be reached from others)
+        self.cores = cores  # the CPU cores every launched server runs on (None: wherever the OS puts it)
         self.urls: list[str] = []
         self.restarts = 0  # servers restarted after a fault, over the pool's life
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -179,7 +181,8 @@ class ServerPool:
         if not self.launched:
             return {"launcher": None, "servers": [{"url": url} for url in self.urls]}
         servers = [{"url": url, "pid": pid} for url, pid in zip(self.urls, self.pids, strict=True)]
-        return {"launcher": "local", "servers": servers}
+        cores = sorted(self.cores) if self.cores else None
+        return {"launcher": "local", "cores": cores, "servers": servers}
 
     def _count_restart(self, index: int, fault: GodotError | None) -> None:
         """Count a restart of server `index`, or raise once env.max_restarts are used up (`restart`)."""
@@ -336,7 +339,7 @@ class ServerPool:
             open(self._logs / f"{index}.err", "wb") as stderr,
         ):
             try:
-                return subprocess.Popen(
+                process = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=stdout,
@@ -348,6 +351,9 @@ class ServerPool:
                 raise ConfigError(
                     f"env.executable={command[0]!r} cannot be started ({exc}): set it to the Godot binary"
                 ) from exc
+        if self.cores:  # before it starts threads, which inherit it (_wait_ready pins any earlier ones)
+            _pin(process.pid, self.cores)
+        return process
 
     async def _wait_all_ready(self) -> list[str]:
         return [await self._wait_ready(index) for index in range(self.count)]
@@ -370,6 +376,8 @@ class ServerPool:
                     if line.startswith(prefix):
                         url = line[len(prefix) :].strip()
                         await self._wait_healthy(index, url, deadline)
+                        if self.cores:
+                            _pin(process.pid, self.cores)
                         return url
             if process.poll() is not None:
                 raise self._failure(index, GodotConnectionError, f"exited with code {process.returncode}")
@@ -419,6 +427,14 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)
 
 
+def _pin(pid: int, cores: frozenset[int]) -> None:
+    """Run every thread process `pid` has (threads it starts later inherit it) on `cores` (Linux)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it exited: its wait reports that
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(thread), cores)
+
+
 def server_pool(config: EnvConfig, **options: Any) -> ServerPool:
     """The pool env.launcher names: `ServerPool` (local subprocesses, or attached) or `RayServerPool`.
 
@@ -439,10 +455,11 @@ def launch_servers(
     agents: int | None = None,
     seed: int | None = None,
     verbose: bool = False,
+    cores: frozenset[int] | None = None,
 ) -> Iterator[list[str]]:
     """URLs of `count` (default env.servers) servers for the block; launched ones stop after it.
 
     Local subprocesses whatever env.launcher says (benchmarks, tests): `server_pool` honours it.
     """
-    with ServerPool(config, count=count, agents=agents, seed=seed, verbose=verbose) as urls:
+    with ServerPool(config, count=count, agents=agents, seed=seed, verbose=verbose, cores=cores) as urls:
         yield urls

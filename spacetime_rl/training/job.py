@@ -78,11 +78,11 @@ from spacetime_rl.training.callbacks import (
     EvalRecord,
     Evaluator,
     HParamsCallback,
-    RolloutThreads,
+    RolloutTorch,
     evaluate,
 )
 from spacetime_rl.training.loggers import destinations, run_logger
-from spacetime_rl.training.overlapped import OverlappedPPO
+from spacetime_rl.training.overlapped import OverlappedPPO, core_split
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,14 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         if resume:
             check_same_save(resume, model, train_env, resume_state)
         model.set_logger(logger)
+        split = core_split(config)
+        if split and isinstance(model, OverlappedPPO):
+            model.rollout_cores = split.trainer
+            log.info(
+                "training.cpu_affinity: rollouts collect on core %s, the training servers run on cores %s",
+                _cores(split.trainer),
+                _cores(split.servers),
+            )
 
         def restart_training_episodes(model: BaseAlgorithm) -> None:
             # The eval env shares Godot with training: its resets cut the training episodes short.
@@ -206,7 +214,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         eval_callback = EvalCallback(evaluator, training.eval_freq, curriculum_callback, on_eval)
         callbacks = CallbackList(
             [
-                RolloutThreads(training.rollout_torch_threads),
+                RolloutTorch(training.rollout_torch_threads),
                 HParamsCallback(hparams, list(dict.fromkeys([training.objective, *HPARAMS_METRICS]))),
                 curriculum_callback,
                 EpisodeMetricsCallback(),
@@ -294,11 +302,16 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "server_faults": faults,
             "servers": servers,
             "rollout": training.rollout,
+            "rollout_cores": sorted(model.rollout_cores or ()) if isinstance(model, OverlappedPPO) else [],
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)
     log.info("%s", _summary(output_dir, record, held_out, destinations(logger)))
     return objective
+
+
+def _cores(cores: frozenset[int]) -> str:
+    return ",".join(map(str, sorted(cores)))
 
 
 def _summary(
@@ -355,7 +368,9 @@ def _start_envs(stack: contextlib.ExitStack, config: TrainConfig) -> _Envs:
     """
     env_config, training = config.env, config.training
 
-    train_pool = server_pool(env_config, seed=training.seed, verbose=config.verbose, role="train")
+    split = core_split(config)
+    placed = {"cores": split.servers} if split else {}
+    train_pool = server_pool(env_config, seed=training.seed, verbose=config.verbose, role="train", **placed)
     eval_pool = server_pool(
         env_config,
         count=1,

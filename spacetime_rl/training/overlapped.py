@@ -19,11 +19,16 @@ with statistics that include A's but not yet B's observations of that step (seri
 every full step the statistics are the same (the running mean/variance merge is exact up to
 rounding: tests/integration/test_overlapped.py); only that half-step lag differs, one step's
 observations of half the agents, which moves the statistics noticeably only in a run's first steps.
+
+With `training.cpu_affinity` (`core_split`) the rollout runs on one core and the training servers on
+the others: unpinned, a server woken by its actions lands on the trainer's core about as often as
+not and preempts the policy (docs/benchmarks.md measures both).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,19 +41,66 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
+from spacetime_rl.config import TrainConfig
 from spacetime_rl.envs import SpaceTimeVecEnv
 
-__all__ = ["GROUPS", "OverlappedPPO"]
+__all__ = ["GROUPS", "CoreSplit", "OverlappedPPO", "core_split"]
 
 #: Server groups a rollout alternates between: two keep one group stepping while the other is served.
 GROUPS = 2
 
 
+class CoreSplit(NamedTuple):
+    """Where an overlapped rollout runs: the trainer's collecting thread, and its training servers."""
+
+    trainer: frozenset[int]
+    servers: frozenset[int]
+
+
+def core_split(config: TrainConfig) -> CoreSplit | None:
+    """The cores of `training.cpu_affinity` for this run: the first usable core for the rollout,
+    the rest for the training servers; None when the run does not pin (serial rollouts, Ray or
+    attached servers, fewer than two usable cores, training.cpu_affinity=false)."""
+    if not (config.training.cpu_affinity and config.training.rollout == "overlapped"):
+        return None
+    if config.env.launcher != "local" or config.env.attached or not hasattr(os, "sched_setaffinity"):
+        return None  # Ray's or someone else's servers; macOS and Windows have no affinity calls
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    return CoreSplit(frozenset(cores[:1]), frozenset(cores[1:]))
+
+
 class OverlappedPPO(PPO):
     """PPO over a `SpaceTimeVecEnv` (optionally under `VecNormalize`) of two or more servers, whose
-    rollouts overlap the servers' stepping with the policy's inference (module docstring)."""
+    rollouts overlap the servers' stepping with the policy's inference (module docstring).
+
+    `rollout_cores`: the cores the collecting thread runs on during a rollout (`core_split`); its
+    own affinity is back after each rollout, so PPO updates use every thread torch has.
+    """
+
+    rollout_cores: frozenset[int] | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "rollout_cores"]  # this machine's cores, not the model's
 
     def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        if not self.rollout_cores:
+            return self._collect(env, callback, rollout_buffer, n_rollout_steps)
+        saved = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.rollout_cores)  # 0: this thread only
+        try:
+            return self._collect(env, callback, rollout_buffer, n_rollout_steps)
+        finally:
+            os.sched_setaffinity(0, saved)
+
+    def _collect(
         self,
         env: VecEnv,
         callback: BaseCallback,

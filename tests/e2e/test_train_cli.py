@@ -530,3 +530,25 @@ def test_the_records_say_which_rollout_mode_ran(overrides: list[str], mode: str,
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert saved["training"]["rollout"] == mode
     assert (tmp_path / "final_model.zip").is_file()
+
+
+@pytest.mark.parametrize("affinity", ["true", "false"])
+def test_the_records_say_which_cores_an_overlapped_run_was_pinned_to(affinity: str, tmp_path: Path) -> None:
+    """training.cpu_affinity (the default): the rollout on the first usable core, the training
+    servers on the rest, in metrics.json and the log; off, or serial (above), nothing is pinned."""
+    result = run_train(
+        *TINY,
+        "training.held_out_episodes=0",
+        "env.num_environments=2",
+        "training.rollout=overlapped",
+        f"training.cpu_affinity={affinity}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = affinity == "true" and len(cores) > 1
+    assert metrics["rollout_cores"] == (cores[:1] if pinned else [])
+    assert metrics["servers"]["train"]["cores"] == (cores[1:] if pinned else None)
+    assert metrics["servers"]["eval"]["cores"] is None  # it steps between rollouts: anywhere
+    assert ("training.cpu_affinity: rollouts collect on core" in result.stdout + result.stderr) == pinned

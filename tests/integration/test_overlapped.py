@@ -3,9 +3,11 @@ the rollout buffer holds what serial PPO would store, and faults are recovered t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -276,3 +278,64 @@ def test_groups_split_the_servers_in_two_contiguous_halves():
         assert venv.server_groups(2) == [range(0, 2), range(2, 3)]
         assert [venv.agents_of(g) for g in venv.server_groups(2)] == [slice(0, 4), slice(4, 6)]
         assert venv.server_groups(5) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+def _threads_cores(pid: int) -> set[frozenset[int]]:
+    """The distinct CPU sets the threads of process `pid` may run on."""
+    return {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+CORES = sorted(os.sched_getaffinity(0))
+#: the last usable core for the servers, the first for the rollout (one core: both on it)
+SERVER_CORES, TRAINER_CORES = frozenset(CORES[-1:]), frozenset(CORES[:1])
+
+
+def test_pinned_servers_run_every_thread_on_their_cores_and_so_do_restarted_ones():
+    config = dataclasses.replace(ENV, num_environments=2)
+    pool = ServerPool(config, seed=SEED, role="train", cores=SERVER_CORES)
+    pool.start()
+    try:
+        for pid in pool.pids:
+            assert _threads_cores(pid) == {SERVER_CORES}
+        asyncio.run(pool.restart(1))
+        assert _threads_cores(pool.pids[1]) == {SERVER_CORES}
+        assert pool.record()["cores"] == sorted(SERVER_CORES)
+    finally:
+        pool.stop()
+    unpinned = ServerPool(config, seed=SEED, role="train")
+    unpinned.start()
+    try:
+        assert _threads_cores(unpinned.pids[0]) == {frozenset(CORES)}  # the OS's choice, as before
+        assert unpinned.record()["cores"] is None
+    finally:
+        unpinned.stop()
+
+
+class Affinity(BaseCallback):
+    """The CPU set of the collecting thread at every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[frozenset[int]] = set()
+
+    def _on_step(self) -> bool:
+        self.seen.add(frozenset(os.sched_getaffinity(0)))
+        return True
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_a_pinned_rollout_collects_on_its_core_and_gives_the_others_back_after(pinned: bool):
+    """Pinned, every step of the rollout runs on the trainer's core, and the thread gets its whole
+    CPU set back when the rollout ends (so PPO updates use every torch thread); unpinned, nothing
+    changes. The cores are not saved with the model (they are this machine's)."""
+    before = os.sched_getaffinity(0)
+    with launched(ENV) as (_, venv):
+        env = VecNormalize(venv, gamma=0.9)
+        model = OverlappedPPO("MlpPolicy", env, n_steps=N_STEPS, batch_size=40, seed=0, device="cpu")
+        if pinned:
+            model.rollout_cores = TRAINER_CORES
+        affinity = Affinity()
+        model.learn(N_STEPS * env.num_envs, callback=affinity)
+        assert affinity.seen == {TRAINER_CORES if pinned else frozenset(before)}
+        assert os.sched_getaffinity(0) == before
+        assert "rollout_cores" in model._excluded_save_params()

@@ -24,7 +24,7 @@ from spacetime_rl.errors import ConfigError
 from spacetime_rl.metrics import EVAL_METRICS
 from spacetime_rl.rewards import REWARD_TERMS
 from spacetime_rl.training import train
-from spacetime_rl.training.callbacks import RolloutThreads
+from spacetime_rl.training.callbacks import RolloutTorch
 
 STAGES = [CurriculumStageConfig("near", 2.0, 600), CurriculumStageConfig("far", 4.0, 10_000)]
 
@@ -137,15 +137,18 @@ def test_resume_from_an_incomplete_checkpoint_names_the_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize(("threads", "during"), [(1, 1), (0, 3)])
-def test_rollout_threads_apply_during_rollouts_only(threads, during):
+def test_rollout_threads_and_unchecked_distributions_apply_during_rollouts_only(threads, during):
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        callback = RolloutThreads(threads)
+        callback = RolloutTorch(threads)
         callback.on_rollout_start()
         assert torch.get_num_threads() == during
+        assert torch.distributions.Normal(torch.zeros(1), -torch.ones(1)).scale.item() == -1  # unchecked
         callback.on_rollout_end()
         assert torch.get_num_threads() == 3
+        with pytest.raises(ValueError, match="scale"):  # the updates check: a diverged policy is named
+            torch.distributions.Normal(torch.zeros(1), -torch.ones(1))
     finally:
         torch.set_num_threads(saved)
 

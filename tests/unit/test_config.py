@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from spacetime_rl.config import CONF_DIR, TrainConfig, check_command_line, compose_train_config
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.seed_config import EXAMPLE, load_seed_config, write_example
+from spacetime_rl.training.overlapped import core_split
 
 CONF = CONF_DIR
 GROUPS = ("preset", "reward", "env", "network", "ppo", "curriculum", "training")
@@ -354,6 +355,28 @@ def test_rollout_overlapped_where_it_cannot_names_the_keys_and_the_fix(
         compose_train(*overrides, "training.rollout=overlapped")
     message = str(info.value)
     assert named in message and fix in message and "training.rollout=serial" in message
+
+
+OVERLAPPED = ("env.num_environments=2", "training.rollout=overlapped")
+
+
+@pytest.mark.parametrize(
+    ("cores", "overrides", "split"),
+    [
+        ({0, 1}, OVERLAPPED, ({0}, {1})),
+        ({2, 5, 7}, OVERLAPPED, ({2}, {5, 7})),  # a cgroup's or taskset's cores, not 0..n-1
+        ({0}, OVERLAPPED, None),  # one core: nothing to split
+        ({0, 1}, ("env.num_environments=2",), None),  # serial: the servers step while the policy waits
+        ({0, 1}, (*OVERLAPPED, "training.cpu_affinity=false"), None),
+        ({0, 1}, (*OVERLAPPED, "env.launcher=ray"), None),  # Ray places its servers
+    ],
+)
+def test_overlapped_rollouts_pin_the_trainer_to_one_usable_core_and_the_servers_to_the_rest(
+    cores: set[int], overrides: tuple[str, ...], split: tuple[set[int], set[int]] | None, monkeypatch
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: cores)
+    got = core_split(compose_train(*overrides))
+    assert (got and (set(got.trainer), set(got.servers))) == split
 
 
 def test_rollout_modes_are_checked() -> None:
