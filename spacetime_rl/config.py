@@ -60,6 +60,8 @@ LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 OPTIONAL_LOGGERS: Final = frozenset({"wandb", "mlflow"})
 #: Servers when env.num_environments is null and none are attached (attached: one per env.url).
 DEFAULT_ENVIRONMENTS = 1
+#: Parallel trials turn it off (sweeps' n_jobs, the Ray launcher): they would pin to the same core.
+CPU_AFFINITY_KEY: Final = "training.cpu_affinity"
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:

@@ -21,7 +21,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from spacetime_rl.config import DEFAULT_ENVIRONMENTS
+from spacetime_rl.config import CPU_AFFINITY_KEY, DEFAULT_ENVIRONMENTS
 from spacetime_rl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,10 @@ class RayLauncher(Launcher):
                 config.hydra.job.id = idx
                 config.hydra.job.num = idx
                 config.hydra.sweep.dir = str(sweep_dir)
+                if not any(o.startswith(f"{CPU_AFFINITY_KEY}=") for o in overrides):
+                    # Ray does not pin its tasks: trials sharing a node would pin their rollouts to
+                    # the same first core
+                    OmegaConf.update(config, CPU_AFFINITY_KEY, False)
             cpus = (
                 self.num_cpus
                 or (OmegaConf.select(config, "env.num_environments") or DEFAULT_ENVIRONMENTS) + 1

@@ -29,7 +29,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.study import StudyDirection
 
-from spacetime_rl.config import SweepConfig
+from spacetime_rl.config import CPU_AFFINITY_KEY, SweepConfig
 from spacetime_rl.errors import ConfigError
 from spacetime_rl.studies.storage import (
     check_storage,
@@ -200,13 +200,15 @@ class OptunaSweep:
             time.sleep(self.settings.heartbeat_interval)
 
     def _shared_overrides(self, space: SearchSpace) -> list[str]:
-        """When trials run in parallel: one torch thread per core share, and no busy polling (the
-        trials' processes share the cores), unless the command line says otherwise."""
+        """When trials run in parallel: one torch thread per core share, no busy polling and no
+        pinning (the trials' processes share the cores; each would pin its rollout to the same
+        first core), unless the command line says otherwise."""
         if self.n_jobs == 1:
             return []
         defaults = {
             TORCH_THREADS_KEY: max(1, (os.cpu_count() or 1) // self.n_jobs),
             BUSY_POLL_KEY: "off",
+            CPU_AFFINITY_KEY: "false",
         }
         given = space.distributions.keys() | space.fixed.keys()
         return [f"{key}={value}" for key, value in defaults.items() if key not in given]

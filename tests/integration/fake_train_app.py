@@ -41,7 +41,7 @@ def fake_train(config: TrainConfig, output_dir: Path, on_eval=None) -> float:  #
         time.sleep(3600)
     scale = json.loads(os.environ.get("FAKE_SCALE", "{}")).get(str(trial), 1.0)
     value = scale * (1 - abs(math.log10(config.ppo.learning_rate / 3e-4)) / 3)
-    output_dir.mkdir(parents=True)
+    output_dir.mkdir(parents=True, exist_ok=True)  # a plain multirun's job folder is Hydra's
     (output_dir / "pid").write_text(str(os.getpid()))  # which process ran the trial (a launcher's worker?)
     for step in range(1, EVALUATIONS + 1):
         (output_dir / f"eval_{step}").touch()

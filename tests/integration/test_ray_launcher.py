@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from ray_cluster import ray_head
 
 from spacetime_rl.studies.storage import open_storage
@@ -57,7 +58,35 @@ def test_a_sweeps_trials_run_on_the_ray_cluster_and_report_to_one_study(
     assert sweep.pid not in pids  # run by Ray's workers, not in the sweep's process
     for n in (0, 1):
         assert "sweep.trial=" in (tmp_path / "sweep" / str(n) / ".hydra" / "overrides.yaml").read_text()
+        # trials that may share a node do not pin their rollouts to its first core
+        saved = yaml.safe_load((tmp_path / "sweep" / str(n) / ".hydra" / "config.yaml").read_text())
+        assert saved["training"]["cpu_affinity"] is False
     assert (tmp_path / "sweep" / "trials.csv").is_file()
+
+
+def test_a_plain_multirun_on_ray_leaves_its_trials_unpinned(tmp_path: Path, ray_address: str) -> None:
+    """Hydra's own sweeper passes no sharing overrides: the launcher turns training.cpu_affinity off
+    itself, since Ray places tasks by CPU count, not on cores, and trials share nodes."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(FAKE_APP),
+            "-m",
+            "ppo.n_epochs=3,4",
+            "hydra/launcher=ray",
+            f"hydra.launcher.address={ray_address}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    for job in sorted((tmp_path / "sweep").glob("*/.hydra")):
+        assert "cpu_affinity" not in (job / "overrides.yaml").read_text()
+        assert yaml.safe_load((job / "config.yaml").read_text())["training"]["cpu_affinity"] is False
+    assert len(list((tmp_path / "sweep").glob("*/.hydra"))) == 2
 
 
 def test_without_ray_the_launcher_says_how_to_install_it(tmp_path: Path) -> None:

@@ -280,8 +280,16 @@ def test_only_a_sweep_file_selects_the_optuna_sweeper(
     ("n_jobs", "fixed", "expected"),
     [
         (1, {}, []),
-        (2, {}, [f"training.torch_threads={max(1, (os.cpu_count() or 1) // 2)}", "env.busy_poll=off"]),
-        (2, {"env.busy_poll": "on", "training.torch_threads": 1}, []),
+        (
+            2,
+            {},
+            [
+                f"training.torch_threads={max(1, (os.cpu_count() or 1) // 2)}",
+                "env.busy_poll=off",
+                "training.cpu_affinity=false",
+            ],
+        ),
+        (2, {"env.busy_poll": "on", "training.torch_threads": 1, "training.cpu_affinity": True}, []),
     ],
 )
 def test_parallel_trials_share_the_cores(n_jobs: int, fixed: dict[str, Any], expected: list[str]) -> None:
