@@ -60,13 +60,19 @@ class CoreSplit(NamedTuple):
 def core_split(config: TrainConfig) -> CoreSplit | None:
     """The cores of `training.cpu_affinity` for this run: the first usable core for the rollout,
     the rest for the training servers; None when the run does not pin (serial rollouts, Ray or
-    attached servers, fewer than two usable cores, training.cpu_affinity=false)."""
+    attached servers, training.cpu_affinity=false, or too few cores).
+
+    A group's servers step together while the trainer serves the other group, so pinning pays only
+    while each server of a group has a core of its own besides the trainer's: with more, the pinned
+    servers queue on their cores where unpinned ones would use the trainer's core while it waits
+    (8 slow servers on 2 cores: 0.93x of serial pinned, docs/benchmarks.md).
+    """
     if not (config.training.cpu_affinity and config.training.rollout == "overlapped"):
         return None
     if config.env.launcher != "local" or config.env.attached or not hasattr(os, "sched_setaffinity"):
         return None  # Ray's or someone else's servers; macOS and Windows have no affinity calls
     cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
+    if -(-config.env.servers // GROUPS) > len(cores) - 1:  # a group's servers, ceil(servers / 2)
         return None
     return CoreSplit(frozenset(cores[:1]), frozenset(cores[1:]))
 

@@ -366,6 +366,9 @@ OVERLAPPED = ("env.num_environments=2", "training.rollout=overlapped")
         ({0, 1}, OVERLAPPED, ({0}, {1})),
         ({2, 5, 7}, OVERLAPPED, ({2}, {5, 7})),  # a cgroup's or taskset's cores, not 0..n-1
         ({0}, OVERLAPPED, None),  # one core: nothing to split
+        ({0, 1}, ("env.num_environments=4", "training.rollout=overlapped"), None),  # groups of 2, 1 core
+        ({0, 1, 2}, ("env.num_environments=4", "training.rollout=overlapped"), ({0}, {1, 2})),
+        ({0, 1, 2}, ("env.num_environments=5", "training.rollout=overlapped"), None),  # a group of 3
         ({0, 1}, ("env.num_environments=2",), None),  # serial: the servers step while the policy waits
         ({0, 1}, (*OVERLAPPED, "training.cpu_affinity=false"), None),
         ({0, 1}, (*OVERLAPPED, "env.launcher=ray"), None),  # Ray places its servers
