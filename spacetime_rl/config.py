@@ -593,12 +593,13 @@ class TrainingConfig:
     rollout_torch_threads: int = 1
     # serial: every server steps, then the policy acts for every agent (SB3's loop). overlapped: the
     # servers in two groups, one stepping while the policy acts for the other (training/overlapped.py;
-    # needs 2+ launched servers and network.policy=MlpPolicy). Serial by default: overlapped was not
-    # measurably faster on the 2-core machine, even with slow servers (docs/benchmarks.md).
+    # needs 2+ launched servers and network.policy=MlpPolicy). Serial by default: overlapped was a
+    # few percent faster on the quiet 2-core machine and slower on a loaded one (docs/benchmarks.md).
     rollout: str = "serial"
     # Overlapped rollouts over launched local servers: the trainer collects on one core and its
     # servers run on the others, so a server woken by its actions never preempts the policy
-    # (Sample Factory's set_workers_cpu_affinity). Ignored otherwise, and with fewer than 2 cores.
+    # (Sample Factory's set_workers_cpu_affinity); only while a group's servers each have a core of
+    # their own besides the trainer's (training/overlapped.py, core_split). Ignored otherwise.
     cpu_affinity: bool = True
 
     def __post_init__(self) -> None:
