@@ -342,6 +342,9 @@ class RewardConfig:
     # Per step x (1 - comfort score): the only term that makes slower, steadier motion pay, since
     # the bonuses above grow with speed (docs/rewards.md "Earning comfort"); 0 in the seed's reward.
     discomfort_penalty: float = 0.0
+    # Per step, whatever the agent does: a cost of time, which the per-metre bonuses lack (they pay
+    # the same for a slow walk as for a brisk one); 0 in the seed's reward.
+    time_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         for key, value in vars(self).items():
@@ -357,6 +360,7 @@ class RewardConfig:
             "timeout_penalty",
             "teleport_penalty",
             "discomfort_penalty",
+            "time_penalty",
         ):
             value = getattr(self, key)
             _require(value <= 0, f"reward.{key}", value, "a penalty must be <= 0")

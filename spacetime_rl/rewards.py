@@ -134,6 +134,7 @@ class RewardCalculator:
             "timeout_penalty": truncated,
             "teleport_penalty": events.teleports,
             "discomfort_penalty": 1.0 - comfort,
+            "time_penalty": np.ones(len(distance)),
         }
         # (terms, k): every term at once, each agent with its task's weights
         weighted = self._matrix[:, self.task[agents]] * np.array([unweighted[name] for name in REWARD_TERMS])

@@ -60,6 +60,7 @@ def test_terms_are_the_config_fields():
         "timeout_penalty",
         "teleport_penalty",
         "discomfort_penalty",
+        "time_penalty",
     )
 
 
@@ -89,6 +90,16 @@ def test_discomfort_penalty_costs_every_uncomfortable_step_and_nothing_standing_
     assert turning.terms["discomfort_penalty"][0] == pytest.approx(-0.3)
     still = one_step(penalty, 10.0, 10.0)
     assert still.terms["discomfort_penalty"][0] == 0.0 and still.total[0] == 0.0
+
+
+def test_time_penalty_costs_every_step_whatever_the_agent_does():
+    penalty = only(time_penalty=-0.1)
+    for step in (
+        one_step(penalty, 10.0, 10.0),  # standing still
+        one_step(penalty, 10.0, 9.8, velocity=(1.9, 0.0, 0.0)),  # walking briskly
+        one_step(penalty, 10.0, 10.0, truncated=True, collisions=1),
+    ):
+        assert step.terms["time_penalty"][0] == pytest.approx(-0.1) and step.total[0] == pytest.approx(-0.1)
 
 
 def test_with_the_comfort_weights_a_comfortable_pace_pays_more_per_step_than_full_speed():
