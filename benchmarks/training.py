@@ -28,7 +28,7 @@ from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
 from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.training.callbacks import RolloutTorch
 from spacetime_rl.training.job import _new_model
-from spacetime_rl.training.overlapped import OverlappedPPO, core_split
+from spacetime_rl.training.overlapped import CoreSplit, OverlappedPPO, core_split
 
 TRANSPORTS: Final = ("http", "in-process")
 #: How rollouts are collected, by the name a table row gives it: its config overrides.
@@ -73,12 +73,11 @@ def train_config(overrides: list[str]) -> TrainConfig:
 
 
 @contextlib.contextmanager
-def vec_env(config: TrainConfig, transport: str) -> Iterator[SpaceTimeVecEnv]:
+def vec_env(config: TrainConfig, transport: str, split: CoreSplit | None = None) -> Iterator[SpaceTimeVecEnv]:
     env = config.env
     seed = config.training.seed
     with contextlib.ExitStack() as stack:
         if transport == "http":
-            split = core_split(config)  # as the training job places its servers
             urls = stack.enter_context(launch_servers(env, seed=seed, cores=split.servers if split else None))
             transports: list[Any] = make_clients(urls, env)
         else:
@@ -104,7 +103,8 @@ def measure_training(config: TrainConfig, transport: str, rollouts: int) -> Trai
     torch.set_num_threads(torch_threads(config))  # as the training job does
     with contextlib.ExitStack() as stack:
         stack.callback(torch.set_num_threads, threads)
-        venv = stack.enter_context(vec_env(config, transport))
+        split = core_split(config) if transport == "http" else None  # as the training job places them
+        venv = stack.enter_context(vec_env(config, transport, split))
         env = VecNormalize(
             venv,
             norm_obs=config.env.normalize_observations,
@@ -113,8 +113,7 @@ def measure_training(config: TrainConfig, transport: str, rollouts: int) -> Trai
             gamma=config.ppo.gamma,
         )
         model = _new_model(env, config, verbose=0)
-        split = core_split(config)
-        if split and transport == "http" and isinstance(model, OverlappedPPO):
+        if split and isinstance(model, OverlappedPPO):
             model.rollout_cores = split.trainer
         # Set-up: the first reset opens each transport's step connection and session (~0.1 s over
         # HTTP, once per run); learn() resets again, warm, inside the timing.

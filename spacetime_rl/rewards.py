@@ -87,9 +87,9 @@ class RewardCalculator:
         self, config: RewardConfig | Sequence[RewardConfig], num_agents: int, max_speed: float
     ) -> None:
         configs = [config] if isinstance(config, RewardConfig) else list(config)
-        #: term -> (tasks,) weights; indexed by `task` each step, so every agent has its own weights.
-        self.weights = {name: np.array([getattr(c, name) for c in configs]) for name in REWARD_TERMS}
-        self._matrix = np.stack(list(self.weights.values()))  # (terms, tasks), REWARD_TERMS order
+        #: (terms in REWARD_TERMS order, tasks); indexed by `task` each step, so every agent has its
+        #: own task's weights.
+        self.weights = np.array([[getattr(c, name) for c in configs] for name in REWARD_TERMS])
         self.task = np.zeros(num_agents, dtype=np.int64)
         self.max_speed = max_speed
         self.best_distance = np.zeros(num_agents)
@@ -137,6 +137,6 @@ class RewardCalculator:
             "time_penalty": np.ones(len(distance)),
         }
         # (terms, k): every term at once, each agent with its task's weights
-        weighted = self._matrix[:, self.task[agents]] * np.array([unweighted[name] for name in REWARD_TERMS])
+        weighted = self.weights[:, self.task[agents]] * np.array([unweighted[name] for name in REWARD_TERMS])
         total = weighted.sum(axis=0)
         return RewardBreakdown(total=total, weighted=weighted, comfort=comfort)

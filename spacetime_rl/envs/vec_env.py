@@ -39,6 +39,7 @@ from spacetime_rl.envs.tasks import TaskSchedule
 from spacetime_rl.errors import ConfigError, GodotError, SpecMismatchError
 from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.protocol import Events, ResetResult, RLSpec, StepResult, wire
+from spacetime_rl.rewards import REWARD_TERMS
 
 __all__ = ["AgentTransport", "SpaceTimeVecEnv", "make_clients", "observation_space", "reset_options"]
 
@@ -414,7 +415,9 @@ class SpaceTimeVecEnv(VecEnv):
                 name: {
                     "probability": float(probability),
                     "reset_options": self._tasks.options(index, self._server_options),
-                    "reward": {term: float(values[index]) for term, values in weights.items()},
+                    "reward": {
+                        term: float(w) for term, w in zip(REWARD_TERMS, weights[:, index], strict=True)
+                    },
                 }
                 for index, (name, probability) in enumerate(
                     zip(self._tasks.names, self._tasks.probabilities, strict=True)

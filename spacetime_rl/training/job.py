@@ -82,7 +82,7 @@ from spacetime_rl.training.callbacks import (
     evaluate,
 )
 from spacetime_rl.training.loggers import destinations, run_logger
-from spacetime_rl.training.overlapped import OverlappedPPO, core_split
+from spacetime_rl.training.overlapped import CoreSplit, OverlappedPPO, core_split
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             stdout=bool(sb3_verbose),
         )
         stack.callback(logger.close)
-        envs = _start_envs(stack, config)
+        split = core_split(config)  # training.cpu_affinity: where the rollout and its servers run
+        envs = _start_envs(stack, config, split)
         train_venv, eval_venv = envs.train, envs.eval
         for venv in (train_venv, eval_venv):
             venv.set_max_goal_distance(curriculum.max_goal_distance)
@@ -176,7 +177,6 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
         if resume:
             check_same_save(resume, model, train_env, resume_state)
         model.set_logger(logger)
-        split = core_split(config)
         if split and isinstance(model, OverlappedPPO):
             model.rollout_cores = split.trainer
             log.info(
@@ -360,7 +360,7 @@ class _Envs:
     eval: SpaceTimeVecEnv
 
 
-def _start_envs(stack: contextlib.ExitStack, config: TrainConfig) -> _Envs:
+def _start_envs(stack: contextlib.ExitStack, config: TrainConfig, split: CoreSplit | None) -> _Envs:
     """Start (or attach to) the servers and open a VecEnv over each pool; `stack` closes them all.
 
     Evaluation has a server of its own with min(eval_episodes, agents_per_environment) agents,
@@ -368,7 +368,6 @@ def _start_envs(stack: contextlib.ExitStack, config: TrainConfig) -> _Envs:
     """
     env_config, training = config.env, config.training
 
-    split = core_split(config)
     placed = {"cores": split.servers} if split else {}
     train_pool = server_pool(env_config, seed=training.seed, verbose=config.verbose, role="train", **placed)
     eval_pool = server_pool(
