@@ -40,7 +40,12 @@ MODES: Final = {
 #: What a repeat of the PPO comparison runs with N servers, in this order: (transport, mode).
 #: Overlapping needs two or more servers; in-process there is nothing to overlap with.
 RUNS: Final = {
-    1: (("http", "serial"), ("in-process", "serial")),
+    1: (
+        ("http", "overlapped"),
+        ("http", "overlapped_unpinned"),
+        ("http", "serial"),
+        ("in-process", "serial"),
+    ),
     2: (
         ("http", "overlapped"),
         ("http", "overlapped_unpinned"),

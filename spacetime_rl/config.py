@@ -596,9 +596,10 @@ class TrainingConfig:
     # the simulator or Godot; 0: the same as torch_threads
     rollout_torch_threads: int = 1
     # serial: every server steps, then the policy acts for every agent (SB3's loop). overlapped: the
-    # servers in two groups, one stepping while the policy acts for the other (training/overlapped.py;
-    # needs 2+ launched servers and network.policy=MlpPolicy). Serial by default: overlapped was a
-    # few percent faster on the quiet 2-core machine and slower on a loaded one (docs/benchmarks.md).
+    # servers in two groups, one stepping while the policy acts for the other, and each group's
+    # actions sent before the step's bookkeeping (training/overlapped.py; launched servers and
+    # network.policy=MlpPolicy). Serial by default: overlapped was faster on the quiet 2-core
+    # machine and slower on a loaded one (docs/benchmarks.md).
     rollout: str = "serial"
     # Overlapped rollouts over launched local servers: the trainer collects on one core and its
     # servers run on the others, so a server woken by its actions never preempts the policy
@@ -878,12 +879,6 @@ def _serial_only(config: TrainConfig) -> str | None:
             "env.url attaches to running servers, and the evaluation shares the first one and restarts the "
             "training episodes, which must not have a step in flight; use launched servers "
             "(env=sim, or env.executable) to overlap"
-        )
-    if config.env.servers < 2:
-        return (
-            f"env.num_environments={config.env.num_environments} runs {config.env.servers} server: "
-            "overlapping needs two or more servers, "
-            "one group stepping while the policy acts for the other; set env.num_environments=2 or more"
         )
     return None
 

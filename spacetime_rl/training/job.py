@@ -82,7 +82,7 @@ from spacetime_rl.training.callbacks import (
     evaluate,
 )
 from spacetime_rl.training.loggers import destinations, run_logger
-from spacetime_rl.training.overlapped import CoreSplit, OverlappedPPO, core_split
+from spacetime_rl.training.overlapped import CoreSplit, OverlappedPPO, core_split, rollout_groups
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +303,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "servers": servers,
             "rollout": training.rollout,
             "rollout_cores": sorted(model.rollout_cores or ()) if isinstance(model, OverlappedPPO) else [],
+            "rollout_groups": rollout_groups(train_venv) if isinstance(model, OverlappedPPO) else [],
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)

@@ -5,7 +5,9 @@ every server steps while the trainer idles. Here the servers are split into two 
 `SpaceTimeVecEnv.server_groups`) and the rollout is a pipeline: A's answer to step t is read,
 normalised and scored, A's actions for step t+1 are computed and sent, then the same for B, so
 A's servers step while the trainer handles B and the other way round (Sample Factory's
-double-buffered sampling, EnvPool's async mode).
+double-buffered sampling, EnvPool's async mode). Within a group the actions go out first: the
+critic's values, the log-probabilities, the callbacks and the buffer's bookkeeping of step t are
+done while the servers step t+1, so one server (a single group) overlaps too.
 
 What PPO stores is SB3's `OnPolicyAlgorithm.collect_rollouts` to the letter: one `rollout_buffer.add`
 per full step of all N agents with the observation each agent saw, the action sampled for it, its
@@ -44,7 +46,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from spacetime_rl.config import TrainConfig
 from spacetime_rl.envs import SpaceTimeVecEnv
 
-__all__ = ["GROUPS", "CoreSplit", "OverlappedPPO", "core_split"]
+__all__ = ["GROUPS", "CoreSplit", "OverlappedPPO", "core_split", "rollout_groups"]
 
 #: Server groups a rollout alternates between: two keep one group stepping while the other is served.
 GROUPS = 2
@@ -55,6 +57,11 @@ class CoreSplit(NamedTuple):
 
     trainer: frozenset[int]
     servers: frozenset[int]
+
+
+def rollout_groups(venv: SpaceTimeVecEnv) -> list[list[int]]:
+    """The env indices [start, stop) of each group an overlapped rollout alternates between."""
+    return [[agents.start, agents.stop] for agents in map(venv.agents_of, venv.server_groups(GROUPS))]
 
 
 def core_split(config: TrainConfig) -> CoreSplit | None:
@@ -78,8 +85,8 @@ def core_split(config: TrainConfig) -> CoreSplit | None:
 
 
 class OverlappedPPO(PPO):
-    """PPO over a `SpaceTimeVecEnv` (optionally under `VecNormalize`) of two or more servers, whose
-    rollouts overlap the servers' stepping with the policy's inference (module docstring).
+    """PPO over a `SpaceTimeVecEnv` (optionally under `VecNormalize`), whose rollouts overlap the
+    servers' stepping with the policy's inference and the step's bookkeeping (module docstring).
 
     `rollout_cores`: the cores the collecting thread runs on during a rollout (`core_split`); its
     own affinity is back after each rollout, so PPO updates use every thread torch has.
@@ -175,13 +182,21 @@ class OverlappedPPO(PPO):
     def _act(
         self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray
     ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """Sample the actions of `servers`' agents for `obs` and send them; returns what PPO stores."""
-        with torch.no_grad():
-            actions, values, log_probs = self.policy(obs_as_tensor(obs, self.device))
-        sampled = actions.cpu().numpy()
+        """Sample the actions of `servers`' agents for `obs` and send them; returns what PPO stores.
+
+        `policy(obs)` in two halves: the actor's, which the servers need, before the send; the
+        critic's value and the sample's log-probability while they step (the same operations on the
+        same tensors, so the same numbers)."""
         assert isinstance(self.action_space, spaces.Box)
-        # As SB3: the Gaussian's sample is clipped for the env and stored unclipped.
-        venv.send_group(servers, np.clip(sampled, self.action_space.low, self.action_space.high))
+        with torch.no_grad():
+            observations = obs_as_tensor(obs, self.device)
+            distribution = self.policy.get_distribution(observations)  # type: ignore[arg-type]
+            actions = distribution.get_actions()
+            sampled = actions.cpu().numpy().reshape(-1, *self.action_space.shape)
+            # As SB3: the Gaussian's sample is clipped for the env and stored unclipped.
+            venv.send_group(servers, np.clip(sampled, self.action_space.low, self.action_space.high))
+            values = self.policy.predict_values(observations)  # type: ignore[arg-type]
+            log_probs = distribution.log_prob(actions)
         return sampled, values, log_probs
 
 

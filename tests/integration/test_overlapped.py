@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -78,11 +77,17 @@ def collect(
         env = VecNormalize(venv, norm_obs=normalize, norm_reward=normalize, gamma=0.9)
         model = algorithm("MlpPolicy", env, n_steps=N_STEPS, batch_size=40, gamma=0.9, seed=0, device="cpu")
         if deterministic:  # the same actions whatever the order of the noise draws
-            model.policy.forward = functools.partial(model.policy.forward, deterministic=True)  # type: ignore[method-assign]
+            _deterministic(model.policy)
         log = InfoLog()
         _, callbacks = model._setup_learn(N_STEPS * env.num_envs, [log, *([callback] if callback else [])])
         assert model.collect_rollouts(env, callbacks, model.rollout_buffer, N_STEPS)
         return model, env, log
+
+
+def _deterministic(policy: Any) -> None:
+    """The policy's actions are its Gaussian's mean, whether sampled by `policy(obs)` (serial PPO)
+    or by its distribution and value halves (`OverlappedPPO._act`)."""
+    policy.action_dist.sample = policy.action_dist.mode
 
 
 BUFFER = (
@@ -97,10 +102,15 @@ BUFFER = (
 )
 
 
-def test_an_overlapped_rollout_stores_what_a_serial_one_does():
+#: One server: a single group, whose next step is sent before the last one's bookkeeping.
+ONE_SERVER = dataclasses.replace(ENV, num_environments=1, agents_per_environment=4)
+
+
+@pytest.mark.parametrize("config", [ENV, ONE_SERVER], ids=["three_servers", "one_server"])
+def test_an_overlapped_rollout_stores_what_a_serial_one_does(config: EnvConfig):
     """Deterministic servers and policy, no normalisation: the same buffer, infos and episode ends."""
-    serial, _, serial_log = collect(PPO, deterministic=True)
-    ours, _, our_log = collect(OverlappedPPO, deterministic=True)
+    serial, _, serial_log = collect(PPO, config, deterministic=True)
+    ours, _, our_log = collect(OverlappedPPO, config, deterministic=True)
     for a, b in zip(serial.policy.state_dict().values(), ours.policy.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # the same starting parameters
     for name in BUFFER:
@@ -187,8 +197,10 @@ def test_normalisation_statistics_end_as_serial_ones():
     the observations' float32)."""
 
     def constant(policy: Any) -> None:
-        forward = policy.forward
-        policy.forward = lambda obs, deterministic=False: forward(torch.zeros_like(obs), deterministic=True)
+        extractor = policy.features_extractor  # the actor's and the critic's (shared)
+        forward = extractor.forward
+        extractor.forward = lambda obs: forward(torch.zeros_like(obs))
+        _deterministic(policy)
 
     stats = []
     for algorithm in (PPO, OverlappedPPO):
@@ -226,15 +238,22 @@ class KillServer(BaseCallback):
         return True
 
 
-def test_a_server_killed_mid_rollout_is_restarted_and_only_its_episodes_are_truncated():
-    config = dataclasses.replace(ENV, max_episode_steps=1000)  # every truncation is the fault's
+@pytest.mark.parametrize(
+    ("config", "server", "agents"),
+    [(ENV, 2, [4, 5]), (ONE_SERVER, 0, [0, 1, 2, 3])],
+    ids=["three_servers", "one_server"],
+)
+def test_a_server_killed_mid_rollout_is_restarted_and_only_its_episodes_are_truncated(
+    config: EnvConfig, server: int, agents: list[int]
+):
+    config = dataclasses.replace(config, max_episode_steps=1000)  # every truncation is the fault's
     with launched(config) as (pool, venv):
         env = VecNormalize(venv, gamma=0.9)
         model = OverlappedPPO("MlpPolicy", env, n_steps=N_STEPS, batch_size=40, seed=0, device="cpu")
-        log, kill = InfoLog(), KillServer(pool, server=2, step=10)
+        log, kill = InfoLog(), KillServer(pool, server=server, step=10)
         _, callbacks = model._setup_learn(N_STEPS * env.num_envs, [log, kill])
         assert model.collect_rollouts(env, callbacks, model.rollout_buffer, N_STEPS)
-        assert venv.faults == 1 and pool.restarts == 1 and venv.lost_agent_steps == 2
+        assert venv.faults == 1 and pool.restarts == 1 and venv.lost_agent_steps == len(agents)
         faulted = [
             (step, agent)
             for step, (_, infos) in enumerate(log.steps)
@@ -244,10 +263,11 @@ def test_a_server_killed_mid_rollout_is_restarted_and_only_its_episodes_are_trun
         # Killed after step 9's callbacks with its step 10 sent ahead: the answer to that one, or
         # if it was out before the kill, to step 11, is lost, and only that server's episodes end.
         step = faulted[0][0]
-        assert faulted == [(step, 4), (step, 5)] and step in (10, 11)
+        assert faulted == [(step, agent) for agent in agents] and step in (10, 11)
         dones, infos = log.steps[step]
-        assert infos[4]["TimeLimit.truncated"] and not dones[:4].any()
-        np.testing.assert_array_equal(model.rollout_buffer.episode_starts[step + 1, 4:], [1.0, 1.0])
+        assert infos[agents[0]]["TimeLimit.truncated"]
+        assert not np.delete(dones, agents).any()
+        np.testing.assert_array_equal(model.rollout_buffer.episode_starts[step + 1, agents], 1.0)
         assert np.isfinite(model.rollout_buffer.observations).all()
 
 
