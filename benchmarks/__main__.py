@@ -112,7 +112,9 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
         "VecNormalize and `PPO` (`training.job._new_model`) over `GodotClient`s to simulator "
         "subprocesses or `InProcessTransport`s (`benchmarks/inprocess.py`). HTTP rollouts are "
         "collected serially (SB3's loop) or overlapped (`training.rollout=overlapped`: two server "
-        "groups, one stepping while the policy acts for the other; `training.cpu_affinity` puts the "
+        "groups, one stepping while the policy acts for the other, each group's actions sent before "
+        "the step's critic, callbacks and bookkeeping, so one server overlaps too; "
+        "`training.cpu_affinity` puts the "
         "rollout on one core and the servers on the other, and the unpinned row turns that off); "
         "in-process always serially. "
         "Rollout = time in `collect_rollouts` (policy + environment); training = the whole `learn()`. "
@@ -249,11 +251,12 @@ def targets_table(key: dict[str, float]) -> str:
         )
         row("/rl/step binary without busy polling", _k(key["step_64_sleeping"]), "(for comparison)", True)
         row("/rl/step JSON without busy polling", _k(key["step_64_json"]), "(for comparison)", True)
-    if "training_ratio_1_serial" in key:
-        worst = key["training_ratio_1_serial_min"]
+    if "training_ratio_1_overlapped" in key:
+        worst = key["training_ratio_1_overlapped_min"]
         row(
-            "PPO HTTP / in-process, 1 server (serial: one server cannot overlap), every run",
-            f"{key['training_ratio_1_serial']:.2f} (min {worst:.2f})",
+            "PPO HTTP overlapped / in-process, 1 server, every run",
+            f"{key['training_ratio_1_overlapped']:.2f} (min {worst:.2f}; serial "
+            f"{key['training_ratio_1_serial']:.2f}, min {key['training_ratio_1_serial_min']:.2f})",
             f">= {TARGET_TRAINING_RATIO} every run",
             worst >= TARGET_TRAINING_RATIO,
         )
