@@ -338,13 +338,14 @@ def test_rollouts_are_serial_unless_overlapped_is_asked_for() -> None:
     assert compose_train("env.num_environments=2").training.rollout == "serial"
     overlapped = compose_train("env.num_environments=2", "training.rollout=overlapped")
     assert overlapped.training.rollout == "overlapped"
+    one_server = compose_train("env.num_environments=1", "training.rollout=overlapped")  # one group
+    assert one_server.training.rollout == "overlapped"
 
 
 @pytest.mark.parametrize(
     ("overrides", "named", "fix"),
     [
         (["network=lstm", "env.num_environments=2"], "network.policy=MlpLstmPolicy", "network=default"),
-        (["env.num_environments=1"], "env.num_environments=1", "env.num_environments=2"),
         (["env=godot", "env.url=[http://127.0.0.1:1,http://127.0.0.1:2]"], "env.url", "env=sim"),
     ],
 )
@@ -366,6 +367,7 @@ OVERLAPPED = ("env.num_environments=2", "training.rollout=overlapped")
         ({0, 1}, OVERLAPPED, ({0}, {1})),
         ({2, 5, 7}, OVERLAPPED, ({2}, {5, 7})),  # a cgroup's or taskset's cores, not 0..n-1
         ({0}, OVERLAPPED, None),  # one core: nothing to split
+        ({0, 1}, ("env.num_environments=1", "training.rollout=overlapped"), ({0}, {1})),  # one group
         ({0, 1}, ("env.num_environments=4", "training.rollout=overlapped"), None),  # groups of 2, 1 core
         ({0, 1, 2}, ("env.num_environments=4", "training.rollout=overlapped"), ({0}, {1, 2})),
         ({0, 1, 2}, ("env.num_environments=5", "training.rollout=overlapped"), None),  # a group of 3
