@@ -38,7 +38,7 @@ MODES: Final = {
     "overlapped_unpinned": ["training.rollout=overlapped", "training.cpu_affinity=false"],
 }
 #: What a repeat of the PPO comparison runs with N servers, in this order: (transport, mode).
-#: Overlapping needs two or more servers; in-process there is nothing to overlap with.
+#: One server overlaps as a single group; in-process there is nothing to overlap with.
 RUNS: Final = {
     1: (
         ("http", "overlapped"),
