@@ -5,8 +5,10 @@
 
 Every comparison is measured in the same run, repeats interleaved, and reported as medians and
 ratios: on a shared machine absolute figures drift, ratios much less. Only the part of
-docs/benchmarks.md between the `results` markers is replaced (the fleet section has markers of
-its own, so `--only fleet` keeps the other figures); the rest of the page is kept.
+docs/benchmarks.md between the `results` markers is replaced, and only by a run of all its
+sections (env, training, quick_test: a subset such as `--only training` prints its tables and
+leaves the block alone); the fleet section has markers of its own, so `--only fleet` writes it
+and keeps the other figures. The rest of the page is kept.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from benchmarks.throughput import AGENT_COUNTS, MAX_SERVERS, SEED_ENDPOINT_AGENT
 BEGIN: Final = "<!-- results:begin (written by python -m benchmarks; edit outside the markers) -->"
 END: Final = "<!-- results:end -->"
 SECTIONS: Final = ("env", "training", "quick_test", "fleet", "sweeps")
+RESULTS_SECTIONS: Final = ("env", "training", "quick_test")  # one block: written only when all three ran
 FLEET_BEGIN: Final = (
     "<!-- fleet:begin (written by python -m benchmarks --only fleet; edit outside the markers) -->"
 )
@@ -346,13 +349,22 @@ def main(argv: list[str] | None = None) -> None:
     print(summary)
     if args.no_write:
         return
+    missing = [s for s in RESULTS_SECTIONS if s not in sections]
+    if tables and missing:
+        print(
+            f"\n{DOC.relative_to(ROOT)} not written: its results block holds {', '.join(RESULTS_SECTIONS)} "
+            f"together and this run left out {', '.join(missing)}; add them to --only to rewrite it",
+            file=sys.stderr,
+        )
+        tables = []
     if tables:
         fleet_key = {name for name in key if name.startswith("fleet_")}
         main_summary = targets_table({k: v for k, v in key.items() if k not in fleet_key})
         write_results("\n\n".join([*parts, "#### Targets", main_summary, *tables]), BEGIN, END)
     if fleet:
         write_results("\n\n".join([*parts, *fleet]), FLEET_BEGIN, FLEET_END)
-    print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+    if tables or fleet:
+        print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
 
 
 def _env(seconds: float, repeats: int) -> tuple[str, dict[str, float]]:
