@@ -6,8 +6,9 @@ every server steps while the trainer idles. Here the servers are split into two 
 normalised and scored, A's actions for step t+1 are computed and sent, then the same for B, so
 A's servers step while the trainer handles B and the other way round (Sample Factory's
 double-buffered sampling, EnvPool's async mode). Within a group the actions go out first: the
-critic's values, the log-probabilities, the callbacks and the buffer's bookkeeping of step t are
-done while the servers step t+1, so one server (a single group) overlaps too.
+log-probabilities, the callbacks and the buffer's bookkeeping of step t and the critic's values of
+step t+1 (one pass over every agent, once all groups' actions are out) are done while the servers
+step t+1, so one server (a single group) overlaps too.
 
 What PPO stores is SB3's `OnPolicyAlgorithm.collect_rollouts` to the letter: one `rollout_buffer.add`
 per full step of all N agents with the observation each agent saw, the action sampled for it, its
@@ -131,6 +132,7 @@ class OverlappedPPO(PPO):
 
         last_obs: np.ndarray = self._last_obs  # type: ignore[assignment]
         sent = [self._act(venv, g, last_obs[a]) for g, a in zip(groups, agents, strict=True)]
+        values = self._values(last_obs)
         while n_steps < n_rollout_steps:
             ahead = n_steps + 1 < n_rollout_steps  # the rollout's last step sends nothing ahead
             new_obs = np.empty_like(last_obs)
@@ -142,9 +144,8 @@ class OverlappedPPO(PPO):
                 new_obs[rows], rewards[rows], dones[rows], infos[rows] = _receive(norm, venv, servers)
                 if ahead:
                     upcoming.append(self._act(venv, servers, new_obs[rows]))
-            actions = np.concatenate([a for a, _, _ in sent])
-            values = torch.cat([v for _, v, _ in sent])
-            log_probs = torch.cat([p for _, _, p in sent])
+            actions = np.concatenate([a for a, _ in sent])
+            log_probs = torch.cat([p for _, p in sent])
 
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
@@ -171,33 +172,36 @@ class OverlappedPPO(PPO):
             self._last_obs = last_obs = new_obs
             self._last_episode_starts = dones
             sent = upcoming
+            if ahead:  # every group's actions are out: the critic scores the step in one pass
+                values = self._values(new_obs)
 
-        with torch.no_grad():
-            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
-        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        rollout_buffer.compute_returns_and_advantage(last_values=self._values(new_obs), dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
 
-    def _act(
-        self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray
-    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """Sample the actions of `servers`' agents for `obs` and send them; returns what PPO stores.
+    def _act(self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Sample the actions of `servers`' agents for `obs` and send them; returns the actions and
+        their log-probabilities, which PPO stores.
 
-        `policy(obs)` in two halves: the actor's, which the servers need, before the send; the
-        critic's value and the sample's log-probability while they step (the same operations on the
-        same tensors, so the same numbers)."""
+        `policy(obs)` in parts: the actor's, which the servers need, before the send; the sample's
+        log-probability while they step; the critic's values once every group's actions are out,
+        in one pass over all agents as serial PPO's (`_values`). The same operations on the same
+        tensors, so the same numbers."""
         assert isinstance(self.action_space, spaces.Box)
         with torch.no_grad():
-            observations = obs_as_tensor(obs, self.device)
-            distribution = self.policy.get_distribution(observations)  # type: ignore[arg-type]
+            distribution = self.policy.get_distribution(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
             actions = distribution.get_actions()
             sampled = actions.cpu().numpy().reshape(-1, *self.action_space.shape)
             # As SB3: the Gaussian's sample is clipped for the env and stored unclipped.
             venv.send_group(servers, np.clip(sampled, self.action_space.low, self.action_space.high))
-            values = self.policy.predict_values(observations)  # type: ignore[arg-type]
             log_probs = distribution.log_prob(actions)
-        return sampled, values, log_probs
+        return sampled, log_probs
+
+    def _values(self, obs: np.ndarray) -> torch.Tensor:
+        """The critic's values of every agent's observation: one forward pass, as serial PPO's."""
+        with torch.no_grad():
+            return self.policy.predict_values(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
 
 
 def _layers(env: VecEnv) -> tuple[VecNormalize | None, SpaceTimeVecEnv]:
