@@ -128,6 +128,7 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     key = {}
+    shares: list[tuple[int, float]] = []  # (servers, in-process rollout time / learn() time)
     for environments, runs in RUNS.items():
         configs = {
             run: train_config([f"env.num_environments={environments}", *MODES[run[1]], *overrides])
@@ -139,6 +140,7 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
                 rate = measure_training(config, run[0], rollouts)
                 rates[run].append((rate.steps_per_second, rate.rollout_steps_per_second))
         local = rates[("in-process", "serial")]
+        shares.append((environments, statistics.median(steps / rollout for steps, rollout in local)))
         for (transport, mode), http in rates.items():
             if transport != "http":
                 continue
@@ -153,6 +155,15 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
                 f"{statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} | "
                 f"{statistics.median(rollout_ratios):.2f} | {min(rollout_ratios):.2f}-{max(rollout_ratios):.2f} |"
             )
+    lines += [
+        "",
+        "Rollouts took "
+        + " and ".join(
+            f"{share:.0%} of `learn()` in-process with {n} server{'s' * (n > 1)}" for n, share in shares
+        )
+        + " (medians); the rest is PPO's updates, the same work in every mode, so the PPO ratio moves "
+        "by that fraction of the rollout ratio.",
+    ]
     return "\n".join(lines), key
 
 
