@@ -158,9 +158,9 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
     lines += [
         "",
         "Rollouts took "
-        + " and ".join(f"{share:.0%} with {n} server{'s' * (n > 1)}" for n, share in shares)
-        + " of `learn()` in-process (medians); the rest is PPO's updates, the same work in every mode, so the PPO ratio moves "
-        "by that fraction of the rollout ratio.",
+        + " and ".join(f"{share:.0%} ({n} server{'s' * (n > 1)})" for n, share in shares)
+        + " of `learn()` in-process (medians); the rest is PPO's updates, the same work in every "
+        "mode, so the PPO ratio moves by that fraction of the rollout ratio.",
     ]
     return "\n".join(lines), key
 
