@@ -9,7 +9,8 @@ the same held-out episodes of that run (training.seed + 20000: never trained or 
 trained policy is the run's best model). Results pool the seeds' episodes: success with a 95%
 Wilson interval and the per-seed range, collisions and falls per episode, comfort, and the path
 efficiency and time to goal of successful episodes. `--write` puts the tables into
-docs/benchmarks.md between the `agents` markers and the figures into docs/figures/.
+docs/benchmarks.md between the `agents` markers and the figures into docs/figures/; it replaces
+the whole table, so it takes every cell's runs (refused for some cells: print those instead).
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def comfort_figure(runs: list[SeedRun], cells: list[str], path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timesteps", type=int, default=300_000, help="agent-steps per training run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -288,11 +289,15 @@ def main() -> None:
         help="make the tables from earlier runs' results-*.json (e.g. one per seed, run side by side)",
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.write and not args.report and set(args.cells) != set(CELLS):
+        parser.error(_partial_write(args.cells))
 
     if args.report:
         runs = [SeedRun(**run) for path in args.report for run in json.loads(path.read_text())]
         runs.sort(key=lambda run: (list(CELLS).index(run.cell), run.seed))
+        if args.write and {run.cell for run in runs} != set(CELLS):
+            parser.error(_partial_write(sorted({run.cell for run in runs}, key=list(CELLS).index)))
         source = f" Tables made again from {', '.join(str(path) for path in args.report)}."
     else:
         runs, source = [], ""
@@ -312,6 +317,14 @@ def main() -> None:
         if comfort:
             comfort_figure(runs, comfort, FIGURES / "agents_comfort.png")
         write_results(text, BEGIN, END)
+
+
+def _partial_write(cells: list[str]) -> str:
+    return (
+        f"--write replaces the whole agents table in docs/benchmarks.md, and these runs have only "
+        f"{', '.join(cells)} of its cells ({', '.join(CELLS)}): leave out --write to print their "
+        "rows, or --report the results-*.json of every cell"
+    )
 
 
 if __name__ == "__main__":

@@ -37,3 +37,22 @@ def test_the_whole_results_block_is_written(written) -> None:
 def test_fleet_alone_writes_its_own_block_only(written) -> None:
     bench.main(["--only", "fleet"])
     assert [begin for begin, _ in written] == [bench.FLEET_BEGIN]
+
+
+def test_the_agents_table_is_written_only_whole(tmp_path, capsys) -> None:
+    """`python -m benchmarks.agents --write` with some cells would drop the others' rows: refused
+    before any training, and likewise for a --report of some cells' results."""
+    import json
+
+    import benchmarks.agents as agents
+
+    with pytest.raises(SystemExit) as exit_info:
+        agents.main(["--cells", "maze", "--write"])
+    assert exit_info.value.code == 2
+    assert "--write replaces the whole agents table" in capsys.readouterr().err
+    results = tmp_path / "results-0.json"
+    run = agents.SeedRun("maze", 0, 100, [], 1.0, [], {policy: [] for policy in agents.POLICIES})
+    results.write_text(json.dumps([agents.asdict(run)]))
+    with pytest.raises(SystemExit):
+        agents.main(["--report", str(results), "--write"])
+    assert "these runs have only maze of its cells" in capsys.readouterr().err
