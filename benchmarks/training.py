@@ -25,10 +25,10 @@ from benchmarks.inprocess import InProcessTransport
 from benchmarks.memory import ROOT, run_sampled
 from spacetime_rl.config import TrainConfig, compose_train_config, torch_threads
 from spacetime_rl.envs import SpaceTimeVecEnv, make_clients
-from spacetime_rl.godot.launcher import launch_servers
+from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.training.callbacks import RolloutTorch
 from spacetime_rl.training.job import _new_model
-from spacetime_rl.training.overlapped import CoreSplit, OverlappedPPO, core_split
+from spacetime_rl.training.overlapped import CoreSplit, OverlappedPPO, Placement, core_split
 
 TRANSPORTS: Final = ("http", "in-process")
 #: How rollouts are collected, by the name a table row gives it: its config overrides.
@@ -78,13 +78,17 @@ def train_config(overrides: list[str]) -> TrainConfig:
 
 
 @contextlib.contextmanager
-def vec_env(config: TrainConfig, transport: str, split: CoreSplit | None = None) -> Iterator[SpaceTimeVecEnv]:
+def vec_env(
+    config: TrainConfig, transport: str, split: CoreSplit | None = None
+) -> Iterator[tuple[SpaceTimeVecEnv, ServerPool | None]]:
+    """The VecEnv over `transport`, and over HTTP the pool of its servers (placed on `split.servers`)."""
     env = config.env
     seed = config.training.seed
     with contextlib.ExitStack() as stack:
+        pool = None
         if transport == "http":
-            urls = stack.enter_context(launch_servers(env, seed=seed, cores=split.servers if split else None))
-            transports: list[Any] = make_clients(urls, env)
+            pool = ServerPool(env, seed=seed, cores=split.servers if split else None)
+            transports: list[Any] = make_clients(stack.enter_context(pool), env)
         else:
             transports = [
                 InProcessTransport(env.agents_per_environment, seed=seed + i, action_repeat=env.action_repeat)
@@ -92,7 +96,7 @@ def vec_env(config: TrainConfig, transport: str, split: CoreSplit | None = None)
             ]
         venv = SpaceTimeVecEnv(transports, env, config.reward, seed=seed)
         stack.callback(venv.close)
-        yield venv
+        yield venv, pool
 
 
 @dataclass(frozen=True)
@@ -101,15 +105,19 @@ class TrainingRate:
     rollout_steps_per_second: float  # rollout collection alone
 
 
-def measure_training(config: TrainConfig, transport: str, rollouts: int) -> TrainingRate:
+def measure_training(
+    config: TrainConfig, transport: str, rollouts: int, *, choose_placement: bool = False
+) -> TrainingRate:
     """Steps per second of `model.learn` for `rollouts` rollouts, set-up excluded; the rollouts are
-    collected as `config.training.rollout` says (resolved as training resolves it)."""
+    collected as `config.training.rollout` says (resolved as training resolves it). Where
+    `training.cpu_affinity` pins, every rollout runs pinned unless `choose_placement` (then the
+    training job's `Placement` times both ways and picks, which takes `Placement.TRIALS` rollouts)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads(config))  # as the training job does
     with contextlib.ExitStack() as stack:
         stack.callback(torch.set_num_threads, threads)
         split = core_split(config) if transport == "http" else None  # as the training job places them
-        venv = stack.enter_context(vec_env(config, transport, split))
+        venv, pool = stack.enter_context(vec_env(config, transport, split))
         env = VecNormalize(
             venv,
             norm_obs=config.env.normalize_observations,
@@ -118,8 +126,8 @@ def measure_training(config: TrainConfig, transport: str, rollouts: int) -> Trai
             gamma=config.ppo.gamma,
         )
         model = _new_model(env, config, verbose=0)
-        if split and isinstance(model, OverlappedPPO):
-            model.rollout_cores = split.trainer
+        if split and pool and isinstance(model, OverlappedPPO):
+            model.placement = Placement(split, pool.place, always=not choose_placement)
         # Set-up: the first reset opens each transport's step connection and session (~0.1 s over
         # HTTP, once per run); learn() resets again, warm, inside the timing.
         env.reset()

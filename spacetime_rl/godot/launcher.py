@@ -86,7 +86,12 @@ class ServerPool:
         self.seed = seed
         self.verbose = verbose
         self.host = host  # the address servers listen on (a Ray node's, to be reached from others)
-        self.cores = cores  # the CPU cores every launched server runs on (None: wherever the OS puts it)
+        self.cores = cores  # the CPU cores every launched server runs on now (None: wherever the OS puts it)
+        self.pinned_cores = (
+            cores  # the cores they were started on, which `place` may move them off and back to
+        )
+        # Where an unplaced server may run: this process's cores, taken before any rollout pins its thread.
+        self._usable = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         self.urls: list[str] = []
         self.restarts = 0  # servers restarted after a fault, over the pool's life
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -181,7 +186,7 @@ class ServerPool:
         if not self.launched:
             return {"launcher": None, "servers": [{"url": url} for url in self.urls]}
         servers = [{"url": url, "pid": pid} for url, pid in zip(self.urls, self.pids, strict=True)]
-        cores = sorted(self.cores) if self.cores else None
+        cores = sorted(self.pinned_cores) if self.pinned_cores else None
         return {"launcher": "local", "cores": cores, "servers": servers}
 
     def _count_restart(self, index: int, fault: GodotError | None) -> None:
@@ -200,6 +205,15 @@ class ServerPool:
             )
         self._recent_restarts.append(now)
         self.restarts += 1
+
+    def place(self, cores: frozenset[int] | None) -> None:
+        """Run the launched servers on `cores` from now on, restarted ones too (None: on any core
+        this process may use); `training.cpu_affinity` moves them between rollouts (Linux)."""
+        self.cores = cores
+        if self._usable is None:
+            return
+        for process in self._processes:
+            _pin(process.pid, cores or self._usable)
 
     def recovery(self, connect: Callable[[str], Any]) -> Recovery:
         """The VecEnv's fault handler: `connect(url)` makes a transport for a (re)started server."""

@@ -82,7 +82,7 @@ from spacetime_rl.training.callbacks import (
     evaluate,
 )
 from spacetime_rl.training.loggers import destinations, run_logger
-from spacetime_rl.training.overlapped import CoreSplit, OverlappedPPO, core_split, rollout_groups
+from spacetime_rl.training.overlapped import CoreSplit, OverlappedPPO, Placement, core_split, rollout_groups
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,10 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             check_same_save(resume, model, train_env, resume_state)
         model.set_logger(logger)
         if split and isinstance(model, OverlappedPPO):
-            model.rollout_cores = split.trainer
+            model.placement = Placement(split, envs.train_pool.place)
             log.info(
-                "training.cpu_affinity: rollouts collect on core %s, the training servers run on cores %s",
+                "training.cpu_affinity: rollouts run pinned (on core %s, the training servers on cores %s) "
+                "or unpinned, whichever is timed faster",
                 _cores(split.trainer),
                 _cores(split.servers),
             )
@@ -282,6 +283,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "lost_agent_steps": train_venv.lost_agent_steps,
         }
         servers = {"train": envs.train_pool.record(), "eval": envs.eval_pool.record()}
+        placement = model.placement if isinstance(model, OverlappedPPO) else None
 
     objective = float(record.last[training.objective])
     write_json(
@@ -302,7 +304,8 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "server_faults": faults,
             "servers": servers,
             "rollout": training.rollout,
-            "rollout_cores": sorted(model.rollout_cores or ()) if isinstance(model, OverlappedPPO) else [],
+            "rollout_cores": sorted(placement.split.trainer) if placement else [],
+            "rollout_placement": placement.summary() if placement else None,
             "rollout_groups": rollout_groups(train_venv) if isinstance(model, OverlappedPPO) else [],
         },
     )

@@ -23,15 +23,22 @@ every full step the statistics are the same (the running mean/variance merge is 
 rounding: tests/integration/test_overlapped.py); only that half-step lag differs, one step's
 observations of half the agents, which moves the statistics noticeably only in a run's first steps.
 
-With `training.cpu_affinity` (`core_split`) the rollout runs on one core and the training servers on
-the others: unpinned, a server woken by its actions lands on the trainer's core about as often as
-not and preempts the policy (docs/benchmarks.md measures both).
+With `training.cpu_affinity` (`core_split`, `Placement`) the rollout may run on one core and the
+training servers on the others: unpinned, a server woken by its actions lands on the trainer's core
+about as often as not and preempts the policy; pinned on a machine busy with other work, neither can
+move away from it. Rollouts are timed both ways and run the faster way (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import logging
 import os
-from typing import Any, NamedTuple
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import torch
@@ -47,7 +54,9 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from spacetime_rl.config import TrainConfig
 from spacetime_rl.envs import SpaceTimeVecEnv
 
-__all__ = ["GROUPS", "CoreSplit", "OverlappedPPO", "core_split", "rollout_groups"]
+__all__ = ["GROUPS", "CoreSplit", "OverlappedPPO", "Placement", "core_split", "rollout_groups"]
+
+log = logging.getLogger(__name__)
 
 #: Server groups a rollout alternates between: two keep one group stepping while the other is served.
 GROUPS = 2
@@ -85,18 +94,115 @@ def core_split(config: TrainConfig) -> CoreSplit | None:
     return CoreSplit(frozenset(cores[:1]), frozenset(cores[1:]))
 
 
+class Placement:
+    """`training.cpu_affinity`: each rollout runs pinned (its thread on `split.trainer`, the training
+    servers on `split.servers`) or unpinned, whichever is faster on this machine now, measured.
+
+    Pinned keeps a server woken by its actions off the trainer's core, which pays on a quiet
+    machine; on one busy with other work neither can move away from that work, which costs more
+    than it gives (docs/benchmarks.md). Which holds can change during a run, so rollouts are timed
+    both ways: a warm-up rollout (pinned, not timed), then unpinned and pinned in turn until each
+    way has been timed twice, then the faster way (the median of its last `WINDOW` rollouts), with
+    every `RETRY`th rollout run the other way to time it again. Only the timing depends on it: a
+    rollout collects the same transitions wherever its processes run.
+
+    `always=True` pins every rollout (benchmarks compare it with the choice).
+    """
+
+    WINDOW: Final = 3
+    RETRY: Final = 8
+    TRIALS: Final = 5  # the warm-up rollout and two each way
+
+    def __init__(
+        self,
+        split: CoreSplit,
+        place_servers: Callable[[frozenset[int] | None], None],
+        *,
+        always: bool = False,
+    ) -> None:
+        self.split = split
+        self.always = always
+        self._place_servers = place_servers  # ServerPool.place
+        self._servers_pinned = True  # they start on split.servers
+        self._seconds: dict[bool, collections.deque[float]] = {
+            True: collections.deque(maxlen=self.WINDOW),
+            False: collections.deque(maxlen=self.WINDOW),
+        }
+        self.rollouts = {True: 0, False: 0}
+        self._preferred: bool | None = None
+
+    def next(self) -> bool:
+        """Whether the next rollout runs pinned."""
+        count = sum(self.rollouts.values())
+        if self.always:
+            return True
+        if count < self.TRIALS or not all(self._seconds.values()):
+            return count % 2 == 0
+        faster = statistics.median(self._seconds[True]) <= statistics.median(self._seconds[False])
+        if faster != self._preferred:
+            self._preferred = faster
+            log.info("training.cpu_affinity: rollouts run %s from now on (%s)", _way(faster), self._timings())
+        return faster != (count % self.RETRY == 0)
+
+    @contextlib.contextmanager
+    def rollout(self, pinned: bool) -> Iterator[None]:
+        """Run the block's rollout `pinned` or not: the servers are moved if they are not there yet,
+        and this thread's own cores are back after it (the PPO updates use every core)."""
+        if pinned != self._servers_pinned:
+            self._place_servers(self.split.servers if pinned else None)
+            self._servers_pinned = pinned
+        self.rollouts[pinned] += 1
+        if not pinned:
+            yield
+            return
+        saved = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.split.trainer)  # 0: this thread only
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, saved)
+
+    def record(self, pinned: bool, seconds: float) -> None:
+        """A rollout's own time (callbacks' time left out) run `pinned` or not; the warm-up is not."""
+        if sum(self.rollouts.values()) > 1:
+            self._seconds[pinned].append(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        """What metrics.json records: rollouts run each way and each way's recent median seconds."""
+        return {
+            _way(pinned): {
+                "rollouts": self.rollouts[pinned],
+                "median_seconds": round(statistics.median(times), 6) if times else None,
+            }
+            for pinned, times in self._seconds.items()
+        } | {"always_pinned": self.always}
+
+    def _timings(self) -> str:
+        return (
+            ", ".join(
+                f"{_way(pinned)} {statistics.median(times):.3f} s" for pinned, times in self._seconds.items()
+            )
+            + f" per rollout, medians of the last {self.WINDOW}"
+        )
+
+
+def _way(pinned: bool) -> str:
+    return "pinned" if pinned else "unpinned"
+
+
 class OverlappedPPO(PPO):
     """PPO over a `SpaceTimeVecEnv` (optionally under `VecNormalize`), whose rollouts overlap the
     servers' stepping with the policy's inference and the step's bookkeeping (module docstring).
 
-    `rollout_cores`: the cores the collecting thread runs on during a rollout (`core_split`); its
-    own affinity is back after each rollout, so PPO updates use every thread torch has.
+    `placement`: where each rollout runs (`Placement`, training.cpu_affinity); None: wherever the
+    OS puts it.
     """
 
-    rollout_cores: frozenset[int] | None = None
+    placement: Placement | None = None
+    _callback_seconds = 0.0  # the current rollout's time in callbacks (evaluations, checkpoints)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "rollout_cores"]  # this machine's cores, not the model's
+        return [*super()._excluded_save_params(), "placement"]  # this machine's cores, not the model's
 
     def collect_rollouts(
         self,
@@ -105,14 +211,16 @@ class OverlappedPPO(PPO):
         rollout_buffer: RolloutBuffer,
         n_rollout_steps: int,
     ) -> bool:
-        if not self.rollout_cores:
+        if self.placement is None:
             return self._collect(env, callback, rollout_buffer, n_rollout_steps)
-        saved = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, self.rollout_cores)  # 0: this thread only
-        try:
-            return self._collect(env, callback, rollout_buffer, n_rollout_steps)
-        finally:
-            os.sched_setaffinity(0, saved)
+        pinned = self.placement.next()
+        with self.placement.rollout(pinned):
+            start = time.perf_counter()
+            collected = self._collect(env, callback, rollout_buffer, n_rollout_steps)
+            seconds = time.perf_counter() - start - self._callback_seconds
+        if collected:
+            self.placement.record(pinned, seconds)
+        return collected
 
     def _collect(
         self,
@@ -126,6 +234,7 @@ class OverlappedPPO(PPO):
         groups = venv.server_groups(GROUPS)
         agents = [venv.agents_of(g) for g in groups]
         self.policy.set_training_mode(False)
+        self._callback_seconds = 0.0
         n_steps = 0
         rollout_buffer.reset()
         callback.on_rollout_start()
@@ -149,7 +258,10 @@ class OverlappedPPO(PPO):
 
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
-            if not callback.on_step():
+            called = time.perf_counter()
+            proceed = callback.on_step()
+            self._callback_seconds += time.perf_counter() - called
+            if not proceed:
                 for servers in groups if ahead else ():  # answered, so no request is left in flight
                     venv.receive_group(servers)
                 return False

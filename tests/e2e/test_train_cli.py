@@ -542,8 +542,10 @@ def test_the_records_say_which_rollout_mode_ran(
 
 @pytest.mark.parametrize("affinity", ["true", "false"])
 def test_the_records_say_which_cores_an_overlapped_run_was_pinned_to(affinity: str, tmp_path: Path) -> None:
-    """training.cpu_affinity (the default): the rollout on the first usable core, the training
-    servers on the rest, in metrics.json and the log; off, or serial (above), nothing is pinned."""
+    """training.cpu_affinity (the default): pinned rollouts on the first usable core, the training
+    servers on the rest, and how many rollouts ran pinned and unpinned (2 here: the warm-up, pinned,
+    then the first timed unpinned), in metrics.json and the log; off, or serial (above), nothing is
+    pinned."""
     result = run_train(
         *TINY,
         "training.held_out_episodes=0",
@@ -559,4 +561,11 @@ def test_the_records_say_which_cores_an_overlapped_run_was_pinned_to(affinity: s
     assert metrics["rollout_cores"] == (cores[:1] if pinned else [])
     assert metrics["servers"]["train"]["cores"] == (cores[1:] if pinned else None)
     assert metrics["servers"]["eval"]["cores"] is None  # it steps between rollouts: anywhere
-    assert ("training.cpu_affinity: rollouts collect on core" in result.stdout + result.stderr) == pinned
+    placement = metrics["rollout_placement"]
+    if pinned:
+        assert placement["pinned"] == {"rollouts": 1, "median_seconds": None}  # the warm-up is not timed
+        assert placement["unpinned"]["rollouts"] == 1 and placement["unpinned"]["median_seconds"] > 0
+        assert placement["always_pinned"] is False
+    else:
+        assert placement is None
+    assert ("training.cpu_affinity: rollouts run pinned (on core" in result.stdout + result.stderr) == pinned

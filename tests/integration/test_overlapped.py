@@ -50,8 +50,10 @@ class InfoLog(BaseCallback):
 
 
 @contextlib.contextmanager
-def launched(config: EnvConfig) -> Iterator[tuple[ServerPool, VecNormalize]]:
-    pool = ServerPool(config, seed=SEED, role="train")
+def launched(
+    config: EnvConfig, cores: frozenset[int] | None = None
+) -> Iterator[tuple[ServerPool, VecNormalize]]:
+    pool = ServerPool(config, seed=SEED, role="train", cores=cores)
     urls = pool.start()
     connect = connector(pool)
     venv = SpaceTimeVecEnv(
@@ -320,6 +322,14 @@ def test_pinned_servers_run_every_thread_on_their_cores_and_so_do_restarted_ones
         asyncio.run(pool.restart(1))
         assert _threads_cores(pool.pids[1]) == {SERVER_CORES}
         assert pool.record()["cores"] == sorted(SERVER_CORES)
+        pool.place(None)  # an unpinned rollout: anywhere, restarted servers too
+        asyncio.run(pool.restart(0))
+        for pid in pool.pids:
+            assert _threads_cores(pid) == {frozenset(CORES)}
+        pool.place(SERVER_CORES)
+        for pid in pool.pids:
+            assert _threads_cores(pid) == {SERVER_CORES}
+        assert pool.record()["cores"] == sorted(SERVER_CORES)  # the cores they run on when pinned
     finally:
         pool.stop()
     unpinned = ServerPool(config, seed=SEED, role="train")
@@ -332,30 +342,72 @@ def test_pinned_servers_run_every_thread_on_their_cores_and_so_do_restarted_ones
 
 
 class Affinity(BaseCallback):
-    """The CPU set of the collecting thread at every step."""
+    """Per rollout, the CPU sets of the collecting thread and of the first server's threads at its steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: ServerPool) -> None:
         super().__init__()
-        self.seen: set[frozenset[int]] = set()
+        self.pool = pool
+        self.rollouts: list[set[tuple[frozenset[int], frozenset[frozenset[int]]]]] = []
+
+    def _on_rollout_start(self) -> None:
+        self.rollouts.append(set())
 
     def _on_step(self) -> bool:
-        self.seen.add(frozenset(os.sched_getaffinity(0)))
+        server = frozenset(_threads_cores(self.pool.pids[0]))
+        self.rollouts[-1].add((frozenset(os.sched_getaffinity(0)), server))
         return True
 
 
-@pytest.mark.parametrize("pinned", [True, False])
-def test_a_pinned_rollout_collects_on_its_core_and_gives_the_others_back_after(pinned: bool):
-    """Pinned, every step of the rollout runs on the trainer's core, and the thread gets its whole
-    CPU set back when the rollout ends (so PPO updates use every torch thread); unpinned, nothing
-    changes. The cores are not saved with the model (they are this machine's)."""
+PINNED = (TRAINER_CORES, frozenset({SERVER_CORES}))
+UNPINNED = (frozenset(CORES), frozenset({frozenset(CORES)}))
+
+
+@pytest.mark.parametrize("always", [True, False, None])
+def test_each_rollout_runs_where_its_placement_says_and_gives_the_cores_back_after(always: bool | None):
+    """Pinned rollouts collect on the trainer's core with the servers on theirs; unpinned ones (the
+    placement's timing of the other way, or no placement) anywhere; the thread gets its whole CPU
+    set back when a rollout ends (so PPO updates use every torch thread). The placement is not
+    saved with the model (its cores are this machine's)."""
     before = os.sched_getaffinity(0)
-    with launched(ENV) as (_, venv):
+    split = overlapped.CoreSplit(TRAINER_CORES, SERVER_CORES)
+    config = dataclasses.replace(ENV, num_environments=2)
+    with launched(config, cores=SERVER_CORES if always is not None else None) as (pool, venv):
         env = VecNormalize(venv, gamma=0.9)
-        model = OverlappedPPO("MlpPolicy", env, n_steps=N_STEPS, batch_size=40, seed=0, device="cpu")
-        if pinned:
-            model.rollout_cores = TRAINER_CORES
-        affinity = Affinity()
-        model.learn(N_STEPS * env.num_envs, callback=affinity)
-        assert affinity.seen == {TRAINER_CORES if pinned else frozenset(before)}
+        model = OverlappedPPO("MlpPolicy", env, n_steps=8, batch_size=32, n_epochs=1, seed=0, device="cpu")
+        if always is not None:
+            model.placement = overlapped.Placement(split, pool.place, always=always)
+        affinity = Affinity(pool)
+        model.learn(overlapped.Placement.TRIALS * 8 * env.num_envs, callback=affinity)
+        expected = {  # the choosing placement's trials: a warm-up, then unpinned and pinned in turn
+            True: [PINNED] * 5,
+            False: [PINNED, UNPINNED, PINNED, UNPINNED, PINNED],
+            None: [UNPINNED] * 5,
+        }[always]
+        assert affinity.rollouts == [{where} for where in expected]
         assert os.sched_getaffinity(0) == before
-        assert "rollout_cores" in model._excluded_save_params()
+        assert "placement" in model._excluded_save_params()
+
+
+def test_where_the_rollouts_run_changes_nothing_they_collect():
+    """A run whose placement moves the rollouts between pinned and unpinned learns what one left
+    where the OS puts it learns: the same last rollout and the same parameters after its updates."""
+
+    def train(placed: bool) -> tuple[OverlappedPPO, np.ndarray]:
+        config = dataclasses.replace(ENV, num_environments=2)
+        with launched(config, cores=SERVER_CORES if placed else None) as (pool, venv):
+            env = VecNormalize(venv, gamma=0.9)
+            model = OverlappedPPO(
+                "MlpPolicy", env, n_steps=8, batch_size=32, n_epochs=2, seed=0, device="cpu"
+            )
+            if placed:
+                split = overlapped.CoreSplit(TRAINER_CORES, SERVER_CORES)
+                model.placement = overlapped.Placement(split, pool.place)
+            model.learn(4 * 8 * env.num_envs)
+            assert not placed or model.placement.rollouts == {True: 2, False: 2}
+            return model, model.rollout_buffer.observations.copy()
+
+    (placed, placed_obs), (anywhere, anywhere_obs) = train(True), train(False)
+    np.testing.assert_array_equal(placed_obs, anywhere_obs)
+    np.testing.assert_array_equal(placed.rollout_buffer.actions, anywhere.rollout_buffer.actions)
+    for a, b in zip(placed.policy.parameters(), anywhere.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
