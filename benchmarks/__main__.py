@@ -1,7 +1,8 @@
 """Run the benchmark suite and write its tables into docs/benchmarks.md.
 
     python -m benchmarks [--repeats 3] [--seconds 0.5] [--training-repeats 5] [--rollouts 6]
-                         [--sweep-trials 20] [--only env,training,quick_test,fleet,sweeps] [--no-write]
+                         [--sweep-trials 20] [--placement-rollouts 16]
+                         [--only env,training,quick_test,fleet,sweeps,placement] [--no-write]
 
 Every comparison is measured in the same run, repeats interleaved, and reported as medians and
 ratios: on a shared machine absolute figures drift, ratios much less. Only the part of
@@ -25,7 +26,7 @@ from benchmarks.throughput import AGENT_COUNTS, MAX_SERVERS, SEED_ENDPOINT_AGENT
 
 BEGIN: Final = "<!-- results:begin (written by python -m benchmarks; edit outside the markers) -->"
 END: Final = "<!-- results:end -->"
-SECTIONS: Final = ("env", "training", "quick_test", "fleet", "sweeps")
+SECTIONS: Final = ("env", "training", "quick_test", "fleet", "sweeps", "placement")
 RESULTS_SECTIONS: Final = ("env", "training", "quick_test")  # one block: written only when all three ran
 FLEET_BEGIN: Final = (
     "<!-- fleet:begin (written by python -m benchmarks --only fleet; edit outside the markers) -->"
@@ -323,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sweep-trials", type=int, default=20, help="no-op trials per study in the sweep overhead section"
     )
+    parser.add_argument(
+        "--placement-rollouts", type=int, default=16, help="PPO rollouts per run in the placement section"
+    )
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--no-write", action="store_true", help=f"print only; leave {DOC.name} alone")
     args = parser.parse_args(argv)
@@ -342,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         "quick_test": lambda: quick_test_table(args.repeats),
         "fleet": lambda: fleet_table(args.seconds, args.repeats, args.rollouts),
         "sweeps": lambda: _sweeps(args.repeats, args.sweep_trials),
+        "placement": lambda: _placement(args.training_repeats, args.placement_rollouts),
     }
     tables: list[str] = []
     fleet: list[str] = []
@@ -351,7 +356,10 @@ def main(argv: list[str] | None = None) -> None:
         print(table + "\n", flush=True)
         if section == "fleet":
             fleet.append(table)
-        elif section != "sweeps":  # printed only: docs/benchmarks.md keeps its table outside the blocks
+        elif section not in (
+            "sweeps",
+            "placement",
+        ):  # printed only: docs/benchmarks.md keeps theirs outside the blocks
             tables.append(table)
         key |= values
     summary = targets_table(key)
@@ -386,6 +394,12 @@ def _sweeps(repeats: int, trials: int) -> tuple[str, dict[str, float]]:
     from benchmarks.sweeps import sweeps_table
 
     return sweeps_table(repeats, trials)
+
+
+def _placement(repeats: int, rollouts: int) -> tuple[str, dict[str, float]]:
+    from benchmarks.placement import placement_table
+
+    return placement_table(repeats, rollouts)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ def vec_env(
 class TrainingRate:
     steps_per_second: float  # whole learn(): rollouts and updates
     rollout_steps_per_second: float  # rollout collection alone
+    placement: dict[str, Any] | None = None  # an overlapped run's `Placement.summary()`
 
 
 def measure_training(
@@ -136,7 +137,8 @@ def measure_training(
         start = time.perf_counter()
         model.learn(steps, callback=[timer, RolloutTorch(config.training.rollout_torch_threads)])
         elapsed = time.perf_counter() - start
-    return TrainingRate(model.num_timesteps / elapsed, model.num_timesteps / timer.seconds)
+    placement = model.placement.summary() if isinstance(model, OverlappedPPO) and model.placement else None
+    return TrainingRate(model.num_timesteps / elapsed, model.num_timesteps / timer.seconds, placement)
 
 
 @dataclass(frozen=True)

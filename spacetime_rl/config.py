@@ -49,7 +49,7 @@ TURN_MODES = ("smooth", "snap")
 BUSY_POLL_MODES = ("auto", "on", "off")
 #: How long a busy-polling side spins on its socket before it blocks (docs/training.md, "Speed").
 BUSY_POLL_SECONDS = 0.002
-ROLLOUT_MODES: Final = ("serial", "overlapped")
+ROLLOUT_MODES: Final = ("auto", "serial", "overlapped")
 CURRICULUM_MODES = ("timesteps", "success_rate")
 #: The task of a run that names none: walk to a goal on the open field (conf/task/navigate.yaml).
 DEFAULT_TASK = "navigate"
@@ -598,13 +598,15 @@ class TrainingConfig:
     # serial: every server steps, then the policy acts for every agent (SB3's loop). overlapped: the
     # servers in two groups, one stepping while the policy acts for the other, and each group's
     # actions sent before the step's bookkeeping (training/overlapped.py; launched servers and
-    # network.policy=MlpPolicy). Serial by default: overlapped was faster on the quiet 2-core
-    # machine and slower on a loaded one (docs/benchmarks.md).
-    rollout: str = "serial"
-    # Overlapped rollouts over launched local servers: the trainer collects on one core and its
-    # servers run on the others, so a server woken by its actions never preempts the policy
-    # (Sample Factory's set_workers_cpu_affinity); only while a group's servers each have a core of
-    # their own besides the trainer's (training/overlapped.py, core_split). Ignored otherwise.
+    # network.policy=MlpPolicy). auto: overlapped where it can run, serial elsewhere
+    # (TrainConfig.rollout_mode; docs/benchmarks.md measures both, quiet and loaded).
+    rollout: str = "auto"
+    # Overlapped rollouts over launched local servers: a rollout may collect on one core with its
+    # servers on the others, so a server woken by its actions never preempts the policy (Sample
+    # Factory's set_workers_cpu_affinity); rollouts are timed pinned and unpinned and run the faster
+    # way, as pinning costs on a machine busy with other work (training/overlapped.py, Placement).
+    # Only while a group's servers each have a core of their own besides the trainer's (core_split);
+    # false: never pinned. Ignored otherwise.
     cpu_affinity: bool = True
 
     def __post_init__(self) -> None:
@@ -768,6 +770,13 @@ class TrainConfig:
     config_file: str | None = None  # a seed-format JSON config merged over the preset
     resume: str | None = None  # a checkpoint zip, a run directory (its newest checkpoint), or latest
     verbose: bool = False
+
+    @property
+    def rollout_mode(self) -> str:
+        """How rollouts are collected: training.rollout, auto resolved (overlapped where it can run)."""
+        if self.training.rollout == "auto":
+            return "serial" if _serial_only(self) else "overlapped"
+        return self.training.rollout
 
     def __post_init__(self) -> None:
         run_label(run_name(self.name, self.preset), self.tags)  # a bad name or tag fails here

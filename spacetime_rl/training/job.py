@@ -116,7 +116,11 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
     label = config.label
 
     output_dir = Path(output_dir)
-    log.info("training.rollout=%s", training.rollout)
+    log.info(
+        "training.rollout=%s%s",
+        training.rollout,
+        f": {config.rollout_mode}" if training.rollout == "auto" else "",
+    )
     checkpoint_dir, best_dir = output_dir / "checkpoints", output_dir / "best_models"
     resume = resolve_resume(config.resume, RUNS_ROOT) if config.resume else None
     for run_dir in dict.fromkeys([output_dir, *([resume.parent.parent] if resume else [])]):
@@ -303,7 +307,7 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "curriculum": curriculum.to_dict() | {"name": curriculum.stage_name},
             "server_faults": faults,
             "servers": servers,
-            "rollout": training.rollout,
+            "rollout": "overlapped" if isinstance(model, OverlappedPPO) else "serial",  # what collected
             "rollout_cores": sorted(placement.split.trainer) if placement else [],
             "rollout_placement": placement.summary() if placement else None,
             "rollout_groups": rollout_groups(train_venv) if isinstance(model, OverlappedPPO) else [],
@@ -515,7 +519,7 @@ class _StopOnSignal(BaseCallback):
 
 def _algorithm(config: TrainConfig) -> type[Model]:
     """The algorithm class that trains `config`'s network with its rollout mode."""
-    if config.training.rollout == "overlapped":
+    if config.rollout_mode == "overlapped":
         return OverlappedPPO
     return algorithm(config.network.policy)
 

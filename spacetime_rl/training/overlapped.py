@@ -84,7 +84,7 @@ def core_split(config: TrainConfig) -> CoreSplit | None:
     servers queue on their cores where unpinned ones would use the trainer's core while it waits
     (8 slow servers on 2 cores: 0.93x of serial pinned, docs/benchmarks.md).
     """
-    if not (config.training.cpu_affinity and config.training.rollout == "overlapped"):
+    if not (config.training.cpu_affinity and config.rollout_mode == "overlapped"):
         return None
     if config.env.launcher != "local" or config.env.attached or not hasattr(os, "sched_setaffinity"):
         return None  # Ray's or someone else's servers; macOS and Windows have no affinity calls

@@ -518,25 +518,33 @@ def wandb_records(path: Path) -> Iterator[Any]:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "mode", "groups"),
+    ("overrides", "given", "mode", "groups"),
     [
-        (["env.num_environments=2", "training.rollout=overlapped"], "overlapped", [[0, 4], [4, 8]]),
-        (["env.num_environments=1", "training.rollout=overlapped"], "overlapped", [[0, 4]]),
-        ([], "serial", []),
+        (
+            ["env.num_environments=2", "training.rollout=overlapped"],
+            "overlapped",
+            "overlapped",
+            [[0, 4], [4, 8]],
+        ),
+        (["env.num_environments=1", "training.rollout=serial"], "serial", "serial", []),
+        ([], "auto", "overlapped", [[0, 4]]),  # one launched server
+        (["network=lstm"], "auto", "serial", []),  # RecurrentPPO
     ],
 )
 def test_the_records_say_which_rollout_mode_ran(
-    overrides: list[str], mode: str, groups: list[list[int]], tmp_path: Path
+    overrides: list[str], given: str, mode: str, groups: list[list[int]], tmp_path: Path
 ) -> None:
-    """Given or by default (serial), the mode that ran is in .hydra/config.yaml, metrics.json and the
-    log, with the agents of each group an overlapped rollout alternated between."""
+    """Given or by default (auto: overlapped where it can run), the mode that ran is in metrics.json
+    and the log, with the agents of each group an overlapped rollout alternated between, and what
+    was asked in .hydra/config.yaml."""
     result = run_train(*TINY, "training.held_out_episodes=0", *overrides, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
-    assert f"training.rollout={mode}" in result.stdout + result.stderr
+    logged = f"training.rollout={given}: {mode}" if given == "auto" else f"training.rollout={mode}"
+    assert logged in result.stdout + result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["rollout"] == mode and metrics["rollout_groups"] == groups
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
-    assert saved["training"]["rollout"] == mode
+    assert saved["training"]["rollout"] == given
     assert (tmp_path / "final_model.zip").is_file()
 
 

@@ -411,3 +411,24 @@ def test_where_the_rollouts_run_changes_nothing_they_collect():
     np.testing.assert_array_equal(placed.rollout_buffer.actions, anywhere.rollout_buffer.actions)
     for a, b in zip(placed.policy.parameters(), anywhere.policy.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_with_one_server_overlapped_training_is_serial_training():
+    """One server (the default, which training.rollout=auto overlaps): the same noise draws and
+    normalisation in the same order as serial, so two rollouts and their updates give the same
+    parameters, statistics and last rollout as serial PPO's, bit for bit."""
+
+    def train(algorithm: type[PPO]) -> tuple[PPO, VecNormalize]:
+        with launched(ONE_SERVER) as (_, venv):
+            env = VecNormalize(venv, gamma=0.9)
+            model = algorithm("MlpPolicy", env, n_steps=16, batch_size=32, n_epochs=2, seed=0, device="cpu")
+            model.learn(2 * 16 * env.num_envs)
+            return model, env
+
+    (serial, serial_env), (ours, our_env) = train(PPO), train(OverlappedPPO)
+    for name in BUFFER:
+        expected, got = getattr(serial.rollout_buffer, name), getattr(ours.rollout_buffer, name)
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+    np.testing.assert_array_equal(our_env.obs_rms.mean, serial_env.obs_rms.mean)
+    for a, b in zip(serial.policy.parameters(), ours.policy.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -14,6 +14,7 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     monkeypatch.setattr(bench, "training_table", lambda *a: ("TRAINING TABLE", {}))
     monkeypatch.setattr(bench, "quick_test_table", lambda *a: ("QUICK TABLE", {}))
     monkeypatch.setattr(bench, "fleet_table", lambda *a: ("FLEET TABLE", {}))
+    monkeypatch.setattr(bench, "_placement", lambda *a: ("PLACEMENT TABLE", {}))
     monkeypatch.setattr(bench, "machine", lambda: "test machine")
     blocks: list[tuple[str, str]] = []
     monkeypatch.setattr(bench, "write_results", lambda text, begin, end: blocks.append((begin, text)))
@@ -37,6 +38,14 @@ def test_the_whole_results_block_is_written(written) -> None:
 def test_fleet_alone_writes_its_own_block_only(written) -> None:
     bench.main(["--only", "fleet"])
     assert [begin for begin, _ in written] == [bench.FLEET_BEGIN]
+
+
+def test_the_placement_section_is_printed_and_written_nowhere(written, capsys) -> None:
+    """Its table in docs/benchmarks.md is kept by hand, outside the blocks, with the runs it compares."""
+    bench.main(["--only", "env,training,quick_test,placement"])
+    assert [begin for begin, _ in written] == [bench.BEGIN]
+    assert "PLACEMENT TABLE" not in written[0][1]
+    assert "PLACEMENT TABLE" in capsys.readouterr().out
 
 
 def test_the_agents_table_is_written_only_whole(tmp_path, capsys) -> None:

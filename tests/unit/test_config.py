@@ -334,12 +334,21 @@ def test_ray_launches_servers_and_does_not_attach() -> None:
     assert "env.executable/env.project" in message
 
 
-def test_rollouts_are_serial_unless_overlapped_is_asked_for() -> None:
-    assert compose_train("env.num_environments=2").training.rollout == "serial"
-    overlapped = compose_train("env.num_environments=2", "training.rollout=overlapped")
-    assert overlapped.training.rollout == "overlapped"
-    one_server = compose_train("env.num_environments=1", "training.rollout=overlapped")  # one group
-    assert one_server.training.rollout == "overlapped"
+@pytest.mark.parametrize(
+    ("overrides", "mode"),
+    [
+        ((), "overlapped"),  # one launched server: one group
+        (("env.num_environments=2",), "overlapped"),
+        (("env.num_environments=2", "training.rollout=serial"), "serial"),
+        (("env.num_environments=1", "training.rollout=overlapped"), "overlapped"),
+        (("network=lstm",), "serial"),  # RecurrentPPO collects serially
+        (("env=godot", "env.url=http://127.0.0.1:1"), "serial"),  # attached: shared with evaluation
+    ],
+)
+def test_rollouts_overlap_by_default_where_they_can(overrides: tuple[str, ...], mode: str) -> None:
+    config = compose_train(*overrides)
+    assert config.rollout_mode == mode
+    assert config.training.rollout == next((o.split("=")[1] for o in overrides if "rollout=" in o), "auto")
 
 
 @pytest.mark.parametrize(
@@ -371,7 +380,9 @@ OVERLAPPED = ("env.num_environments=2", "training.rollout=overlapped")
         ({0, 1}, ("env.num_environments=4", "training.rollout=overlapped"), None),  # groups of 2, 1 core
         ({0, 1, 2}, ("env.num_environments=4", "training.rollout=overlapped"), ({0}, {1, 2})),
         ({0, 1, 2}, ("env.num_environments=5", "training.rollout=overlapped"), None),  # a group of 3
-        ({0, 1}, ("env.num_environments=2",), None),  # serial: the servers step while the policy waits
+        ({0, 1}, ("env.num_environments=2",), ({0}, {1})),  # auto: overlapped
+        ({0, 1}, ("env.num_environments=2", "training.rollout=serial"), None),  # nothing overlaps
+        ({0, 1}, ("network=lstm",), None),  # auto: serial
         ({0, 1}, (*OVERLAPPED, "training.cpu_affinity=false"), None),
         ({0, 1}, (*OVERLAPPED, "env.launcher=ray"), None),  # Ray places its servers
     ],
