@@ -118,8 +118,9 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
         "collected serially (SB3's loop) or overlapped (`training.rollout=overlapped`: two server "
         "groups, one stepping while the policy acts for the other, each group's actions sent before "
         "the step's critic, callbacks and bookkeeping, so one server overlaps too; "
-        "`training.cpu_affinity` puts the "
-        "rollout on one core and the servers on the other, and the unpinned row turns that off); "
+        "the overlapped row puts every rollout on one core and the servers on the other "
+        "(`training.cpu_affinity`, which in training pins only while that is timed faster), and the "
+        "unpinned row turns that off); "
         "in-process always serially. "
         "Rollout = time in `collect_rollouts` (policy + environment); training = the whole `learn()`. "
         f"{repeats} repeats, each running every row's mode in turn; ratios are per repeat.",
