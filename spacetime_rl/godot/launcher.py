@@ -87,9 +87,8 @@ class ServerPool:
         self.verbose = verbose
         self.host = host  # the address servers listen on (a Ray node's, to be reached from others)
         self.cores = cores  # the CPU cores every launched server runs on now (None: wherever the OS puts it)
-        self.pinned_cores = (
-            cores  # the cores they were started on, which `place` may move them off and back to
-        )
+        # The cores they were started on, which `place` may move them off and back to (the record's).
+        self.pinned_cores = cores
         # Where an unplaced server may run: this process's cores, taken before any rollout pins its thread.
         self._usable = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         self.urls: list[str] = []
