@@ -28,6 +28,7 @@ BEGIN: Final = "<!-- results:begin (written by python -m benchmarks; edit outsid
 END: Final = "<!-- results:end -->"
 SECTIONS: Final = ("env", "training", "quick_test", "fleet", "sweeps", "placement")
 RESULTS_SECTIONS: Final = ("env", "training", "quick_test")  # one block: written only when all three ran
+PRINTED_ONLY: Final = ("sweeps", "placement")  # docs/benchmarks.md keeps their tables outside the blocks
 FLEET_BEGIN: Final = (
     "<!-- fleet:begin (written by python -m benchmarks --only fleet; edit outside the markers) -->"
 )
@@ -357,10 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table + "\n", flush=True)
         if section == "fleet":
             fleet.append(table)
-        elif section not in (
-            "sweeps",
-            "placement",
-        ):  # printed only: docs/benchmarks.md keeps theirs outside the blocks
+        elif section not in PRINTED_ONLY:
             tables.append(table)
         key |= values
     summary = targets_table(key)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from benchmarks.memory import ROOT
 from benchmarks.training import TrainingRate, measure_training, train_config
@@ -103,27 +103,27 @@ def placement_table(repeats: int, rollouts: int) -> tuple[str, dict[str, float]]
     ]
     key: dict[str, float] = {}
     for condition, n in dict.fromkeys((c, n) for c, n, _ in samples.rates):
-        serial = [r.steps_per_second for r in samples.rates[(condition, n, "serial")]]
-
-        def ratios(
-            way: str, condition: str = condition, n: int = n, serial: list[float] = serial
-        ) -> list[float]:
-            rates = samples.rates[(condition, n, way)]
-            return [r.steps_per_second / s for r, s in zip(rates, serial, strict=True)]
-
-        chosen = ratios("chosen")
-        pinned_share = [
-            r.placement["pinned"]["rollouts"]
-            / (r.placement["pinned"]["rollouts"] + r.placement["unpinned"]["rollouts"])
-            for r in samples.rates[(condition, n, "chosen")]
-            if r.placement
-        ]
-        for way in ("pinned", "unpinned", "chosen"):
-            key[f"placement_{condition}_{n}_{way}"] = statistics.median(ratios(way))
+        ratio = {way: _ratios(samples, condition, n, way) for way in ("pinned", "unpinned", "chosen")}
+        for way, values in ratio.items():
+            key[f"placement_{condition}_{n}_{way}"] = statistics.median(values)
+        chosen = ratio["chosen"]
+        shares = [_pinned_share(r.placement) for r in samples.rates[(condition, n, "chosen")] if r.placement]
         lines.append(
-            f"| {condition} | {n} | {statistics.median(ratios('pinned')):.2f} | "
-            f"{statistics.median(ratios('unpinned')):.2f} | **{statistics.median(chosen):.2f}** | "
+            f"| {condition} | {n} | {statistics.median(ratio['pinned']):.2f} | "
+            f"{statistics.median(ratio['unpinned']):.2f} | **{statistics.median(chosen):.2f}** | "
             f"{min(chosen):.2f}-{max(chosen):.2f} | "
-            + (f"{statistics.median(pinned_share):.0%} |" if pinned_share else "- |")
+            + (f"{statistics.median(shares):.0%} |" if shares else "- |")
         )
     return "\n".join(lines), key
+
+
+def _ratios(samples: PlacementSamples, condition: str, n: int, way: str) -> list[float]:
+    """PPO steps/s of `way` over serial's, repeat by repeat."""
+    serial = samples.rates[(condition, n, "serial")]
+    rates = samples.rates[(condition, n, way)]
+    return [r.steps_per_second / s.steps_per_second for r, s in zip(rates, serial, strict=True)]
+
+
+def _pinned_share(summary: dict[str, Any]) -> float:
+    pinned, unpinned = summary["pinned"]["rollouts"], summary["unpinned"]["rollouts"]
+    return pinned / (pinned + unpinned)
