@@ -209,10 +209,8 @@ class ServerPool:
         """Run the launched servers on `cores` from now on, restarted ones too (None: on any core
         this process may use); `training.cpu_affinity` moves them between rollouts (Linux)."""
         self.cores = cores
-        if self._usable is None:
-            return
         for process in self._processes:
-            _pin(process.pid, cores or self._usable)
+            self._place(process.pid)
 
     def recovery(self, connect: Callable[[str], Any]) -> Recovery:
         """The VecEnv's fault handler: `connect(url)` makes a transport for a (re)started server."""
@@ -364,9 +362,16 @@ class ServerPool:
                 raise ConfigError(
                     f"env.executable={command[0]!r} cannot be started ({exc}): set it to the Godot binary"
                 ) from exc
-        if self.cores:  # before it starts threads, which inherit it (_wait_ready pins any earlier ones)
-            _pin(process.pid, self.cores)
+        self._place(
+            process.pid
+        )  # before it starts threads, which inherit it (_wait_ready places any earlier ones)
         return process
+
+    def _place(self, pid: int) -> None:
+        """Put every thread of server `pid` on `cores`, or unplaced on every core this process may use
+        (not the spawning thread's: a restart during a pinned rollout spawns from the trainer's core)."""
+        if self._usable is not None:
+            _pin(pid, self.cores or self._usable)
 
     async def _wait_all_ready(self) -> list[str]:
         return [await self._wait_ready(index) for index in range(self.count)]
@@ -389,8 +394,7 @@ class ServerPool:
                     if line.startswith(prefix):
                         url = line[len(prefix) :].strip()
                         await self._wait_healthy(index, url, deadline)
-                        if self.cores:
-                            _pin(process.pid, self.cores)
+                        self._place(process.pid)
                         return url
             if process.poll() is not None:
                 raise self._failure(index, GodotConnectionError, f"exited with code {process.returncode}")

@@ -333,9 +333,13 @@ def test_pinned_servers_run_every_thread_on_their_cores_and_so_do_restarted_ones
     finally:
         pool.stop()
     unpinned = ServerPool(config, seed=SEED, role="train")
-    unpinned.start()
+    os.sched_setaffinity(0, TRAINER_CORES)  # started from a pinned rollout's thread (a restart)
     try:
-        assert _threads_cores(unpinned.pids[0]) == {frozenset(CORES)}  # the OS's choice, as before
+        unpinned.start()
+    finally:
+        os.sched_setaffinity(0, CORES)
+    try:
+        assert _threads_cores(unpinned.pids[0]) == {frozenset(CORES)}  # every core, not the spawner's
         assert unpinned.record()["cores"] is None
     finally:
         unpinned.stop()
