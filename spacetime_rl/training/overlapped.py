@@ -6,9 +6,11 @@ every server steps while the trainer idles. Here the servers are split into two 
 normalised and scored, A's actions for step t+1 are computed and sent, then the same for B, so
 A's servers step while the trainer handles B and the other way round (Sample Factory's
 double-buffered sampling, EnvPool's async mode). Within a group the actions go out first: the
-log-probabilities, the callbacks and the buffer's bookkeeping of step t and the critic's values of
-step t+1 (one pass over every agent, once all groups' actions are out) are done while the servers
-step t+1, so one server (a single group) overlaps too.
+callbacks and the buffer's bookkeeping of step t are done while the servers step t+1, so one server
+(a single group) overlaps too. A step does only what the next actions need: the critic's values and
+the actions' log-probabilities, which nothing during the rollout reads, are computed at its end, one
+pass over all its steps (`_score`; the parameters do not change during a rollout, so they are the
+numbers serial PPO computes step by step, with a fraction of the per-call cost).
 
 What PPO stores is SB3's `OnPolicyAlgorithm.collect_rollouts` to the letter: one `rollout_buffer.add`
 per full step of all N agents with the observation each agent saw, the action sampled for it, its
@@ -46,6 +48,7 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
@@ -240,8 +243,10 @@ class OverlappedPPO(PPO):
         callback.on_rollout_start()
 
         last_obs: np.ndarray = self._last_obs  # type: ignore[assignment]
+        # The Gaussians' means the actions are sampled from, kept to score the actions at the end.
+        means = np.empty((n_rollout_steps, env.num_envs, *self.action_space.shape), dtype=np.float32)  # type: ignore[misc]
+        unscored = torch.zeros(env.num_envs)  # values and log-probabilities come in `_score`
         sent = [self._act(venv, g, last_obs[a]) for g, a in zip(groups, agents, strict=True)]
-        values = self._values(last_obs)
         while n_steps < n_rollout_steps:
             ahead = n_steps + 1 < n_rollout_steps  # the rollout's last step sends nothing ahead
             new_obs = np.empty_like(last_obs)
@@ -254,7 +259,7 @@ class OverlappedPPO(PPO):
                 if ahead:
                     upcoming.append(self._act(venv, servers, new_obs[rows]))
             actions = np.concatenate([a for a, _ in sent])
-            log_probs = torch.cat([p for _, p in sent])
+            means[n_steps] = np.concatenate([m for _, m in sent])
 
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
@@ -280,40 +285,53 @@ class OverlappedPPO(PPO):
                         terminal_value = self.policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
                     rewards[idx] += self.gamma * terminal_value
 
-            rollout_buffer.add(last_obs, actions, rewards, self._last_episode_starts, values, log_probs)
+            rollout_buffer.add(last_obs, actions, rewards, self._last_episode_starts, unscored, unscored)
             self._last_obs = last_obs = new_obs
             self._last_episode_starts = dones
             sent = upcoming
-            if ahead:  # every group's actions are out: the critic scores the step in one pass
-                values = self._values(new_obs)
 
-        rollout_buffer.compute_returns_and_advantage(last_values=self._values(new_obs), dones=dones)
+        last_values = self._score(rollout_buffer, means, new_obs)
+        rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
 
-    def _act(self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    def _act(self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sample the actions of `servers`' agents for `obs` and send them; returns the actions and
-        their log-probabilities, which PPO stores.
-
-        `policy(obs)` in parts: the actor's, which the servers need, before the send; the sample's
-        log-probability while they step; the critic's values once every group's actions are out,
-        in one pass over all agents as serial PPO's (`_values`). The same operations on the same
-        tensors, so the same numbers."""
+        the means of the Gaussians they were drawn from (`_score` needs them)."""
         assert isinstance(self.action_space, spaces.Box)
         with torch.no_grad():
             distribution = self.policy.get_distribution(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
-            actions = distribution.get_actions()
-            sampled = actions.cpu().numpy().reshape(-1, *self.action_space.shape)
+            if not isinstance(distribution, DiagGaussianDistribution):
+                raise TypeError(
+                    f"OverlappedPPO samples Gaussian actions, not {type(distribution).__name__}'s"
+                )
+            sampled = distribution.get_actions().cpu().numpy().reshape(-1, *self.action_space.shape)
             # As SB3: the Gaussian's sample is clipped for the env and stored unclipped.
             venv.send_group(servers, np.clip(sampled, self.action_space.low, self.action_space.high))
-            log_probs = distribution.log_prob(actions)
-        return sampled, log_probs
+        return sampled, distribution.distribution.mean.cpu().numpy()
 
-    def _values(self, obs: np.ndarray) -> torch.Tensor:
-        """The critic's values of every agent's observation: one forward pass, as serial PPO's."""
+    def _score(self, buffer: RolloutBuffer, means: np.ndarray, last_obs: np.ndarray) -> torch.Tensor:
+        """Fill in `buffer`'s values and log-probabilities, one pass over the rollout for each, and
+        return the critic's values of `last_obs`, the observations after its last step.
+
+        Serial PPO computes them step by step (`policy(obs)`); the parameters do not change during a
+        rollout, so these are the same numbers (each row's operations are the same: bit for bit in
+        tests/integration/test_overlapped.py) at a fraction of the per-call cost, and none of it
+        delays the next step's actions."""
+        policy = self.policy
+        steps = buffer.observations.shape[:2]
         with torch.no_grad():
-            return self.policy.predict_values(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
+            observations = torch.as_tensor(
+                buffer.observations.reshape(-1, *buffer.obs_shape), device=self.device
+            )
+            buffer.values[:] = policy.predict_values(observations).cpu().numpy().reshape(steps)
+            gaussians = policy.action_dist.proba_distribution(  # type: ignore[attr-defined]
+                torch.as_tensor(means.reshape(-1, buffer.action_dim), device=self.device), policy.log_std
+            )
+            actions = torch.as_tensor(buffer.actions.reshape(-1, buffer.action_dim), device=self.device)
+            buffer.log_probs[:] = gaussians.log_prob(actions).cpu().numpy().reshape(steps)
+            return policy.predict_values(obs_as_tensor(last_obs, self.device))  # type: ignore[arg-type]
 
 
 def _layers(env: VecEnv) -> tuple[VecNormalize | None, SpaceTimeVecEnv]:
