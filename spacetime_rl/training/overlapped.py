@@ -44,11 +44,11 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import DiagGaussianDistribution
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
@@ -246,7 +246,8 @@ class OverlappedPPO(PPO):
         # The Gaussians' means the actions are sampled from, kept to score the actions at the end.
         means = np.empty((n_rollout_steps, env.num_envs, *self.action_space.shape), dtype=np.float32)  # type: ignore[misc]
         unscored = torch.zeros(env.num_envs)  # values and log-probabilities come in `_score`
-        sent = [self._act(venv, g, last_obs[a]) for g, a in zip(groups, agents, strict=True)]
+        std = self._action_std()
+        sent = [self._act(venv, g, last_obs[a], std) for g, a in zip(groups, agents, strict=True)]
         while n_steps < n_rollout_steps:
             ahead = n_steps + 1 < n_rollout_steps  # the rollout's last step sends nothing ahead
             new_obs = np.empty_like(last_obs)
@@ -257,7 +258,7 @@ class OverlappedPPO(PPO):
             for servers, rows in zip(groups, agents, strict=True):
                 new_obs[rows], rewards[rows], dones[rows], infos[rows] = _receive(norm, venv, servers)
                 if ahead:
-                    upcoming.append(self._act(venv, servers, new_obs[rows]))
+                    upcoming.append(self._act(venv, servers, new_obs[rows], std))
             actions = np.concatenate([a for a, _ in sent])
             means[n_steps] = np.concatenate([m for _, m in sent])
 
@@ -296,20 +297,44 @@ class OverlappedPPO(PPO):
         callback.on_rollout_end()
         return True
 
-    def _act(self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _act(
+        self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray, std: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Sample the actions of `servers`' agents for `obs` and send them; returns the actions and
-        the means of the Gaussians they were drawn from (`_score` needs them)."""
-        assert isinstance(self.action_space, spaces.Box)
+        the means of the Gaussians they were drawn from (`_score` needs them).
+
+        `policy.get_distribution(obs).get_actions()` without building a distribution per call: the
+        actor's mean, plus `std` (exp(log_std), fixed during a rollout) times a standard normal draw,
+        as `torch.distributions.Normal.rsample` samples: the same numbers (a test compares them)."""
+        policy = self.policy
         with torch.no_grad():
-            distribution = self.policy.get_distribution(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
-            if not isinstance(distribution, DiagGaussianDistribution):
-                raise TypeError(
-                    f"OverlappedPPO samples Gaussian actions, not {type(distribution).__name__}'s"
-                )
-            sampled = distribution.get_actions().cpu().numpy().reshape(-1, *self.action_space.shape)
-            # As SB3: the Gaussian's sample is clipped for the env and stored unclipped.
-            venv.send_group(servers, np.clip(sampled, self.action_space.low, self.action_space.high))
-        return sampled, distribution.distribution.mean.cpu().numpy()
+            observations = preprocess_obs(
+                obs_as_tensor(obs, self.device),  # type: ignore[arg-type]
+                policy.observation_space,
+                normalize_images=policy.normalize_images,
+            )
+            mean = policy.action_net(
+                policy.mlp_extractor.forward_actor(policy.pi_features_extractor(observations))
+            )
+            sampled = (mean + self._noise(mean) * std).cpu().numpy()
+        # As SB3: the Gaussian's sample is clipped for the env and stored unclipped.
+        venv.send_group(servers, np.clip(sampled, self.action_space.low, self.action_space.high))  # type: ignore[attr-defined]
+        return sampled, mean.cpu().numpy()
+
+    @staticmethod
+    def _noise(mean: torch.Tensor) -> torch.Tensor:
+        """A standard normal draw per action dimension, as `Normal.rsample` draws it."""
+        return torch.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_()
+
+    def _action_std(self) -> torch.Tensor:
+        """The Gaussians' standard deviations (one per action dimension) for this rollout."""
+        if not isinstance(self.policy.action_dist, DiagGaussianDistribution):
+            raise TypeError(
+                f"OverlappedPPO samples Gaussian actions, not {type(self.policy.action_dist).__name__}'s: "
+                "use training.rollout=serial"
+            )
+        with torch.no_grad():
+            return self.policy.log_std.exp()  # type: ignore[operator]
 
     def _score(self, buffer: RolloutBuffer, means: np.ndarray, last_obs: np.ndarray) -> torch.Tensor:
         """Fill in `buffer`'s values and log-probabilities, one pass over the rollout for each, and

@@ -79,17 +79,18 @@ def collect(
         env = VecNormalize(venv, norm_obs=normalize, norm_reward=normalize, gamma=0.9)
         model = algorithm("MlpPolicy", env, n_steps=N_STEPS, batch_size=40, gamma=0.9, seed=0, device="cpu")
         if deterministic:  # the same actions whatever the order of the noise draws
-            _deterministic(model.policy)
+            _deterministic(model)
         log = InfoLog()
         _, callbacks = model._setup_learn(N_STEPS * env.num_envs, [log, *([callback] if callback else [])])
         assert model.collect_rollouts(env, callbacks, model.rollout_buffer, N_STEPS)
         return model, env, log
 
 
-def _deterministic(policy: Any) -> None:
+def _deterministic(model: PPO) -> None:
     """The policy's actions are its Gaussian's mean, whether sampled by `policy(obs)` (serial PPO)
-    or by its distribution and value halves (`OverlappedPPO._act`)."""
-    policy.action_dist.sample = policy.action_dist.mode
+    or by the actor's mean plus noise (`OverlappedPPO._act`)."""
+    model.policy.action_dist.sample = model.policy.action_dist.mode  # type: ignore[method-assign]
+    model._noise = torch.zeros_like  # type: ignore[attr-defined]
 
 
 BUFFER = (
@@ -198,11 +199,11 @@ def test_normalisation_statistics_end_as_serial_ones():
     statistics after the rollout are serial's, up to float32 rounding (a batch's mean is taken in
     the observations' float32)."""
 
-    def constant(policy: Any) -> None:
-        extractor = policy.features_extractor  # the actor's and the critic's (shared)
+    def constant(model: PPO) -> None:
+        extractor = model.policy.features_extractor  # the actor's and the critic's (shared)
         forward = extractor.forward
         extractor.forward = lambda obs: forward(torch.zeros_like(obs))
-        _deterministic(policy)
+        _deterministic(model)
 
     stats = []
     for algorithm in (PPO, OverlappedPPO):
@@ -211,7 +212,7 @@ def test_normalisation_statistics_end_as_serial_ones():
 
             def setup(self, original=original):
                 original(self)
-                constant(self.policy)
+                constant(self)
 
             patch.setattr(algorithm, "_setup_model", setup)
             _, env, _ = collect(algorithm, normalize=True)
@@ -436,3 +437,10 @@ def test_with_one_server_overlapped_training_is_serial_training():
     np.testing.assert_array_equal(our_env.obs_rms.mean, serial_env.obs_rms.mean)
     for a, b in zip(serial.policy.parameters(), ours.policy.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_policy_without_gaussian_actions_is_refused_with_the_way_out():
+    with launched(ONE_SERVER) as (_, venv):
+        model = OverlappedPPO("MlpPolicy", venv, n_steps=4, batch_size=4, use_sde=True, device="cpu")
+        with pytest.raises(TypeError, match="StateDependentNoiseDistribution.*training.rollout=serial"):
+            model.learn(4 * venv.num_envs)
