@@ -202,6 +202,7 @@ class OverlappedPPO(PPO):
     """
 
     placement: Placement | None = None
+    groups: int = GROUPS  # the server groups a rollout alternates between (benchmarks run one in-process)
     _callback_seconds = 0.0  # the current rollout's time in callbacks (evaluations, checkpoints)
 
     def _excluded_save_params(self) -> list[str]:
@@ -234,7 +235,7 @@ class OverlappedPPO(PPO):
     ) -> bool:
         assert self._last_obs is not None and self._last_episode_starts is not None
         norm, venv = _layers(env)
-        groups = venv.server_groups(GROUPS)
+        groups = venv.server_groups(self.groups)
         agents = [venv.agents_of(g) for g in groups]
         self.policy.set_training_mode(False)
         self._callback_seconds = 0.0
