@@ -65,6 +65,7 @@ class _HeaderDeadline(asyncio.Protocol):
         self._timeout = timeout
         self._transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._in_headers = False  # a request's first byte has come, the end of its headers not yet
         # a second, C-speed parse of the same bytes, only to see where each request's headers end
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
 
@@ -82,6 +83,11 @@ class _HeaderDeadline(asyncio.Protocol):
                 self._parser.feed_data(data)
             except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # aiohttp answers, closes
                 self._stop_watching()
+            else:
+                # The clock starts with a request's first byte; a request whose headers came whole
+                # in these bytes (a trainer's step, nearly always) needs none.
+                if self._in_headers:
+                    self._start_clock()
         self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -100,9 +106,10 @@ class _HeaderDeadline(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._start_clock()
+        self._in_headers = True
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._stop_clock()
 
     def _start_clock(self) -> None:

@@ -78,6 +78,19 @@ def test_headers_dripping_past_the_deadline_get_408_and_the_connection_closes(se
     server.assert_healthy()
 
 
+def test_a_kept_alive_connection_s_next_request_dripping_past_the_deadline_gets_408(
+    server: SimProcess,
+) -> None:
+    """The clock starts at a later request's first byte too, not only at the connection's opening."""
+    with connect(server) as sock:
+        assert health(sock) == b"HTTP/1.1 200 OK"
+        time.sleep(2 * HEADER_TIMEOUT)  # idle between requests: no clock
+        sock.sendall(b"GET /health HTTP/1.1\r\nHo")
+        status, body = answer(sock)
+    assert status == 408
+    assert "--header-timeout" in body["error"]
+
+
 def test_a_silent_new_connection_is_closed_with_408(server: SimProcess) -> None:
     with connect(server) as sock:
         status, _ = answer(sock)

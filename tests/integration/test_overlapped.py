@@ -442,5 +442,5 @@ def test_with_one_server_overlapped_training_is_serial_training():
 def test_a_policy_without_gaussian_actions_is_refused_with_the_way_out():
     with launched(ONE_SERVER) as (_, venv):
         model = OverlappedPPO("MlpPolicy", venv, n_steps=4, batch_size=4, use_sde=True, device="cpu")
-        with pytest.raises(TypeError, match="StateDependentNoiseDistribution.*training.rollout=serial"):
+        with pytest.raises(TypeError, match=r"StateDependentNoiseDistribution.*training\.rollout=serial"):
             model.learn(4 * venv.num_envs)
