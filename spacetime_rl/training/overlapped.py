@@ -342,9 +342,10 @@ class OverlappedPPO(PPO):
         return the critic's values of `last_obs`, the observations after its last step.
 
         Serial PPO computes them step by step (`policy(obs)`); the parameters do not change during a
-        rollout, so these are the same numbers (each row's operations are the same: bit for bit in
-        tests/integration/test_overlapped.py) at a fraction of the per-call cost, and none of it
-        delays the next step's actions."""
+        rollout, so these are the same numbers at a fraction of the per-call cost, and none of it
+        delays the next step's actions. Each row goes through the same operations; a matrix product
+        over more rows may round differently on some CPUs (on this project's test machines it does
+        not: tests/integration/test_overlapped.py compares with serial PPO bit for bit)."""
         policy = self.policy
         steps = buffer.observations.shape[:2]
         with torch.no_grad():
