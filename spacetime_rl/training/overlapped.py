@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Server groups a rollout alternates between: two keep one group stepping while the other is served.
 GROUPS = 2
+#: Rows (agent-steps) per pass when a rollout's values and log-probabilities are computed at its end.
+SCORE_ROWS: Final = 65_536
 
 
 class CoreSplit(NamedTuple):
@@ -338,8 +340,9 @@ class OverlappedPPO(PPO):
             return self.policy.log_std.exp()  # type: ignore[operator]
 
     def _score(self, buffer: RolloutBuffer, means: np.ndarray, last_obs: np.ndarray) -> torch.Tensor:
-        """Fill in `buffer`'s values and log-probabilities, one pass over the rollout for each, and
-        return the critic's values of `last_obs`, the observations after its last step.
+        """Fill in `buffer`'s values and log-probabilities, a pass over up to `SCORE_ROWS` of its
+        rows at a time, and return the critic's values of `last_obs`, the observations after its
+        last step.
 
         Serial PPO computes them step by step (`policy(obs)`); the parameters do not change during a
         rollout, so these are the same numbers at a fraction of the per-call cost, and none of it
@@ -347,17 +350,22 @@ class OverlappedPPO(PPO):
         over more rows may round differently on some CPUs (on this project's test machines it does
         not: tests/integration/test_overlapped.py compares with serial PPO bit for bit)."""
         policy = self.policy
-        steps = buffer.observations.shape[:2]
+        n_steps, n_envs = buffer.observations.shape[:2]
+        chunk = max(1, SCORE_ROWS // n_envs)  # steps per pass: bounded memory for large rollouts
         with torch.no_grad():
-            observations = torch.as_tensor(
-                buffer.observations.reshape(-1, *buffer.obs_shape), device=self.device
-            )
-            buffer.values[:] = policy.predict_values(observations).cpu().numpy().reshape(steps)
-            gaussians = policy.action_dist.proba_distribution(  # type: ignore[attr-defined]
-                torch.as_tensor(means.reshape(-1, buffer.action_dim), device=self.device), policy.log_std
-            )
-            actions = torch.as_tensor(buffer.actions.reshape(-1, buffer.action_dim), device=self.device)
-            buffer.log_probs[:] = gaussians.log_prob(actions).cpu().numpy().reshape(steps)
+            for start in range(0, n_steps, chunk):
+                steps = slice(start, start + chunk)
+                rows = buffer.observations[steps].reshape(-1, *buffer.obs_shape)
+                values = policy.predict_values(torch.as_tensor(rows, device=self.device))
+                buffer.values[steps] = values.cpu().numpy().reshape(-1, n_envs)
+                gaussians = policy.action_dist.proba_distribution(  # type: ignore[attr-defined]
+                    torch.as_tensor(means[steps].reshape(-1, buffer.action_dim), device=self.device),
+                    policy.log_std,
+                )
+                actions = torch.as_tensor(
+                    buffer.actions[steps].reshape(-1, buffer.action_dim), device=self.device
+                )
+                buffer.log_probs[steps] = gaussians.log_prob(actions).cpu().numpy().reshape(-1, n_envs)
             return policy.predict_values(obs_as_tensor(last_obs, self.device))  # type: ignore[arg-type]
 
 
