@@ -2,14 +2,14 @@
 
 Serial PPO alternates: the policy computes every agent's action while every server idles, then
 every server steps while the trainer idles. Here the servers are split into two groups (A, B;
-`SpaceTimeVecEnv.server_groups`) and the rollout is a pipeline: A's answer to step t is read,
-normalised and scored, A's actions for step t+1 are computed and sent, then the same for B, so
+`SpaceTimeVecEnv.server_groups`) and the rollout is a pipeline: A's answer to step t is read
+and normalised, A's actions for step t+1 are computed and sent, then the same for B, so
 A's servers step while the trainer handles B and the other way round (Sample Factory's
 double-buffered sampling, EnvPool's async mode). Within a group the actions go out first: the
 callbacks and the buffer's bookkeeping of step t are done while the servers step t+1, so one server
 (a single group) overlaps too. A step does only what the next actions need: the critic's values and
-the actions' log-probabilities, which nothing during the rollout reads, are computed at its end, one
-pass over all its steps (`_score`; the parameters do not change during a rollout, so they are the
+the actions' log-probabilities, which nothing during the rollout reads, are computed at its end, in
+passes over many steps (`_score`; the parameters do not change during a rollout, so they are the
 numbers serial PPO computes step by step, with a fraction of the per-call cost).
 
 What PPO stores is SB3's `OnPolicyAlgorithm.collect_rollouts` to the letter: one `rollout_buffer.add`
@@ -17,7 +17,8 @@ per full step of all N agents with the observation each agent saw, the action sa
 value and log-probability under the rollout's parameters (a rollout's last step sends nothing
 ahead, so no action is ever computed by parameters other than the ones it is stored with), the
 episode starts, truncated episodes bootstrapped from their `terminal_observation`; callbacks'
-`on_step` once per full step with every agent's infos and dones. Two things differ from serial:
+`on_step` once per full step with every agent's infos and dones (their `locals` have no per-step
+`values` or `log_probs`: those come at the rollout's end). Two things differ from serial:
 the action noise is drawn per group (another order of the same draws), and `VecNormalize`'s
 running statistics are updated a group at a time, so A's observations of step t are normalised
 with statistics that include A's but not yet B's observations of that step (serial: both). After
@@ -239,6 +240,7 @@ class OverlappedPPO(PPO):
         norm, venv = _layers(env)
         groups = venv.server_groups(self.groups)
         agents = [venv.agents_of(g) for g in groups]
+        std = self._action_std()  # before on_rollout_start: a refusal leaves the callbacks unstarted
         self.policy.set_training_mode(False)
         self._callback_seconds = 0.0
         n_steps = 0
@@ -249,7 +251,6 @@ class OverlappedPPO(PPO):
         # The Gaussians' means the actions are sampled from, kept to score the actions at the end.
         means = np.empty((n_rollout_steps, env.num_envs, *self.action_space.shape), dtype=np.float32)  # type: ignore[misc]
         unscored = torch.zeros(env.num_envs)  # values and log-probabilities come in `_score`
-        std = self._action_std()
         sent = [self._act(venv, g, last_obs[a], std) for g, a in zip(groups, agents, strict=True)]
         while n_steps < n_rollout_steps:
             ahead = n_steps + 1 < n_rollout_steps  # the rollout's last step sends nothing ahead
@@ -294,8 +295,8 @@ class OverlappedPPO(PPO):
             self._last_episode_starts = dones
             sent = upcoming
 
-        last_values = self._score(rollout_buffer, means, new_obs)
-        rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
+        values = self._score(rollout_buffer, means, new_obs)  # the last observations' (SB3's name)
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
@@ -331,7 +332,7 @@ class OverlappedPPO(PPO):
 
     def _action_std(self) -> torch.Tensor:
         """The Gaussians' standard deviations (one per action dimension) for this rollout."""
-        if not isinstance(self.policy.action_dist, DiagGaussianDistribution):
+        if type(self.policy.action_dist) is not DiagGaussianDistribution:  # not squashed, not gSDE
             raise TypeError(
                 f"OverlappedPPO samples Gaussian actions, not {type(self.policy.action_dist).__name__}'s: "
                 "use training.rollout=serial"
@@ -350,7 +351,7 @@ class OverlappedPPO(PPO):
         over more rows may round differently on some CPUs (on this project's test machines it does
         not: tests/integration/test_overlapped.py compares with serial PPO bit for bit)."""
         policy = self.policy
-        n_steps, n_envs = buffer.observations.shape[:2]
+        n_steps, n_envs = means.shape[:2]
         chunk = max(1, SCORE_ROWS // n_envs)  # steps per pass: bounded memory for large rollouts
         with torch.no_grad():
             for start in range(0, n_steps, chunk):

@@ -91,6 +91,19 @@ def test_a_kept_alive_connection_s_next_request_dripping_past_the_deadline_gets_
     assert "--header-timeout" in body["error"]
 
 
+def test_a_partial_request_pipelined_behind_a_whole_one_gets_408_after_its_answer(server: SimProcess) -> None:
+    """Bytes that end one request and begin the next: the clock runs for the unfinished one."""
+    with connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HTTP/1.1\r\nHo")
+        data = b""
+        while b"HTTP/1.1 408" not in data:
+            chunk = sock.recv(1 << 16)
+            assert chunk, f"closed without a 408 after {data!r}"
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    assert b"--header-timeout" in data
+
+
 def test_a_silent_new_connection_is_closed_with_408(server: SimProcess) -> None:
     with connect(server) as sock:
         status, _ = answer(sock)
