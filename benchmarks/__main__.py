@@ -153,25 +153,23 @@ def training_table(repeats: int, rollouts: int, overrides: list[str]) -> tuple[s
                 continue
             ratios = [h[0] / i[0] for h, i in zip(measured, local, strict=True)]
             rollout_ratios = [h[1] / i[1] for h, i in zip(measured, local, strict=True)]
-            loop_ratios = [h[0] / i[0] for h, i in zip(measured, loop, strict=True)]
-            if transport == "http":
+            if transport == "in-process":
+                label, over_loop = "in-process, overlapped's loop", "-"
+            else:
                 name = f"{environments}_{mode}"
+                label = f"HTTP, {mode.replace('_', ', ')}"
+                over_loop_median = statistics.median(h[0] / i[0] for h, i in zip(measured, loop, strict=True))
+                over_loop = f"{over_loop_median:.2f}"
                 key[f"training_ratio_{name}"] = statistics.median(ratios)
                 key[f"training_ratio_{name}_min"] = min(ratios)
                 key[f"rollout_ratio_{name}"] = statistics.median(rollout_ratios)
-                key[f"loop_ratio_{name}"] = statistics.median(loop_ratios)
-            label = (
-                "in-process, overlapped's loop"
-                if transport == "in-process"
-                else f"HTTP, {mode.replace('_', ', ')}"
-            )
+                key[f"loop_ratio_{name}"] = over_loop_median
             lines.append(
                 f"| {environments} | {configs[(transport, mode)].env.num_agents} | {label} | "
                 f"{_k(statistics.median(h[0] for h in measured))} | {_k(statistics.median(i[0] for i in local))} | "
                 f"{statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} | "
                 f"{statistics.median(rollout_ratios):.2f} | {min(rollout_ratios):.2f}-{max(rollout_ratios):.2f} | "
-                + ("-" if transport == "in-process" else f"{statistics.median(loop_ratios):.2f}")
-                + " |"
+                f"{over_loop} |"
             )
     lines += [
         "",

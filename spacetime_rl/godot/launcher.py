@@ -362,9 +362,8 @@ class ServerPool:
                 raise ConfigError(
                     f"env.executable={command[0]!r} cannot be started ({exc}): set it to the Godot binary"
                 ) from exc
-        self._place(
-            process.pid
-        )  # before it starts threads, which inherit it (_wait_ready places any earlier ones)
+        # before it starts threads, which inherit it (_wait_ready places any earlier ones)
+        self._place(process.pid)
         return process
 
     def _place(self, pid: int) -> None:

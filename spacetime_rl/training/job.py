@@ -310,7 +310,9 @@ def train(config: TrainConfig, output_dir: Path, on_eval: EvalHook | None = None
             "rollout": "overlapped" if isinstance(model, OverlappedPPO) else "serial",  # what collected
             "rollout_cores": sorted(placement.split.trainer) if placement else [],
             "rollout_placement": placement.summary() if placement else None,
-            "rollout_groups": rollout_groups(train_venv) if isinstance(model, OverlappedPPO) else [],
+            "rollout_groups": rollout_groups(train_venv, model.groups)
+            if isinstance(model, OverlappedPPO)
+            else [],
         },
     )
     log.info("training done: %s = %.4f after %d steps", training.objective, objective, model.num_timesteps)

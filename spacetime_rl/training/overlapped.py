@@ -75,9 +75,9 @@ class CoreSplit(NamedTuple):
     servers: frozenset[int]
 
 
-def rollout_groups(venv: SpaceTimeVecEnv) -> list[list[int]]:
-    """The env indices [start, stop) of each group an overlapped rollout alternates between."""
-    return [[agents.start, agents.stop] for agents in map(venv.agents_of, venv.server_groups(GROUPS))]
+def rollout_groups(venv: SpaceTimeVecEnv, groups: int = GROUPS) -> list[list[int]]:
+    """The env indices [start, stop) of each of the `groups` an overlapped rollout alternates between."""
+    return [[agents.start, agents.stop] for agents in map(venv.agents_of, venv.server_groups(groups))]
 
 
 def core_split(config: TrainConfig) -> CoreSplit | None:
@@ -238,7 +238,7 @@ class OverlappedPPO(PPO):
     ) -> bool:
         assert self._last_obs is not None and self._last_episode_starts is not None
         norm, venv = _layers(env)
-        groups = venv.server_groups(self.groups)
+        groups = venv.server_groups(self.groups)  # rollout_groups(venv, self.groups) records them
         agents = [venv.agents_of(g) for g in groups]
         std = self._action_std()  # before on_rollout_start: a refusal leaves the callbacks unstarted
         self.policy.set_training_mode(False)
@@ -248,7 +248,8 @@ class OverlappedPPO(PPO):
         callback.on_rollout_start()
 
         last_obs: np.ndarray = self._last_obs  # type: ignore[assignment]
-        # The Gaussians' means the actions are sampled from, kept to score the actions at the end.
+        # The Gaussians' means the actions are sampled from, kept to score the actions at the end
+        # (recomputing them over the whole rollout can round a last bit differently: measured).
         means = np.empty((n_rollout_steps, env.num_envs, *self.action_space.shape), dtype=np.float32)  # type: ignore[misc]
         unscored = torch.zeros(env.num_envs)  # values and log-probabilities come in `_score`
         sent = [self._act(venv, g, last_obs[a], std) for g, a in zip(groups, agents, strict=True)]
