@@ -107,12 +107,14 @@ class RewardCalculator:
         events: Events,
         truncated: np.ndarray,
         agents: slice = slice(None),
+        tasks: np.ndarray | None = None,
     ) -> RewardBreakdown:
         """Rewards for the step that led to raw `observations` (k, 48) of `agents` (all N by
         default), given the applied `actions`.
 
         `observations` are the last observations of the step (the terminal one for finished agents),
-        `truncated` flags agents cut by the time limit without finishing.
+        `truncated` flags agents cut by the time limit without finishing, `tasks` (k,) are the tasks
+        the step was run under (default: `task[agents]`).
         """
         distance = observations[:, OBS["goal_distance"]][:, 0]
         best = self.best_distance[agents]  # a view: agents is a slice
@@ -137,6 +139,7 @@ class RewardCalculator:
             "time_penalty": np.ones(len(distance)),
         }
         # (terms, k): every term at once, each agent with its task's weights
-        weighted = self.weights[:, self.task[agents]] * np.array([unweighted[name] for name in REWARD_TERMS])
+        tasks = self.task[agents] if tasks is None else tasks
+        weighted = self.weights[:, tasks] * np.array([unweighted[name] for name in REWARD_TERMS])
         total = weighted.sum(axis=0)
         return RewardBreakdown(total=total, weighted=weighted, comfort=comfort)

@@ -8,6 +8,7 @@ import gymnasium as gym
 from spacetime_rl.envs.gym_env import ENV_ID, SpaceTimeEnv
 from spacetime_rl.envs.vec_env import (
     AgentTransport,
+    GroupAnswer,
     SpaceTimeVecEnv,
     connector,
     make_clients,
@@ -17,6 +18,7 @@ from spacetime_rl.envs.vec_env import (
 __all__ = [
     "ENV_ID",
     "AgentTransport",
+    "GroupAnswer",
     "SpaceTimeEnv",
     "SpaceTimeVecEnv",
     "connector",

@@ -46,6 +46,11 @@ class EpisodeTracker:
     def start(self, observations: np.ndarray, agents: np.ndarray | slice = slice(None)) -> None:
         """Begin episodes for `agents` from their first raw observations (k, 48)."""
         self.smoother.reset(agents)
+        self.restart_stats(observations, agents)
+
+    def restart_stats(self, observations: np.ndarray, agents: np.ndarray | slice) -> None:
+        """`start` but for the action smoothing, which the VecEnv resets before a new episode's first
+        actions are sent and these after its last step is scored (`score`), maybe later."""
         self.rewards.reset(observations, agents)
         for stat in (self.steps, self.returns, self.collisions, self.teleports, self.comfort):
             stat[agents] = 0
@@ -64,18 +69,36 @@ class EpisodeTracker:
         done: np.ndarray,
         agents: slice = slice(None),
     ) -> StepRecord:
-        """Score one step of `agents` (all N by default; a slice, so every update below is in place);
-        `observations` (k, 48) are each one's last raw observation of it, the rest (k,) likewise."""
+        """Count and score one step of `agents` (all N by default; a slice, so every update below is
+        in place); `observations` (k, 48) are each one's last raw observation of it, the rest (k,)
+        likewise."""
+        truncated = self.count(done, agents)
+        return StepRecord(self.score(observations, applied, events, truncated, agents), truncated)
+
+    def count(self, done: np.ndarray, agents: slice = slice(None)) -> np.ndarray:
+        """Count one step of `agents`; returns which hit the time limit without finishing (k,)."""
         steps = self.steps[agents]
         steps += 1
-        truncated = (steps >= self.max_episode_steps) & ~done
-        breakdown = self.rewards.step(observations, applied, events, truncated, agents)
+        return (steps >= self.max_episode_steps) & ~done
+
+    def score(
+        self,
+        observations: np.ndarray,
+        applied: np.ndarray,
+        events: Events,
+        truncated: np.ndarray,
+        agents: slice = slice(None),
+        tasks: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The float32 rewards (k,) of the step `count` counted, added to the episodes' stats;
+        `tasks` (k,) are the tasks it ran under (default: the reward calculator's)."""
+        breakdown = self.rewards.step(observations, applied, events, truncated, agents, tasks)
         self.returns[agents] += breakdown.total
         self.collisions[agents] += events.collisions
         self.teleports[agents] += events.teleports
         self.comfort[agents] += breakdown.comfort
         self.terms[:, agents] += breakdown.weighted
-        return StepRecord(rewards=breakdown.total.astype(np.float32), truncated=truncated)
+        return breakdown.total.astype(np.float32)
 
     def episode_info(
         self,

@@ -26,7 +26,7 @@ import logging
 import math
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeGuard, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeGuard, TypeVar
 
 import numpy as np
 from gymnasium import spaces
@@ -41,7 +41,14 @@ from spacetime_rl.godot.launcher import ServerPool
 from spacetime_rl.protocol import Events, ResetResult, RLSpec, StepResult, wire
 from spacetime_rl.rewards import REWARD_TERMS
 
-__all__ = ["AgentTransport", "SpaceTimeVecEnv", "make_clients", "observation_space", "reset_options"]
+__all__ = [
+    "AgentTransport",
+    "GroupAnswer",
+    "SpaceTimeVecEnv",
+    "make_clients",
+    "observation_space",
+    "reset_options",
+]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -172,6 +179,21 @@ async def _close_quietly(transport: AgentTransport) -> None:
         await transport.close()
 
 
+class GroupAnswer(NamedTuple):
+    """A group's answer to a step as `SpaceTimeVecEnv.observe_group` leaves it for `score_group`;
+    every array (k,) or (k, 48) over the group's agents."""
+
+    agents: slice  # the group's env indices
+    raw: np.ndarray  # the next step's first raw observations (new episodes' after resets)
+    final: np.ndarray  # the step's last raw observations (the terminal ones of ended episodes)
+    applied: np.ndarray  # the step's actions as sent (smoothed)
+    events: Events
+    tasks: np.ndarray  # the task each agent ran the step under
+    time_limit: np.ndarray  # cut by max_episode_steps without finishing
+    faulted: np.ndarray  # truncated by a server fault
+    ended: np.ndarray  # done, cut or faulted: a new episode starts
+
+
 class SpaceTimeVecEnv(VecEnv):
     """N = sum of the servers' agents; env index i is agent i - offset[s] of server s.
 
@@ -220,7 +242,6 @@ class SpaceTimeVecEnv(VecEnv):
         self._tasks = TaskSchedule(tasks, num_agents, seed)
         self._tasks.check_servers(specs)
         self._tracker = EpisodeTracker(num_agents, env_config, tasks.reward_configs(reward_config))
-        self._tracker.rewards.task = self._tasks.ids  # the same array: rewards follow each episode's task
         self._server_options = reset_options(env_config)
         self._stale_options = np.zeros(num_agents, dtype=bool)
         self._seed = seed
@@ -286,9 +307,19 @@ class SpaceTimeVecEnv(VecEnv):
     def receive_group(self, servers: range) -> VecEnvStepReturn:
         """Read the step `send_group(servers, ...)` sent: observations, rewards, dones and infos of
         their agents only (`agents_of(servers)`), computed as `step_wait` computes every agent's."""
+        obs, answer = self.observe_group(servers)
+        rewards, infos = self.score_group(answer)
+        return obs, rewards, answer.ended, infos
+
+    def observe_group(self, servers: range) -> tuple[np.ndarray, GroupAnswer]:
+        """`receive_group` up to what the policy needs to act again: the group's answers read,
+        faults recovered, time limits and task changes applied, and its agents' observations.
+
+        `score_group` the answer before this group's next `observe_group`; it may wait until the
+        group's next actions are sent, so the servers step meanwhile (training.rollout=overlapped).
+        """
         agents = self.agents_of(servers)
         base = agents.start
-        applied = self._applied[agents]
         outcomes: list[StepResult | BaseException] = []
         for server in servers:
             try:
@@ -316,29 +347,41 @@ class SpaceTimeVecEnv(VecEnv):
         for server, result in pairs:
             for agent, last in result.terminal_observations.items() if result is not None else ():
                 final[self._offsets[server] - base + agent] = last
-        record = self._tracker.record(final, applied, events, done, agents)
-        finished_tasks = self._tasks.ids[agents].copy()
-        new_task = self._tasks.draw(self._spread(agents, (record.truncated | done) & ~faulted))[agents]
-        client_reset = (record.truncated | (done & (self._stale_options[agents] | new_task))) & ~faulted
+        time_limit = self._tracker.count(done, agents)
+        tasks = self._tasks.ids[agents].copy()  # the step's; the draw below changes the ended agents'
+        new_task = self._tasks.draw(self._spread(agents, (time_limit | done) & ~faulted))[agents]
+        client_reset = (time_limit | (done & (self._stale_options[agents] | new_task))) & ~faulted
         faulted |= self._reset_agents(raw, client_reset, base) & ~done
-        truncated = record.truncated | faulted
-        ended = done | truncated
-        infos: list[dict[str, Any]] = [{} for _ in range(len(raw))]
-        if ended.any():
-            rows = np.flatnonzero(ended)
-            terminal = self._observe(final[rows], finished_tasks[rows])
-            for index, row in enumerate(rows.tolist()):
-                agent = base + row
-                info = self._tracker.episode_info(agent, final[row], events, bool(truncated[row]), row)
-                info["terminal_observation"] = terminal[index]
-                info["task"] = self._tasks.names[finished_tasks[row]]
-                if faulted[row]:
-                    info["server_fault"] = True
-                infos[row] = info
-            self._tracker.start(raw[ended], self._spread(agents, ended))
+        ended = done | time_limit | faulted
+        self._tracker.smoother.reset(self._spread(agents, ended))  # before a new episode's actions
         self._last_raw[agents] = raw
         obs = self._observe(raw, self._tasks.ids[agents])
-        return obs, record.rewards, ended, infos
+        # the applied actions are copied: the group's next send_group overwrites them
+        answer = GroupAnswer(
+            agents, raw, final, self._applied[agents].copy(), events, tasks, time_limit, faulted, ended
+        )
+        return obs, answer
+
+    def score_group(self, answer: GroupAnswer) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The rest of `receive_group` for an `observe_group` answer: its agents' rewards and infos,
+        and their finished episodes' stats closed."""
+        agents = answer.agents
+        final, events, ended = answer.final, answer.events, answer.ended
+        rewards = self._tracker.score(final, answer.applied, events, answer.time_limit, agents, answer.tasks)
+        infos: list[dict[str, Any]] = [{} for _ in range(len(final))]
+        if ended.any():
+            rows = np.flatnonzero(ended)
+            terminal = self._observe(final[rows], answer.tasks[rows])
+            for index, row in enumerate(rows.tolist()):
+                truncated = bool(answer.time_limit[row] or answer.faulted[row])
+                info = self._tracker.episode_info(agents.start + row, final[row], events, truncated, row)
+                info["terminal_observation"] = terminal[index]
+                info["task"] = self._tasks.names[answer.tasks[row]]
+                if answer.faulted[row]:
+                    info["server_fault"] = True
+                infos[row] = info
+            self._tracker.restart_stats(answer.raw[ended], self._spread(agents, ended))
+        return rewards, infos
 
     def close(self) -> None:
         if self._closed:

@@ -53,10 +53,9 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from spacetime_rl.config import TrainConfig
-from spacetime_rl.envs import SpaceTimeVecEnv
+from spacetime_rl.envs import GroupAnswer, SpaceTimeVecEnv
 
 __all__ = ["GROUPS", "CoreSplit", "OverlappedPPO", "Placement", "core_split", "rollout_groups"]
 
@@ -261,9 +260,11 @@ class OverlappedPPO(PPO):
             infos: list[dict[str, Any]] = [{} for _ in range(env.num_envs)]
             upcoming = []
             for servers, rows in zip(groups, agents, strict=True):
-                new_obs[rows], rewards[rows], dones[rows], infos[rows] = _receive(norm, venv, servers)
-                if ahead:
+                new_obs[rows], answer = _observe(norm, venv, servers)
+                dones[rows] = answer.ended
+                if ahead:  # the group's next actions go out before its rewards are scored
                     upcoming.append(self._act(venv, servers, new_obs[rows], std))
+                rewards[rows], infos[rows] = _score_group(norm, venv, answer)
             actions = np.concatenate([a for a, _ in sent])
             means[n_steps] = np.concatenate([m for _, m in sent])
 
@@ -382,22 +383,34 @@ def _layers(env: VecEnv) -> tuple[VecNormalize | None, SpaceTimeVecEnv]:
     return norm, venv
 
 
-def _receive(norm: VecNormalize | None, venv: SpaceTimeVecEnv, servers: range) -> VecEnvStepReturn:
-    """`servers`' answer to their last step, through `norm` as `VecNormalize.step_wait` passes a
-    full step: statistics updated with these agents' observations and returns, then applied."""
-    obs, rewards, dones, infos = venv.receive_group(servers)
-    assert isinstance(obs, np.ndarray)  # a Box space: one array (for mypy)
+def _observe(
+    norm: VecNormalize | None, venv: SpaceTimeVecEnv, servers: range
+) -> tuple[np.ndarray, GroupAnswer]:
+    """`servers`' answer to their last step as far as the next actions need it (`observe_group`):
+    observations through `norm` as `VecNormalize.step_wait` passes a full step's, the statistics
+    updated with these agents' observations, then applied."""
+    obs, answer = venv.observe_group(servers)
     if norm is None:
-        return obs, rewards, dones, infos
-    rows = venv.agents_of(servers)
-    if len(norm.old_reward) != venv.num_envs:  # VecNormalize makes it at its first step
-        norm.old_reward = np.zeros(venv.num_envs, dtype=np.float32)
-    norm.old_obs[rows] = obs  # type: ignore[index]
-    norm.old_reward[rows] = rewards
+        return obs, answer
+    norm.old_obs[answer.agents] = obs  # type: ignore[index]
     if norm.training and norm.norm_obs:
         assert isinstance(norm.obs_rms, RunningMeanStd)
         norm.obs_rms.update(obs)
-    normalized = norm.normalize_obs(obs)
+    return norm.normalize_obs(obs), answer  # type: ignore[return-value]
+
+
+def _score_group(
+    norm: VecNormalize | None, venv: SpaceTimeVecEnv, answer: GroupAnswer
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The rewards and infos of an `_observe` answer (`score_group`), through `norm` as
+    `VecNormalize.step_wait` passes them: the return statistics updated, then applied."""
+    rewards, infos = venv.score_group(answer)
+    if norm is None:
+        return rewards, infos
+    rows, dones = answer.agents, answer.ended
+    if len(norm.old_reward) != venv.num_envs:  # VecNormalize makes it at its first step
+        norm.old_reward = np.zeros(venv.num_envs, dtype=np.float32)
+    norm.old_reward[rows] = rewards
     if norm.training:
         norm.returns[rows] = norm.returns[rows] * norm.gamma + rewards
         norm.ret_rms.update(norm.returns[rows])
@@ -406,4 +419,4 @@ def _receive(norm: VecNormalize | None, venv: SpaceTimeVecEnv, servers: range) -
         if "terminal_observation" in infos[index]:
             infos[index]["terminal_observation"] = norm.normalize_obs(infos[index]["terminal_observation"])
     norm.returns[rows][dones] = 0
-    return normalized, scaled, dones, infos
+    return scaled, infos

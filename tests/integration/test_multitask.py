@@ -30,6 +30,7 @@ from spacetime_rl.errors import ConfigError, GodotError
 from spacetime_rl.godot.client import GodotClient
 from spacetime_rl.godot.launcher import launch_servers
 from spacetime_rl.protocol import wire
+from spacetime_rl.rewards import REWARD_TERMS
 from spacetime_rl.sim.server import create_app, serve
 
 THREE = TasksConfig(
@@ -167,6 +168,36 @@ def test_observation_has_a_task_block_only_with_several_tasks(tasks):
         finally:
             env.close()
     assert set(seen) == (set(THREE.names) if tasks else {"navigate"})
+
+
+def test_each_step_is_scored_with_the_weights_of_the_task_it_ran_under():
+    """Only time_penalty counts, at -1 in one task and -10 in the other: every episode's return is
+    its length times its own task's weight, the last step included, though the task drawn for the
+    agent's next episode is known (and often another) by the time that step is scored."""
+    weights = {"slow": -1.0, "fast": -10.0}
+    tasks = TasksConfig(
+        name="two",
+        tasks={name: TaskConfig(reward={"time_penalty": weight}) for name, weight in weights.items()},
+    )
+    nothing_else = RewardConfig(**{name: 0.0 for name in REWARD_TERMS})
+    config = EnvConfig(agents_per_environment=8, max_episode_steps=3)
+    with launch_servers(config, seed=0) as urls:
+        env = SpaceTimeVecEnv(make_clients(urls, config), config, nothing_else, seed=5, tasks=tasks)
+        try:
+            env.reset()
+            episodes, switched = 0, 0
+            for _ in range(15):  # five episodes per agent
+                obs, rewards, dones, infos = env.step(np.zeros((8, 3)))
+                for i in np.flatnonzero(dones):
+                    info = infos[i]
+                    weight = weights[info["task"]]
+                    assert rewards[i] == pytest.approx(weight)
+                    assert info["episode"]["r"] == pytest.approx(weight * info["episode"]["l"])
+                    episodes += 1
+                    switched += tasks.names[int(np.argmax(obs[i, wire.OBSERVATION_SIZE :]))] != info["task"]
+        finally:
+            env.close()
+    assert episodes >= 32 and switched  # enough task changes at an episode's end to tell
 
 
 MAZE_STAGED = TaskConfig(

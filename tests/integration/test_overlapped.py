@@ -166,15 +166,15 @@ def test_each_stored_transition_is_the_policy_s_at_the_observation_seen():
     policy's for the stored observation and action, and each stored observation is the normalised
     observation the VecEnv returned to the agent at the step before."""
     returned: list[tuple[slice, np.ndarray]] = []
-    receive = overlapped._receive
+    observe = overlapped._observe
 
     def spy(norm, venv, servers):
-        answer = receive(norm, venv, servers)
-        returned.append((venv.agents_of(servers), answer[0].copy()))
-        return answer
+        obs, answer = observe(norm, venv, servers)
+        returned.append((venv.agents_of(servers), obs.copy()))
+        return obs, answer
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(overlapped, "_receive", spy)
+        patch.setattr(overlapped, "_observe", spy)
         model, env, _ = collect(OverlappedPPO, normalize=True)
     buffer = model.rollout_buffer
     obs = torch.as_tensor(buffer.observations.reshape(N_STEPS * env.num_envs, -1))
