@@ -6,8 +6,9 @@ every server steps while the trainer idles. Here the servers are split into two 
 and normalised, A's actions for step t+1 are computed and sent, then the same for B, so
 A's servers step while the trainer handles B and the other way round (Sample Factory's
 double-buffered sampling, EnvPool's async mode). Within a group the actions go out first: the
-callbacks and the buffer's bookkeeping of step t are done while the servers step t+1, so one server
-(a single group) overlaps too. A step does only what the next actions need: the critic's values and
+group's rewards and infos (`SpaceTimeVecEnv.score_group`), the callbacks and the buffer's
+bookkeeping of step t are done while its servers step t+1, so one server (a single group) overlaps
+too. A step does only what the next actions need: the critic's values and
 the actions' log-probabilities, which nothing during the rollout reads, are computed at its end, in
 passes over many steps (`_score`; the parameters do not change during a rollout, so they are the
 numbers serial PPO computes step by step, with a fraction of the per-call cost).
