@@ -80,17 +80,16 @@ def smoothness(previous_velocities: np.ndarray, velocities: np.ndarray, max_spee
 class RewardCalculator:
     """Vectorised rewards over N agents, keeping each agent's closest approach since its reset.
 
-    With a sequence of configs (one per task), agent i is scored with `configs[task[i]]`.
+    With a sequence of configs (one per task), `step` scores agent i with `configs[tasks[i]]`.
     """
 
     def __init__(
         self, config: RewardConfig | Sequence[RewardConfig], num_agents: int, max_speed: float
     ) -> None:
         configs = [config] if isinstance(config, RewardConfig) else list(config)
-        #: (terms in REWARD_TERMS order, tasks); indexed by `task` each step, so every agent has its
+        #: (terms in REWARD_TERMS order, tasks); indexed by `step`'s tasks, so every agent has its
         #: own task's weights.
         self.weights = np.array([[getattr(c, name) for c in configs] for name in REWARD_TERMS])
-        self.task = np.zeros(num_agents, dtype=np.int64)
         self.max_speed = max_speed
         self.best_distance = np.zeros(num_agents)
         self.previous_velocity = np.zeros((num_agents, 3))
@@ -114,8 +113,10 @@ class RewardCalculator:
 
         `observations` are the last observations of the step (the terminal one for finished agents),
         `truncated` flags agents cut by the time limit without finishing, `tasks` (k,) are the tasks
-        the step was run under (default: `task[agents]`).
+        the step was run under (only needed, and then required, with several configs).
         """
+        if tasks is None and self.weights.shape[1] > 1:
+            raise ValueError(f"{self.weights.shape[1]} tasks' reward weights: pass each agent's task")
         distance = observations[:, OBS["goal_distance"]][:, 0]
         best = self.best_distance[agents]  # a view: agents is a slice
         new_progress = np.maximum(best - distance, 0.0)
@@ -139,7 +140,7 @@ class RewardCalculator:
             "time_penalty": np.ones(len(distance)),
         }
         # (terms, k): every term at once, each agent with its task's weights
-        tasks = self.task[agents] if tasks is None else tasks
-        weighted = self.weights[:, tasks] * np.array([unweighted[name] for name in REWARD_TERMS])
+        weights = self.weights[:, :1] if tasks is None else self.weights[:, tasks]
+        weighted = weights * np.array([unweighted[name] for name in REWARD_TERMS])
         total = weighted.sum(axis=0)
         return RewardBreakdown(total=total, weighted=weighted, comfort=comfort)

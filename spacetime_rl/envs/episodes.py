@@ -49,8 +49,9 @@ class EpisodeTracker:
         self.restart_stats(observations, agents)
 
     def restart_stats(self, observations: np.ndarray, agents: np.ndarray | slice) -> None:
-        """`start` but for the action smoothing, which the VecEnv resets before a new episode's first
-        actions are sent and these after its last step is scored (`score`), maybe later."""
+        """`start` without resetting the action smoothing: the VecEnv resets that before a new
+        episode's first actions are sent, and these stats once the old episode's last step is scored,
+        which may come later (`SpaceTimeVecEnv.score_group`)."""
         self.rewards.reset(observations, agents)
         for stat in (self.steps, self.returns, self.collisions, self.teleports, self.comfort):
             stat[agents] = 0
@@ -70,8 +71,8 @@ class EpisodeTracker:
         agents: slice = slice(None),
     ) -> StepRecord:
         """Count and score one step of `agents` (all N by default; a slice, so every update below is
-        in place); `observations` (k, 48) are each one's last raw observation of it, the rest (k,)
-        likewise."""
+        in place) under a single task's rewards (the Gymnasium env's); `observations` (k, 48) are each
+        one's last raw observation of it, the rest (k,) likewise."""
         truncated = self.count(done, agents)
         return StepRecord(self.score(observations, applied, events, truncated, agents), truncated)
 
@@ -91,7 +92,7 @@ class EpisodeTracker:
         tasks: np.ndarray | None = None,
     ) -> np.ndarray:
         """The float32 rewards (k,) of the step `count` counted, added to the episodes' stats;
-        `tasks` (k,) are the tasks it ran under (default: the reward calculator's)."""
+        `tasks` (k,) are the tasks it ran under (required with several tasks' rewards)."""
         breakdown = self.rewards.step(observations, applied, events, truncated, agents, tasks)
         self.returns[agents] += breakdown.total
         self.collisions[agents] += events.collisions
@@ -108,7 +109,8 @@ class EpisodeTracker:
         truncated: bool,
         row: int | None = None,
     ) -> dict[str, Any]:
-        """Info entries for an agent whose episode just ended (before `start` clears its stats);
+        """Info entries for an agent whose episode just ended (before `start` or `restart_stats`
+        clears its stats);
         `row` is its row of `events` when they cover only some agents (default: `agent`)."""
         length = int(self.steps[agent])
         row = agent if row is None else row

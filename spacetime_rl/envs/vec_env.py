@@ -4,7 +4,9 @@
 blocking `send_step`/`receive_step`), so the servers step concurrently; resets and the rest run
 concurrently on an event loop the VecEnv owns. `send_group`/`receive_group` do the same for a
 contiguous group of servers (`server_groups`) and their agents alone, by the same code, so a
-trainer can serve one group while another steps (`training/overlapped.py`). Finished agents are
+trainer can serve one group while another steps (`training/overlapped.py`); `receive_group` is
+`observe_group` (what the policy needs to act again) then `score_group` (rewards, infos), which a
+trainer may run after sending the group's next actions. Finished agents are
 reset by the server (auto_reset); agents cut by the client-side time limit, and agents whose reset
 options changed (the curriculum), are reset with one batched `/rl/reset` per server.
 
@@ -181,7 +183,7 @@ async def _close_quietly(transport: AgentTransport) -> None:
 
 class GroupAnswer(NamedTuple):
     """A group's answer to a step as `SpaceTimeVecEnv.observe_group` leaves it for `score_group`;
-    every array (k,) or (k, 48) over the group's agents."""
+    every array has a row per agent of the group (k)."""
 
     agents: slice  # the group's env indices
     raw: np.ndarray  # the next step's first raw observations (new episodes' after resets)
@@ -315,8 +317,9 @@ class SpaceTimeVecEnv(VecEnv):
         """`receive_group` up to what the policy needs to act again: the group's answers read,
         faults recovered, time limits and task changes applied, and its agents' observations.
 
-        `score_group` the answer before this group's next `observe_group`; it may wait until the
-        group's next actions are sent, so the servers step meanwhile (training.rollout=overlapped).
+        Pass the answer to `score_group` exactly once, before this group's next `observe_group`; that
+        may wait until the group's next actions are sent, so its servers step meanwhile
+        (training.rollout=overlapped).
         """
         agents = self.agents_of(servers)
         base = agents.start

@@ -8,10 +8,10 @@ A's servers step while the trainer handles B and the other way round (Sample Fac
 double-buffered sampling, EnvPool's async mode). Within a group the actions go out first: the
 group's rewards and infos (`SpaceTimeVecEnv.score_group`), the callbacks and the buffer's
 bookkeeping of step t are done while its servers step t+1, so one server (a single group) overlaps
-too. A step does only what the next actions need: the critic's values and
-the actions' log-probabilities, which nothing during the rollout reads, are computed at its end, in
-passes over many steps (`_score`; the parameters do not change during a rollout, so they are the
-numbers serial PPO computes step by step, with a fraction of the per-call cost).
+too. A step does only what the next actions need: the critic's values and the actions'
+log-probabilities, which nothing during the rollout reads, are computed at its end, in passes over
+many steps (`_evaluate`; the parameters do not change during a rollout, so they are the numbers
+serial PPO computes step by step, with a fraction of the per-call cost).
 
 What PPO stores is SB3's `OnPolicyAlgorithm.collect_rollouts` to the letter: one `rollout_buffer.add`
 per full step of all N agents with the observation each agent saw, the action sampled for it, its
@@ -251,7 +251,7 @@ class OverlappedPPO(PPO):
         # The Gaussians' means the actions are sampled from, kept to score the actions at the end
         # (recomputing them over the whole rollout can round a last bit differently: measured).
         means = np.empty((n_rollout_steps, env.num_envs, *self.action_space.shape), dtype=np.float32)  # type: ignore[misc]
-        unscored = torch.zeros(env.num_envs)  # values and log-probabilities come in `_score`
+        unevaluated = torch.zeros(env.num_envs)  # values and log-probabilities come in `_evaluate`
         sent = [self._act(venv, g, last_obs[a], std) for g, a in zip(groups, agents, strict=True)]
         while n_steps < n_rollout_steps:
             ahead = n_steps + 1 < n_rollout_steps  # the rollout's last step sends nothing ahead
@@ -261,7 +261,7 @@ class OverlappedPPO(PPO):
             infos: list[dict[str, Any]] = [{} for _ in range(env.num_envs)]
             upcoming = []
             for servers, rows in zip(groups, agents, strict=True):
-                new_obs[rows], answer = _observe(norm, venv, servers)
+                new_obs[rows], answer = _observe_group(norm, venv, servers)
                 dones[rows] = answer.ended
                 if ahead:  # the group's next actions go out before its rewards are scored
                     upcoming.append(self._act(venv, servers, new_obs[rows], std))
@@ -293,12 +293,14 @@ class OverlappedPPO(PPO):
                         terminal_value = self.policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
                     rewards[idx] += self.gamma * terminal_value
 
-            rollout_buffer.add(last_obs, actions, rewards, self._last_episode_starts, unscored, unscored)
+            rollout_buffer.add(
+                last_obs, actions, rewards, self._last_episode_starts, unevaluated, unevaluated
+            )
             self._last_obs = last_obs = new_obs
             self._last_episode_starts = dones
             sent = upcoming
 
-        values = self._score(rollout_buffer, means, new_obs)  # the last observations' (SB3's name)
+        values = self._evaluate(rollout_buffer, means, new_obs)  # the last observations' (SB3's name)
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -308,7 +310,7 @@ class OverlappedPPO(PPO):
         self, venv: SpaceTimeVecEnv, servers: range, obs: np.ndarray, std: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample the actions of `servers`' agents for `obs` and send them; returns the actions and
-        the means of the Gaussians they were drawn from (`_score` needs them).
+        the means of the Gaussians they were drawn from (`_evaluate` needs them).
 
         `policy.get_distribution(obs).get_actions()` without building a distribution per call: the
         actor's mean, plus `std` (exp(log_std), fixed during a rollout) times a standard normal draw,
@@ -343,7 +345,7 @@ class OverlappedPPO(PPO):
         with torch.no_grad():
             return self.policy.log_std.exp()  # type: ignore[operator]
 
-    def _score(self, buffer: RolloutBuffer, means: np.ndarray, last_obs: np.ndarray) -> torch.Tensor:
+    def _evaluate(self, buffer: RolloutBuffer, means: np.ndarray, last_obs: np.ndarray) -> torch.Tensor:
         """Fill in `buffer`'s values and log-probabilities, a pass over up to `SCORE_ROWS` of its
         rows at a time, and return the critic's values of `last_obs`, the observations after its
         last step.
@@ -384,12 +386,13 @@ def _layers(env: VecEnv) -> tuple[VecNormalize | None, SpaceTimeVecEnv]:
     return norm, venv
 
 
-def _observe(
+def _observe_group(
     norm: VecNormalize | None, venv: SpaceTimeVecEnv, servers: range
 ) -> tuple[np.ndarray, GroupAnswer]:
     """`servers`' answer to their last step as far as the next actions need it (`observe_group`):
     observations through `norm` as `VecNormalize.step_wait` passes a full step's, the statistics
-    updated with these agents' observations, then applied."""
+    updated with these agents' observations, then applied. `_score_group` the answer before the next
+    group's `_observe_group`: its terminal observations are normalised with these statistics."""
     obs, answer = venv.observe_group(servers)
     if norm is None:
         return obs, answer
@@ -403,7 +406,7 @@ def _observe(
 def _score_group(
     norm: VecNormalize | None, venv: SpaceTimeVecEnv, answer: GroupAnswer
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """The rewards and infos of an `_observe` answer (`score_group`), through `norm` as
+    """The rewards and infos of an `_observe_group` answer (`score_group`), through `norm` as
     `VecNormalize.step_wait` passes them: the return statistics updated, then applied."""
     rewards, infos = venv.score_group(answer)
     if norm is None:

@@ -166,7 +166,7 @@ def test_each_stored_transition_is_the_policy_s_at_the_observation_seen():
     policy's for the stored observation and action, and each stored observation is the normalised
     observation the VecEnv returned to the agent at the step before."""
     returned: list[tuple[slice, np.ndarray]] = []
-    observe = overlapped._observe
+    observe = overlapped._observe_group
 
     def spy(norm, venv, servers):
         obs, answer = observe(norm, venv, servers)
@@ -174,7 +174,7 @@ def test_each_stored_transition_is_the_policy_s_at_the_observation_seen():
         return obs, answer
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(overlapped, "_observe", spy)
+        patch.setattr(overlapped, "_observe_group", spy)
         model, env, _ = collect(OverlappedPPO, normalize=True)
     buffer = model.rollout_buffer
     obs = torch.as_tensor(buffer.observations.reshape(N_STEPS * env.num_envs, -1))

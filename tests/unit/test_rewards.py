@@ -220,3 +220,12 @@ def test_standing_still_circling_and_oscillating_earn_nothing_after_the_first_ap
     actions = np.zeros((steps, 3, 3))
     total = shaped_return(RewardConfig(), distances, velocities, actions)
     np.testing.assert_allclose(total, [0.0, 0.0, 0.5 * 3.1])
+
+
+def test_several_tasks_weights_need_each_agent_s_task():
+    calculator = RewardCalculator([only(time_penalty=-1.0), only(time_penalty=-10.0)], 2, MAX_SPEED)
+    calculator.reset(observations(np.array([5.0, 5.0])))
+    step = (observations(np.array([5.0, 5.0])), np.zeros((2, 3)), events(2), np.zeros(2, dtype=bool))
+    with pytest.raises(ValueError, match="2 tasks' reward weights: pass each agent's task"):
+        calculator.step(*step)
+    np.testing.assert_array_equal(calculator.step(*step, tasks=np.array([1, 0])).total, [-10.0, -1.0])
