@@ -40,8 +40,8 @@ MODES: Final = {
 #: What a repeat of the PPO comparison runs with N servers, in this order: (transport, mode).
 #: One server overlaps as a single group. In-process there is nothing to overlap with: serial is
 #: SB3's loop, the baseline; "overlapped" is OverlappedPPO's loop with every agent in one group,
-#: which measures what the loop itself does differently (values and log-probabilities scored at the
-#: rollout's end), so the HTTP rows' lead over it is the overlap's alone.
+#: which measures what the loop itself does differently (values and log-probabilities evaluated at
+#: the rollout's end), so the HTTP rows over it show what the overlap gives net of its own costs.
 RUNS: Final = {
     servers: (
         ("http", "overlapped"),

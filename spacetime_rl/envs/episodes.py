@@ -45,13 +45,17 @@ class EpisodeTracker:
 
     def start(self, observations: np.ndarray, agents: np.ndarray | slice = slice(None)) -> None:
         """Begin episodes for `agents` from their first raw observations (k, 48)."""
-        self.smoother.reset(agents)
+        self.restart_actions(agents)
         self.restart_stats(observations, agents)
 
+    def restart_actions(self, agents: np.ndarray | slice) -> None:
+        """The action smoothing of `start`: before a new episode's first actions are sent."""
+        self.smoother.reset(agents)
+
     def restart_stats(self, observations: np.ndarray, agents: np.ndarray | slice) -> None:
-        """`start` without resetting the action smoothing: the VecEnv resets that before a new
-        episode's first actions are sent, and these stats once the old episode's last step is scored,
-        which may come later (`SpaceTimeVecEnv.score_group`)."""
+        """The rest of `start`: the episode stats, restarted once the old episode's last step is
+        scored, which may come after the new episode's first actions are sent
+        (`SpaceTimeVecEnv.score_group`)."""
         self.rewards.reset(observations, agents)
         for stat in (self.steps, self.returns, self.collisions, self.teleports, self.comfort):
             stat[agents] = 0

@@ -356,7 +356,8 @@ class SpaceTimeVecEnv(VecEnv):
         client_reset = (time_limit | (done & (self._stale_options[agents] | new_task))) & ~faulted
         faulted |= self._reset_agents(raw, client_reset, base) & ~done
         ended = done | time_limit | faulted
-        self._tracker.smoother.reset(self._spread(agents, ended))  # before a new episode's actions
+        if ended.any():
+            self._tracker.restart_actions(self._spread(agents, ended))
         self._last_raw[agents] = raw
         obs = self._observe(raw, self._tasks.ids[agents])
         # the applied actions are copied: the group's next send_group overwrites them

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 #: Server groups a rollout alternates between: two keep one group stepping while the other is served.
 GROUPS = 2
 #: Rows (agent-steps) per pass when a rollout's values and log-probabilities are computed at its end.
-SCORE_ROWS: Final = 65_536
+EVALUATE_ROWS: Final = 65_536
 
 
 class CoreSplit(NamedTuple):
@@ -248,7 +248,7 @@ class OverlappedPPO(PPO):
         callback.on_rollout_start()
 
         last_obs: np.ndarray = self._last_obs  # type: ignore[assignment]
-        # The Gaussians' means the actions are sampled from, kept to score the actions at the end
+        # The Gaussians' means the actions are sampled from, kept to evaluate the actions at the end
         # (recomputing them over the whole rollout can round a last bit differently: measured).
         means = np.empty((n_rollout_steps, env.num_envs, *self.action_space.shape), dtype=np.float32)  # type: ignore[misc]
         unevaluated = torch.zeros(env.num_envs)  # values and log-probabilities come in `_evaluate`
@@ -346,7 +346,7 @@ class OverlappedPPO(PPO):
             return self.policy.log_std.exp()  # type: ignore[operator]
 
     def _evaluate(self, buffer: RolloutBuffer, means: np.ndarray, last_obs: np.ndarray) -> torch.Tensor:
-        """Fill in `buffer`'s values and log-probabilities, a pass over up to `SCORE_ROWS` of its
+        """Fill in `buffer`'s values and log-probabilities, a pass over up to `EVALUATE_ROWS` of its
         rows at a time, and return the critic's values of `last_obs`, the observations after its
         last step.
 
@@ -357,7 +357,7 @@ class OverlappedPPO(PPO):
         not: tests/integration/test_overlapped.py compares with serial PPO bit for bit)."""
         policy = self.policy
         n_steps, n_envs = means.shape[:2]
-        chunk = max(1, SCORE_ROWS // n_envs)  # steps per pass: bounded memory for large rollouts
+        chunk = max(1, EVALUATE_ROWS // n_envs)  # steps per pass: bounded memory for large rollouts
         with torch.no_grad():
             for start in range(0, n_steps, chunk):
                 steps = slice(start, start + chunk)

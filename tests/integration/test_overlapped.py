@@ -418,16 +418,18 @@ def test_where_the_rollouts_run_changes_nothing_they_collect():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("score_rows", [overlapped.SCORE_ROWS, 12], ids=["one_pass", "passes_of_3_steps"])
+@pytest.mark.parametrize(
+    "evaluate_rows", [overlapped.EVALUATE_ROWS, 12], ids=["one_pass", "passes_of_3_steps"]
+)
 def test_with_one_server_overlapped_training_is_serial_training(
-    score_rows: int, monkeypatch: pytest.MonkeyPatch
+    evaluate_rows: int, monkeypatch: pytest.MonkeyPatch
 ):
     """One server (the default, which training.rollout=auto overlaps): the same noise draws and
     normalisation in the same order as serial, so two rollouts and their updates give the same
     parameters, statistics and last rollout as serial PPO's, bit for bit; whether the values and
     log-probabilities are computed in one pass at the rollout's end or in several (12 rows: 3 steps
     of 4 agents, the last pass of 16 steps a short one)."""
-    monkeypatch.setattr(overlapped, "SCORE_ROWS", score_rows)
+    monkeypatch.setattr(overlapped, "EVALUATE_ROWS", evaluate_rows)
 
     def train(algorithm: type[PPO]) -> tuple[PPO, VecNormalize]:
         with launched(ONE_SERVER) as (_, venv):
